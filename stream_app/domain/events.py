@@ -1,0 +1,78 @@
+"""The three input event types of SPEC §3, as immutable typed values, and the input topics they arrive on."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class InputTopic(enum.Enum):
+    """The three input topics (names without TOPIC_PREFIX)."""
+
+    VIEWS = "video-views"
+    INTERACTIONS = "video-interactions"
+    PROFILES = "creator-profiles"
+
+
+class OutputTopic(enum.Enum):
+    """The output topics (names without TOPIC_PREFIX)."""
+
+    ACCRUALS = "reward-accruals"
+    SETTLEMENTS = "reward-settlements"
+    SUSPICIOUS = "suspicious-events"
+    DLQ = "events-dlq"
+
+
+KNOWN_SOURCES = frozenset({"for_you", "following", "search", "profile", "ad"})
+KNOWN_KINDS = frozenset({"like", "comment", "share", "follow"})
+STANDINGS = frozenset({"good", "restricted", "banned"})
+
+
+@dataclass(frozen=True, slots=True)
+class ViewEvent:
+    event_id: str
+    video_id: str
+    creator_id: str
+    viewer_id: str
+    device_id: str
+    ts: int
+    watch_ms: int
+    video_ms: int
+    source: str
+    region: str
+
+    @property
+    def key(self) -> str:
+        return self.video_id
+
+
+@dataclass(frozen=True, slots=True)
+class InteractionEvent:
+    event_id: str
+    video_id: str
+    creator_id: str
+    viewer_id: str
+    device_id: str
+    ts: int
+    kind: str
+
+    @property
+    def key(self) -> str:
+        return self.video_id
+
+
+@dataclass(frozen=True, slots=True)
+class CreatorProfile:
+    creator_id: str
+    followers: int
+    views_30d: int
+    adult: bool
+    standing: str
+    ts: int
+
+    @property
+    def key(self) -> str:
+        return self.creator_id
+
+
+Event = ViewEvent | InteractionEvent | CreatorProfile
