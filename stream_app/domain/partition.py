@@ -1,0 +1,374 @@
+"""One input partition's scoring: the watermark, settling, emit pacing and per-event outcomes (SPEC §4, §5, §7).
+
+`PartitionScorer` is pure: it reads and writes `VideoLedger`s through a small store, is told the wall clock,
+and collects what the wiring must do in `Effects` (count, audit, dead-letter, send accruals and settlements).
+Each touched ledger is written once per batch (`flush`), which is what lets the Faust agent keep up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stream_app.domain import policy as pol
+from stream_app.domain.events import InteractionEvent, ViewEvent
+from stream_app.domain.profiles import ProfileHistory
+from stream_app.domain.scoring import (
+    ACCEPTED,
+    CLAWBACK,
+    INTERACTIONS,
+    LATE,
+    SUSPICIOUS,
+    VIEWS,
+    Outcome,
+    Position,
+    VideoLedger,
+)
+from stream_app.domain.windows import (
+    advance_watermark,
+    partition_watermark,
+    settle_deadline_ms,
+    window_bounds,
+    window_index,
+)
+
+EVENT_TOPICS = (VIEWS, INTERACTIONS)
+REASON_LATE = "late"
+REASON_FUTURE = "future_timestamp"
+
+# A view verdict: (reason or None, detail, event ids of earlier accepted views of this video to claw back)
+ViewJudge = Callable[[VideoLedger, ViewEvent], tuple[str | None, str, list[str]]]
+# An interaction verdict at ingest (duplicate_event) and at settlement (engagement rules)
+InteractionJudge = Callable[[VideoLedger, InteractionEvent], tuple[str | None, str]]
+SettlementJudge = Callable[[VideoLedger, dict[str, Any], int], tuple[str | None, str]]
+
+
+class LedgerStore(Protocol):
+    def load(self, video_id: str) -> VideoLedger | None: ...
+
+    def save(self, ledger: VideoLedger) -> None: ...
+
+    def video_ids(self) -> Iterable[str]: ...
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a batch asks the wiring to do, in order."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    dead_letters: list[tuple[Position, str]] = field(default_factory=list)
+    accruals: list[dict[str, Any]] = field(default_factory=list)
+    settlements: list[dict[str, Any]] = field(default_factory=list)
+    skipped_replays: int = 0
+    pending_delta: int = 0
+
+
+@dataclass(slots=True)
+class Rules:
+    """The authenticity rules the scorer applies (domain.rules provides the real ones)."""
+
+    judge_view: ViewJudge
+    judge_interaction: InteractionJudge
+    judge_at_settlement: SettlementJudge
+
+
+class PartitionScorer:
+    """All videos of one partition of the two co-partitioned event topics."""
+
+    def __init__(
+        self,
+        policy: pol.Policy,
+        policy_id: str,
+        partition: int,
+        store: LedgerStore,
+        profiles: ProfileHistory,
+        rules: Rules,
+        *,
+        watermarks: Mapping[str, int | None] | None = None,
+        now_ms: int = 0,
+    ) -> None:
+        self.policy = policy
+        self.policy_id = policy_id
+        self.partition = partition
+        self.store = store
+        self.profiles = profiles
+        self.rules = rules
+        # largest ts accepted per event topic of this partition (persisted by the wiring)
+        self.latest_ts: dict[str, int | None] = {t: None for t in EVENT_TOPICS}
+        if watermarks:
+            self.latest_ts.update(watermarks)
+        self.watermark: int | None = None
+        # idleness: when each topic-partition was last active (or first caught up after assignment)
+        self.idle_since: dict[str, int | None] = {t: None for t in EVENT_TOPICS}
+        self.caught_up: dict[str, bool] = {t: False for t in EVENT_TOPICS}
+        self._ledgers: dict[str, VideoLedger] = {}
+        self._touched: dict[str, dict[str, Any] | None] = {}  # video_id -> accrual content before the batch
+        self._open: dict[str, int] = {}  # video_id -> its earliest open window's settle deadline
+        self._dirty: set[str] = set()  # changed, but emitted less than EMIT_INTERVAL_S ago
+        self._last_emit: dict[str, int] = {}
+        self.pending_interactions = 0
+        self.provisional_micros = 0  # base micros of open windows of currently eligible creators
+        self._provisional_before: dict[str, int] = {}
+        for video_id in store.video_ids():
+            ledger = self.ledger(video_id)
+            if ledger is not None:
+                self._index(ledger)
+                self.pending_interactions += sum(len(w.pending) for w in ledger.windows.values())
+                self.provisional_micros += ledger.provisional_micros(ledger.eligible)
+
+    # ---- state access ----
+
+    def ledger(self, video_id: str) -> VideoLedger | None:
+        ledger = self._ledgers.get(video_id)
+        if ledger is None:
+            ledger = self.store.load(video_id)
+            if ledger is not None:
+                self._ledgers[video_id] = ledger
+        return ledger
+
+    def _touch(self, ledger: VideoLedger) -> None:
+        if ledger.video_id not in self._touched:
+            self._touched[ledger.video_id] = self._content(ledger) if ledger.version else None
+            self._provisional_before[ledger.video_id] = ledger.provisional_micros(ledger.eligible)
+
+    def _content(self, ledger: VideoLedger) -> dict[str, Any]:
+        return ledger.accrual(self.policy_id, ledger.eligible)
+
+    def _index(self, ledger: VideoLedger) -> None:
+        deadline = ledger.next_deadline(self.policy)
+        if deadline is None:
+            self._open.pop(ledger.video_id, None)
+        else:
+            self._open[ledger.video_id] = deadline
+
+    # ---- events ----
+
+    def _future(self, ts: int, record_ts_ms: int) -> bool:
+        return ts > record_ts_ms + self.policy.max_clock_skew_s * 1000
+
+    def _ledger_for(
+        self, event: ViewEvent | InteractionEvent, position: Position, effects: Effects, now_ms: int
+    ) -> VideoLedger | None:
+        ledger = self.ledger(event.video_id)
+        if ledger is None:
+            ledger = VideoLedger(video_id=event.video_id, creator_id=event.creator_id)
+            self._ledgers[event.video_id] = ledger
+        elif ledger.creator_id != event.creator_id:
+            effects.dead_letters.append(
+                (
+                    position,
+                    f"creator_id: video {event.video_id!r} belongs to creator {ledger.creator_id!r}, "
+                    f"got {event.creator_id!r}",
+                )
+            )
+            return None
+        self._touch(ledger)
+        ledger.eligible = self.profiles.eligible_now(ledger.creator_id)
+        ledger.updated_at = now_ms
+        return ledger
+
+    def on_event(
+        self,
+        topic: str,
+        event: ViewEvent | InteractionEvent,
+        event_dict: dict[str, Any],
+        position: Position,
+        record_ts_ms: int,
+        now_ms: int,
+        effects: Effects,
+    ) -> None:
+        """Decide one valid event's outcome and apply it (replays of applied input are skipped, SPEC §4)."""
+        existing = self.ledger(event.video_id)
+        if existing is not None and existing.already_applied(topic, position.offset, position.index):
+            effects.skipped_replays += 1
+            return
+        ledger = self._ledger_for(event, position, effects, now_ms)
+        if ledger is None:
+            return
+        ledger.mark_applied(topic, position.offset, position.index)
+        if self._future(event.ts, record_ts_ms):
+            skew = event.ts - record_ts_ms
+            effects.outcomes.append(
+                Outcome(
+                    topic,
+                    LATE,
+                    REASON_FUTURE,
+                    f"ts is {skew} ms ahead of the record timestamp",
+                    event_dict,
+                    position,
+                )
+            )
+            return
+        if ledger.is_late(self.policy, event.ts, self.watermark):
+            k = window_index(event.ts, self.policy.window_s)
+            effects.outcomes.append(
+                Outcome(topic, LATE, REASON_LATE, f"window {k} already settled", event_dict, position)
+            )
+            return
+        if isinstance(event, ViewEvent):
+            self._on_view(ledger, event, event_dict, position, effects)
+        else:
+            self._on_interaction(ledger, event, event_dict, position, effects)
+        self._index(ledger)
+        self._advance(topic, event.ts, now_ms, effects)
+
+    def _on_view(
+        self,
+        ledger: VideoLedger,
+        view: ViewEvent,
+        event_dict: dict[str, Any],
+        position: Position,
+        effects: Effects,
+    ) -> None:
+        reason, detail, claw = self.rules.judge_view(ledger, view)
+        for event_id in claw:
+            self.claw_back(ledger, event_id, reason or "", detail, effects)
+        if reason is not None:
+            ledger.suspicious_views += 1
+            effects.outcomes.append(Outcome(VIEWS, SUSPICIOUS, reason, detail, event_dict, position))
+            return
+        ledger.accept_view(self.policy, view, event_dict, position)
+        effects.outcomes.append(Outcome(VIEWS, ACCEPTED, "", "", event_dict, position))
+
+    def _on_interaction(
+        self,
+        ledger: VideoLedger,
+        interaction: InteractionEvent,
+        event_dict: dict[str, Any],
+        position: Position,
+        effects: Effects,
+    ) -> None:
+        reason, detail = self.rules.judge_interaction(ledger, interaction)
+        if reason is not None:
+            effects.outcomes.append(Outcome(INTERACTIONS, SUSPICIOUS, reason, detail, event_dict, position))
+            return
+        ledger.hold_interaction(self.policy, interaction, event_dict, position)
+        self.pending_interactions += 1
+        effects.pending_delta += 1
+
+    def claw_back(
+        self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects
+    ) -> None:
+        """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback)."""
+        self._touch(ledger)
+        result = ledger.claw_back(self.policy, event_id)
+        if result is None:
+            return
+        amount, recent = result
+        effects.outcomes.append(
+            Outcome(VIEWS, CLAWBACK, reason, detail, recent.event, Position(*recent.position))
+        )
+        if amount:
+            effects.settlements.append(
+                ledger.clawback_record(self.policy, recent.window, amount) | {"policy": self.policy_id}
+            )
+        self._dirty.add(ledger.video_id)
+
+    # ---- watermark and settling ----
+
+    def _advance(self, topic: str, ts: int, now_ms: int, effects: Effects) -> None:
+        latest = self.latest_ts[topic]
+        if latest is None or ts > latest:
+            self.latest_ts[topic] = ts
+        self.idle_since[topic] = now_ms
+        self.settle_due(now_ms, effects)
+
+    def observe_position(self, topic: str, caught_up: bool, now_ms: int) -> None:
+        """Tell the scorer whether a topic-partition is caught up (position >= high watermark)."""
+        if caught_up and not self.caught_up[topic] and self.idle_since[topic] is None:
+            self.idle_since[topic] = now_ms
+        self.caught_up[topic] = caught_up
+
+    def idle(self, now_ms: int) -> dict[str, bool]:
+        limit = self.policy.idle_settle_s * 1000
+        return {
+            t: self.caught_up[t] and self.idle_since[t] is not None and now_ms - self.idle_since[t] >= limit  # type: ignore[operator]
+            for t in EVENT_TOPICS
+        }
+
+    def settle_due(self, now_ms: int, effects: Effects, *, profiles_ready: bool = True) -> None:
+        candidate = partition_watermark(self.latest_ts, self.idle(now_ms), now_ms)
+        self.watermark = advance_watermark(self.watermark, candidate)
+        wm = self.watermark
+        if wm is None or not profiles_ready:
+            return
+        due = [video_id for video_id, deadline in self._open.items() if deadline <= wm]
+        for video_id in due:
+            ledger = self.ledger(video_id)
+            if ledger is not None:
+                self._settle_video(ledger, wm, now_ms, effects)
+
+    def _settle_video(self, ledger: VideoLedger, wm: int, now_ms: int, effects: Effects) -> None:
+        self._touch(ledger)
+        while ledger.windows:
+            k = min(ledger.windows)
+            start_ms, end_ms = window_bounds(k, self.policy.window_s)
+            if settle_deadline_ms(k, self.policy.window_s, self.policy.grace_s) > wm:
+                break
+            eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
+            settled_pending = len(ledger.windows[k].pending)
+            settlement = ledger.settle(self.policy, k, eligible, self.rules.judge_at_settlement)
+            self.pending_interactions -= settled_pending
+            effects.pending_delta -= settled_pending
+            effects.outcomes.extend(settlement.outcomes)
+            effects.settlements.append(settlement.record | {"policy": self.policy_id})
+            self._emit_now(ledger, now_ms, effects)
+        ledger.expire(self.policy, wm)
+        ledger.updated_at = now_ms
+        self._index(ledger)
+
+    # ---- output ----
+
+    def _emit_now(self, ledger: VideoLedger, now_ms: int, effects: Effects) -> None:
+        self._bump_version(ledger)
+        effects.accruals.append(self.accrual_record(ledger))
+        self._last_emit[ledger.video_id] = now_ms
+        self._dirty.discard(ledger.video_id)
+
+    def _bump_version(self, ledger: VideoLedger) -> None:
+        before = self._touched.get(ledger.video_id)
+        content = self._content(ledger)
+        if ledger.version == 0 or content != before:
+            ledger.version += 1
+        self._touched[ledger.video_id] = content
+
+    def accrual_record(self, ledger: VideoLedger) -> dict[str, Any]:
+        record = self._content(ledger)
+        record["version"] = ledger.version
+        record["updated_at"] = ledger.updated_at
+        return record
+
+    def flush(self, now_ms: int, effects: Effects) -> list[VideoLedger]:
+        """End of a batch: version changed records, emit what is due, return the ledgers to write (each once)."""
+        interval_ms = int(self.policy.emit_interval_s * 1000)
+        changed: list[VideoLedger] = []
+        for video_id, before in self._touched.items():
+            ledger = self._ledgers[video_id]
+            content = self._content(ledger)
+            if before is None or content != before:
+                ledger.version += 1
+                self._dirty.add(video_id)
+            changed.append(ledger)
+            self.provisional_micros += ledger.provisional_micros(ledger.eligible) - self._provisional_before.pop(
+                video_id, 0
+            )
+        self._touched.clear()
+        for video_id in list(self._dirty):
+            if now_ms - self._last_emit.get(video_id, -interval_ms) >= interval_ms:
+                ledger = self._ledgers[video_id]
+                effects.accruals.append(self.accrual_record(ledger))
+                self._last_emit[video_id] = now_ms
+                self._dirty.discard(video_id)
+        for ledger in changed:
+            self.store.save(ledger)
+        return changed
+
+    def republish(self) -> list[dict[str, Any]]:
+        """After an assignment: the current record of every video, unchanged (SPEC §7)."""
+        records = []
+        for video_id in list(self.store.video_ids()):
+            ledger = self.ledger(video_id)
+            if ledger is not None and ledger.version > 0:
+                records.append(self.accrual_record(ledger))
+        return records

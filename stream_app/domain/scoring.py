@@ -1,0 +1,431 @@
+"""Per-video scoring state: tumbling windows, qualification, settlement, clawback and the running accrual (§5, §7).
+
+`VideoLedger` is one video's whole state, stored as one table value (JSON). It is pure: the wiring passes in
+events with their source positions, the authenticity verdicts, and creator eligibility, and gets back outcomes
+and output records to send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_app.domain import policy as pol
+from stream_app.domain.events import InteractionEvent, ViewEvent
+from stream_app.domain.windows import settle_deadline_ms, window_bounds, window_index
+
+VIEWS = "video-views"
+INTERACTIONS = "video-interactions"
+
+ACCEPTED = "accepted"
+SUSPICIOUS = "suspicious"
+LATE = "late"
+CLAWBACK = "clawback"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where an event came from: the replay key of SPEC §4 (index -1 stands for a single-object record)."""
+
+    partition: int
+    offset: int
+    index: int
+
+    def as_list(self) -> list[int]:
+        return [self.partition, self.offset, self.index]
+
+    @property
+    def index_or_none(self) -> int | None:
+        return None if self.index < 0 else self.index
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An event's outcome to count (and, unless accepted, to audit)."""
+
+    topic: str
+    outcome: str
+    reason: str
+    detail: str
+    event: dict[str, Any]
+    position: Position
+
+
+@dataclass(slots=True)
+class Window:
+    """One tumbling window of one video (SPEC §5)."""
+
+    views: int = 0
+    qualifying_views: int = 0
+    qualifying_base_micros: int = 0
+    watch_ms: int = 0
+    viewers: set[str] = field(default_factory=set)
+    # interactions wait here until the window settles: (event dict, position list)
+    pending: list[tuple[dict[str, Any], list[int]]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "views": self.views,
+            "qv": self.qualifying_views,
+            "base": self.qualifying_base_micros,
+            "watch_ms": self.watch_ms,
+            "viewers": sorted(self.viewers),
+            "pending": [[e, p] for e, p in self.pending],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Window:
+        return cls(
+            views=data["views"],
+            qualifying_views=data["qv"],
+            qualifying_base_micros=data["base"],
+            watch_ms=data["watch_ms"],
+            viewers=set(data["viewers"]),
+            pending=[(e, p) for e, p in data["pending"]],
+        )
+
+
+@dataclass(slots=True)
+class SettledWindow:
+    """What a settled window keeps for clawbacks within CLAWBACK_HORIZON_S."""
+
+    base_micros: int
+    multiplier_bps: int
+    settled_micros: int
+    clawed_base_micros: int = 0
+
+    def to_list(self) -> list[int]:
+        return [self.base_micros, self.multiplier_bps, self.settled_micros, self.clawed_base_micros]
+
+    @classmethod
+    def from_list(cls, data: list[int]) -> SettledWindow:
+        return cls(*data)
+
+
+@dataclass(slots=True)
+class RecentView:
+    """An accepted view remembered long enough to be clawed back or to support an interaction."""
+
+    event: dict[str, Any]
+    position: list[int]
+    window: int
+    qualifying: bool
+    base_micros: int
+    clawed: bool = False
+
+
+@dataclass(slots=True)
+class Settlement:
+    record: dict[str, Any]
+    outcomes: list[Outcome]
+
+
+@dataclass(slots=True)
+class VideoLedger:
+    video_id: str
+    creator_id: str
+    version: int = 0
+    views: int = 0
+    suspicious_views: int = 0
+    settled_micros: int = 0
+    clawback_micros: int = 0
+    settled_qualified_views: int = 0
+    windows_settled: int = 0
+    last_settled_window: int | None = None
+    updated_at: int = 0
+    eligible: bool = False  # the creator's eligibility at the video's latest event
+    # replay positions (SPEC §4): per input topic, the last (offset, index) applied to this video
+    applied: dict[str, list[int]] = field(default_factory=dict)
+    windows: dict[int, Window] = field(default_factory=dict)
+    settled: dict[int, SettledWindow] = field(default_factory=dict)
+    # viewer -> ts of their qualifying views within QUALIFY_ONCE_S (a view counts once per account)
+    qualified_at: dict[str, list[int]] = field(default_factory=dict)
+    # viewer -> ts of accepted views (for engagement_without_view, judged at settlement)
+    viewed_at: dict[str, list[int]] = field(default_factory=dict)
+    # event_id -> accepted view kept for clawback (bounded by the rules' spans)
+    recent: dict[str, RecentView] = field(default_factory=dict)
+    # (viewer, kind) -> ts of accepted like/follow (duplicate_interaction)
+    reacted_at: dict[str, int] = field(default_factory=dict)
+    # rule state owned by domain.rules (opaque here, JSON-ready)
+    rules: dict[str, Any] = field(default_factory=dict)
+
+    # ---- replay (SPEC §4) ----
+
+    def already_applied(self, topic: str, offset: int, index: int) -> bool:
+        done = self.applied.get(topic)
+        return done is not None and (offset, index) <= (done[0], done[1])
+
+    def mark_applied(self, topic: str, offset: int, index: int) -> None:
+        self.applied[topic] = [offset, index]
+
+    # ---- windows ----
+
+    def is_late(self, policy: pol.Policy, ts: int, watermark_ms: int | None) -> bool:
+        """A window already settled for this video, or whose settle deadline the watermark has passed."""
+        k = window_index(ts, policy.window_s)
+        if self.last_settled_window is not None and k <= self.last_settled_window and k not in self.windows:
+            return True
+        return watermark_ms is not None and watermark_ms >= settle_deadline_ms(
+            k, policy.window_s, policy.grace_s
+        )
+
+    def window(self, k: int) -> Window:
+        window = self.windows.get(k)
+        if window is None:
+            window = self.windows[k] = Window()
+        return window
+
+    def next_deadline(self, policy: pol.Policy) -> int | None:
+        if not self.windows:
+            return None
+        return settle_deadline_ms(min(self.windows), policy.window_s, policy.grace_s)
+
+    # ---- views ----
+
+    def accept_view(
+        self, policy: pol.Policy, view: ViewEvent, event: dict[str, Any], position: Position
+    ) -> None:
+        """Count an accepted (authentic, on-time) view in its window and decide whether it qualifies."""
+        k = window_index(view.ts, policy.window_s)
+        window = self.window(k)
+        window.views += 1
+        window.watch_ms += view.watch_ms
+        window.viewers.add(view.viewer_id)
+        self.views += 1
+        qualifying = pol.is_qualifying_view(
+            policy, watch_ms=view.watch_ms, video_ms=view.video_ms, source=view.source
+        ) and not self._qualified_recently(policy, view.viewer_id, view.ts)
+        base = 0
+        if qualifying:
+            base = pol.base_rate_micros(policy, view.region)
+            window.qualifying_views += 1
+            window.qualifying_base_micros += base
+            self.qualified_at.setdefault(view.viewer_id, []).append(view.ts)
+        self.viewed_at.setdefault(view.viewer_id, []).append(view.ts)
+        self.recent[view.event_id] = RecentView(event, position.as_list(), k, qualifying, base)
+
+    def _qualified_recently(self, policy: pol.Policy, viewer_id: str, ts: int) -> bool:
+        return any(
+            pol.within_qualify_once(policy, ts, earlier) for earlier in self.qualified_at.get(viewer_id, ())
+        )
+
+    def claw_back(self, policy: pol.Policy, event_id: str) -> tuple[int, RecentView] | None:
+        """Remove an accepted view that a rule now rejects; return (clawback micros, the view) or None.
+
+        In an open window the view simply stops counting; in a settled one the multiplier stays as settled and
+        the difference becomes `clawback_micros` (SPEC §5).
+        """
+        recent = self.recent.get(event_id)
+        if recent is None or recent.clawed:
+            return None
+        recent.clawed = True
+        self.suspicious_views += 1
+        window = self.windows.get(recent.window)
+        if window is not None:
+            window.views -= 1
+            if recent.qualifying:
+                window.qualifying_views -= 1
+                window.qualifying_base_micros -= recent.base_micros
+            return 0, recent
+        settled = self.settled.get(recent.window)
+        if settled is None or not recent.qualifying:
+            return 0, recent
+        before = pol.clawback_micros(
+            settled.settled_micros, settled.base_micros, settled.clawed_base_micros, settled.multiplier_bps
+        )
+        settled.clawed_base_micros += recent.base_micros
+        amount = (
+            pol.clawback_micros(
+                settled.settled_micros,
+                settled.base_micros,
+                settled.clawed_base_micros,
+                settled.multiplier_bps,
+            )
+            - before
+        )
+        self.clawback_micros += amount
+        return amount, recent
+
+    # ---- interactions ----
+
+    def hold_interaction(
+        self, policy: pol.Policy, interaction: InteractionEvent, event: dict[str, Any], position: Position
+    ) -> None:
+        """Interactions are judged when their window settles (SPEC §4, §6)."""
+        self.window(window_index(interaction.ts, policy.window_s)).pending.append((event, position.as_list()))
+
+    # ---- settlement ----
+
+    def settle(self, policy: pol.Policy, k: int, eligible: bool, judge: Any) -> Settlement:
+        """Settle window k: judge its interactions, fix its money, and write the settlement record.
+
+        `judge(ledger, event_dict, window_end_ms) -> (reason or None, detail)` applies the settlement-time rules.
+        """
+        window = self.windows.pop(k)
+        start_ms, end_ms = window_bounds(k, policy.window_s)
+        outcomes: list[Outcome] = []
+        counts = {"like": 0, "comment": 0, "share": 0, "follow": 0}
+        accepted_interactions = 0
+        for event, position in window.pending:
+            reason, detail = judge(self, event, end_ms)
+            pos = Position(*position)
+            if reason is None:
+                accepted_interactions += 1
+                if event["kind"] in counts:
+                    counts[event["kind"]] += 1
+                outcomes.append(Outcome(INTERACTIONS, ACCEPTED, "", "", event, pos))
+            else:
+                outcomes.append(Outcome(INTERACTIONS, SUSPICIOUS, reason, detail, event, pos))
+        totals = pol.WindowTotals(
+            qualified_views=window.qualifying_views,
+            base_micros=window.qualifying_base_micros,
+            likes=counts["like"],
+            comments=counts["comment"],
+            shares=counts["share"],
+            follows=counts["follow"],
+        )
+        settled = pol.settle(policy, totals, eligible)
+        self.settled[k] = SettledWindow(settled.base_micros, settled.multiplier_bps, settled.settled_micros)
+        self.settled_micros += settled.settled_micros
+        self.settled_qualified_views += settled.qualified_views
+        if window.views > 0 or accepted_interactions > 0:
+            self.windows_settled += 1
+        if self.last_settled_window is None or k > self.last_settled_window:
+            self.last_settled_window = k
+        record = {
+            "kind": "settlement",
+            "video_id": self.video_id,
+            "creator_id": self.creator_id,
+            "window_start": start_ms,
+            "window_end": end_ms,
+            "qualified_views": settled.qualified_views,
+            "base_micros": settled.base_micros,
+            "score": settled.score,
+            "multiplier_bps": settled.multiplier_bps,
+            "settled_micros": settled.settled_micros,
+        }
+        return Settlement(record, outcomes)
+
+    def clawback_record(self, policy: pol.Policy, k: int, amount: int) -> dict[str, Any]:
+        settled = self.settled[k]
+        start_ms, end_ms = window_bounds(k, policy.window_s)
+        return {
+            "kind": "clawback",
+            "video_id": self.video_id,
+            "creator_id": self.creator_id,
+            "window_start": start_ms,
+            "window_end": end_ms,
+            "base_micros": settled.base_micros,
+            "clawed_base_micros": settled.clawed_base_micros,
+            "multiplier_bps": settled.multiplier_bps,
+            "settled_micros": settled.settled_micros,
+            "clawback_micros": amount,
+        }
+
+    # ---- expiry ----
+
+    def expire(self, policy: pol.Policy, watermark_ms: int) -> None:
+        """Forget what no rule can need any more, so state stays bounded."""
+        horizon_k = window_index(max(0, watermark_ms - policy.clawback_horizon_s * 1000), policy.window_s)
+        for k in [k for k in self.settled if k < horizon_k]:
+            del self.settled[k]
+        keep_ms = (
+            max(policy.qualify_once_s, policy.engagement_lookback_s + policy.window_s + policy.grace_s) * 1000
+        )
+        cutoff = watermark_ms - keep_ms
+        for memory in (self.qualified_at, self.viewed_at):
+            for viewer in list(memory):
+                kept = [ts for ts in memory[viewer] if ts > cutoff]
+                if kept:
+                    memory[viewer] = kept
+                else:
+                    del memory[viewer]
+        recent_cutoff = watermark_ms - policy.clawback_horizon_s * 1000
+        for event_id in [e for e, r in self.recent.items() if r.event["ts"] <= recent_cutoff]:
+            del self.recent[event_id]
+        dedupe_cutoff = watermark_ms - policy.dedupe_s * 1000
+        for key in [key for key, ts in self.reacted_at.items() if ts <= dedupe_cutoff]:
+            del self.reacted_at[key]
+
+    # ---- output ----
+
+    def provisional_micros(self, eligible_now: bool) -> int:
+        if not eligible_now:
+            return 0
+        return sum(w.qualifying_base_micros for w in self.windows.values())
+
+    def open_qualified_views(self, eligible_now: bool) -> int:
+        if not eligible_now:
+            return 0
+        return sum(w.qualifying_views for w in self.windows.values())
+
+    def accrual(self, policy_id: str, eligible_now: bool) -> dict[str, Any]:
+        """The Accrual content (SPEC §7) without `version` and `updated_at`."""
+        return {
+            "video_id": self.video_id,
+            "creator_id": self.creator_id,
+            "currency": "USD",
+            "policy": policy_id,
+            "settled_micros": self.settled_micros,
+            "clawback_micros": self.clawback_micros,
+            "provisional_micros": self.provisional_micros(eligible_now),
+            "qualified_views": self.settled_qualified_views + self.open_qualified_views(eligible_now),
+            "views": self.views,
+            "suspicious_views": self.suspicious_views,
+            "windows_settled": self.windows_settled,
+            "eligible": eligible_now,
+        }
+
+    # ---- storage ----
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "video_id": self.video_id,
+            "creator_id": self.creator_id,
+            "version": self.version,
+            "views": self.views,
+            "suspicious_views": self.suspicious_views,
+            "settled_micros": self.settled_micros,
+            "clawback_micros": self.clawback_micros,
+            "settled_qv": self.settled_qualified_views,
+            "windows_settled": self.windows_settled,
+            "last_settled_window": self.last_settled_window,
+            "updated_at": self.updated_at,
+            "eligible": self.eligible,
+            "applied": self.applied,
+            "windows": {str(k): w.to_dict() for k, w in self.windows.items()},
+            "settled": {str(k): s.to_list() for k, s in self.settled.items()},
+            "qualified_at": self.qualified_at,
+            "viewed_at": self.viewed_at,
+            "recent": {
+                e: [r.event, r.position, r.window, r.qualifying, r.base_micros, r.clawed]
+                for e, r in self.recent.items()
+            },
+            "reacted_at": self.reacted_at,
+            "rules": self.rules,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoLedger:
+        return cls(
+            video_id=data["video_id"],
+            creator_id=data["creator_id"],
+            version=data["version"],
+            views=data["views"],
+            suspicious_views=data["suspicious_views"],
+            settled_micros=data["settled_micros"],
+            clawback_micros=data["clawback_micros"],
+            settled_qualified_views=data["settled_qv"],
+            windows_settled=data["windows_settled"],
+            last_settled_window=data["last_settled_window"],
+            updated_at=data["updated_at"],
+            eligible=data["eligible"],
+            applied=data["applied"],
+            windows={int(k): Window.from_dict(w) for k, w in data["windows"].items()},
+            settled={int(k): SettledWindow.from_list(s) for k, s in data["settled"].items()},
+            qualified_at=data["qualified_at"],
+            viewed_at=data["viewed_at"],
+            recent={e: RecentView(*r) for e, r in data["recent"].items()},
+            reacted_at=data["reacted_at"],
+            rules=data["rules"],
+        )

@@ -1,0 +1,334 @@
+"""Prometheus metrics of SPEC §8: one RewardsMetrics object the worker calls, and the /metrics HTTP server.
+
+Label values are closed sets (topics, outcomes, reason codes, partitions), never video/creator/viewer ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from stream_app.domain.errors import StreamAppError
+
+# Exposed metric family names (what Prometheus stores and what deploy/ queries), one per row of SPEC §8.
+METRIC_NAMES: Final[tuple[str, ...]] = (
+    # counter {topic, outcome}: every consumed input event, exactly once, by its single outcome (SPEC §4)
+    "rewards_events_total",
+    # gauge: interactions held until their window settles (their outcome is counted then)
+    "rewards_pending_interactions",
+    # counter {reason}: events with outcome suspicious, by the authenticity rule that rejected them (SPEC §6)
+    "rewards_suspicious_events_total",
+    # counter: micro-USD fixed by window settlements
+    "rewards_settled_micros_total",
+    # counter: micro-USD taken back from already-settled windows
+    "rewards_clawback_micros_total",
+    # counter {reason}: accepted views later recognised by a rule and removed (clawback audit records)
+    "rewards_clawed_back_events_total",
+    # gauge: micro-USD of open windows on this worker's partitions (estimated, not yet settled)
+    "rewards_provisional_micros",
+    # counter: windows settled
+    "rewards_windows_settled_total",
+    # counter: Accrual records sent to reward-accruals
+    "rewards_accruals_emitted_total",
+    # histogram {topic}: wall clock at processing minus event ts, in seconds
+    "rewards_event_lag_seconds",
+    # gauge {topic, partition}: high watermark minus consumer position
+    "rewards_consumer_lag_messages",
+    # gauge: creators whose profile in effect now is eligible (SPEC §5)
+    "rewards_eligible_creators",
+)
+
+# Closed label value sets. Topics are named without TOPIC_PREFIX (SPEC §4), so dashboards work for any prefix.
+INPUT_TOPICS: Final[tuple[str, ...]] = ("video-views", "video-interactions", "creator-profiles")
+OUTCOMES: Final[tuple[str, ...]] = ("accepted", "suspicious", "late", "invalid")
+SUSPICIOUS_REASONS: Final[tuple[str, ...]] = (
+    "duplicate_event",
+    "impossible_watch",
+    "viewer_repeat",
+    "device_burst",
+    "velocity_burst",
+    "engagement_without_view",
+    "duplicate_interaction",
+)
+# Label names that may appear on rewards_* series; a test checks the exposition against this.
+LABEL_NAMES: Final[frozenset[str]] = frozenset({"topic", "outcome", "reason", "partition"})
+
+# Event lag spans a healthy worker (tens of milliseconds) to a replay or a stalled upstream (an hour and more,
+# which lands in +Inf). Roughly 1-2.5-5 steps keep histogram_quantile error under ~2x anywhere in the range.
+EVENT_LAG_BUCKETS: Final[tuple[float, ...]] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+
+
+class UnknownLabelError(StreamAppError):
+    """A metric was asked for a label value outside its closed set (a programming error, not bad input)."""
+
+
+class NegativeAmountError(StreamAppError):
+    """A counter was asked to go down; counters only grow, corrections are separate counters (clawback)."""
+
+
+class MetricsServerError(StreamAppError):
+    """The metrics endpoint could not bind its address (port in use, bad host)."""
+
+
+def new_registry() -> CollectorRegistry:
+    """A fresh registry with the client library's process, platform and GC collectors (SPEC §8)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class RewardsMetrics:
+    """Every SPEC §8 metric, with methods named for what the worker did; cheap enough per event."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The *_created series are a second family per counter/histogram that no query here uses; they double
+        # the series count. The switch is process-wide and read at scrape time, which suits a one-app process.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry if registry is not None else new_registry()
+        r = self.registry
+        # prometheus_client appends _total to counter names: "rewards_events" is exposed rewards_events_total.
+        self._events = Counter(
+            "rewards_events",
+            "Input events consumed, each counted once by its outcome (accepted, suspicious, late, invalid).",
+            ("topic", "outcome"),
+            registry=r,
+        )
+        self._pending_interactions = Gauge(
+            "rewards_pending_interactions",
+            "Interactions waiting for their window to settle; their outcome is counted when it does.",
+            registry=r,
+        )
+        self._suspicious = Counter(
+            "rewards_suspicious_events",
+            "Events with outcome suspicious, by the authenticity rule (reason code) that rejected them.",
+            ("reason",),
+            registry=r,
+        )
+        self._settled_micros = Counter(
+            "rewards_settled_micros",
+            "Money fixed by window settlements, in micro-USD (divide by 1e6 for USD).",
+            registry=r,
+        )
+        self._clawback_micros = Counter(
+            "rewards_clawback_micros",
+            "Money taken back from already-settled windows, in micro-USD (divide by 1e6 for USD).",
+            registry=r,
+        )
+        self._clawed_back = Counter(
+            "rewards_clawed_back_events",
+            "Accepted views later rejected by an authenticity rule and removed from their window, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self._provisional_micros = Gauge(
+            "rewards_provisional_micros",
+            "Provisional money (base micros) of open windows on this worker's partitions, in micro-USD.",
+            registry=r,
+        )
+        self._windows_settled = Counter(
+            "rewards_windows_settled",
+            "Per-video windows settled.",
+            registry=r,
+        )
+        self._accruals_emitted = Counter(
+            "rewards_accruals_emitted",
+            "Accrual records sent to the reward-accruals topic.",
+            registry=r,
+        )
+        self._event_lag = Histogram(
+            "rewards_event_lag_seconds",
+            "Wall clock at processing minus the event's ts, in seconds (negative lag is counted as 0).",
+            ("topic",),
+            buckets=EVENT_LAG_BUCKETS,
+            registry=r,
+        )
+        self._consumer_lag = Gauge(
+            "rewards_consumer_lag_messages",
+            "Messages between the consumer position and the partition's high watermark.",
+            ("topic", "partition"),
+            registry=r,
+        )
+        self._eligible_creators = Gauge(
+            "rewards_eligible_creators",
+            "Creators whose profile in effect now makes them eligible to earn.",
+            registry=r,
+        )
+        # Labelled children are created once here, so every known series is exposed at 0 from the first
+        # scrape (rate() and absent() need the series to exist) and the hot path is a dict lookup.
+        self._events_by: dict[tuple[str, str], Counter] = {
+            (t, o): self._events.labels(topic=t, outcome=o) for t in INPUT_TOPICS for o in OUTCOMES
+        }
+        self._suspicious_by: dict[str, Counter] = {
+            reason: self._suspicious.labels(reason=reason) for reason in SUSPICIOUS_REASONS
+        }
+        self._clawed_back_by: dict[str, Counter] = {
+            reason: self._clawed_back.labels(reason=reason) for reason in SUSPICIOUS_REASONS
+        }
+        self._event_lag_by: dict[str, Histogram] = {t: self._event_lag.labels(topic=t) for t in INPUT_TOPICS}
+        # Partitions are only known after assignment; children are cached as they appear.
+        self._consumer_lag_by: dict[tuple[str, int], Gauge] = {}
+        self._consumer_lag_lock = threading.Lock()
+
+    # -- input outcomes (SPEC §4, §6) ---------------------------------------------------------------------
+
+    def count_outcome(self, topic: str, outcome: str, n: int = 1) -> None:
+        """Count n input events of `topic` (no TOPIC_PREFIX) with `outcome`; each event exactly once."""
+        try:
+            child = self._events_by[(topic, outcome)]
+        except KeyError:
+            raise UnknownLabelError(
+                f"rewards_events_total: topic {topic!r} / outcome {outcome!r} not in {INPUT_TOPICS} x {OUTCOMES}"
+            ) from None
+        child.inc(_non_negative("rewards_events_total", n))
+
+    def count_suspicious(self, reason: str, n: int = 1) -> None:
+        """Count n events rejected by rule `reason`; the caller also counts their outcome (count_outcome)."""
+        try:
+            child = self._suspicious_by[reason]
+        except KeyError:
+            raise UnknownLabelError(
+                f"rewards_suspicious_events_total: reason {reason!r} not in {SUSPICIOUS_REASONS}"
+            ) from None
+        child.inc(_non_negative("rewards_suspicious_events_total", n))
+
+    def count_clawed_back(self, reason: str, n: int = 1) -> None:
+        """Count n accepted views that rule `reason` recognised later (they keep outcome accepted)."""
+        try:
+            child = self._clawed_back_by[reason]
+        except KeyError:
+            raise UnknownLabelError(
+                f"rewards_clawed_back_events_total: reason {reason!r} not in {SUSPICIOUS_REASONS}"
+            ) from None
+        child.inc(_non_negative("rewards_clawed_back_events_total", n))
+
+    def set_pending_interactions(self, count: int) -> None:
+        """Interactions held now, waiting for their window to settle."""
+        self._pending_interactions.set(count)
+
+    def observe_event_lag(self, topic: str, seconds: float) -> None:
+        """Record processing lag of one event of `topic`.
+
+        Negative lag (event ts ahead of our clock, within MAX_CLOCK_SKEW_S) is clamped to 0: a negative
+        observation would make _sum go down, which Prometheus' rate() reads as a counter reset.
+        """
+        try:
+            child = self._event_lag_by[topic]
+        except KeyError:
+            raise UnknownLabelError(f"rewards_event_lag_seconds: topic {topic!r} not in {INPUT_TOPICS}") from None
+        child.observe(seconds if seconds > 0.0 else 0.0)
+
+    # -- money and settlement (SPEC §5, §7) ---------------------------------------------------------------
+
+    def add_settled(self, micros: int) -> None:
+        """Add the settled_micros of one settlement."""
+        self._settled_micros.inc(_non_negative("rewards_settled_micros_total", micros))
+
+    def add_clawback(self, micros: int) -> None:
+        """Add the clawback_micros of one clawback (always >= 0)."""
+        self._clawback_micros.inc(_non_negative("rewards_clawback_micros_total", micros))
+
+    def set_provisional_micros(self, micros: int) -> None:
+        """Base micros of every open window this worker holds now."""
+        self._provisional_micros.set(micros)
+
+    def count_windows_settled(self, n: int = 1) -> None:
+        """Count n windows that just settled."""
+        self._windows_settled.inc(_non_negative("rewards_windows_settled_total", n))
+
+    def count_accruals_emitted(self, n: int = 1) -> None:
+        """Count n Accrual records sent."""
+        self._accruals_emitted.inc(_non_negative("rewards_accruals_emitted_total", n))
+
+    def set_eligible_creators(self, count: int) -> None:
+        """Creators eligible now, by the profile in effect."""
+        self._eligible_creators.set(count)
+
+    # -- consumer position --------------------------------------------------------------------------------
+
+    def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Lag of one assigned topic-partition (`topic` without TOPIC_PREFIX), clamped at 0.
+
+        High watermark and position are read at different moments, so their difference can briefly be
+        negative; a negative lag would only confuse alerts.
+        """
+        key = (topic, partition)
+        child = self._consumer_lag_by.get(key)
+        if child is None:
+            if partition < 0:
+                raise UnknownLabelError(f"rewards_consumer_lag_messages: partition {partition} < 0")
+            with self._consumer_lag_lock:
+                child = self._consumer_lag_by.setdefault(
+                    key, self._consumer_lag.labels(topic=topic, partition=str(partition))
+                )
+        child.set(lag if lag > 0 else 0)
+
+    def forget_consumer_lag(self, topic: str, partition: int) -> None:
+        """Drop the series of a revoked partition, so a worker does not report lag it no longer owns."""
+        with self._consumer_lag_lock:
+            if self._consumer_lag_by.pop((topic, partition), None) is not None:
+                self._consumer_lag.remove(topic, str(partition))
+
+
+def _non_negative(metric: str, amount: int) -> int:
+    if amount < 0:
+        raise NegativeAmountError(f"{metric}: cannot add {amount}; counters only grow")
+    return amount
+
+
+@dataclass
+class MetricsServer:
+    """A running /metrics endpoint; `port` is the bound port (useful when started on port 0)."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    def shutdown(self) -> None:
+        """Stop serving and release the port (tests; the worker just exits)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_http_server(metrics: RewardsMetrics, host: str, port: int) -> MetricsServer:
+    """Serve the registry at http://host:port/metrics (METRICS_HOST/METRICS_PORT, default 0.0.0.0:9108)."""
+    try:
+        server, thread = prometheus_client.start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise MetricsServerError(f"cannot serve metrics on {host}:{port} (METRICS_HOST/METRICS_PORT): {exc}") from exc
+    bound_port = int(server.server_address[1])
+    return MetricsServer(host=host, port=bound_port, _server=server, _thread=thread)

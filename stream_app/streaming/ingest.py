@@ -1,0 +1,221 @@
+"""Turns a batch of consumed records into outcomes and outputs: validate, score (domain), write tables, send.
+
+Every input event gets exactly one outcome (SPEC §4); a failure inside one event is caught and routed to the
+DLQ, because Faust acks a message whose agent raised and would otherwise lose it silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from stream_app.domain import jsoncodec
+from stream_app.domain.events import InputTopic, InteractionEvent, ViewEvent
+from stream_app.domain.partition import Effects, PartitionScorer
+from stream_app.domain.records import audit_record, dead_letter, event_to_dict
+from stream_app.domain.scoring import ACCEPTED, CLAWBACK, SUSPICIOUS, Position
+from stream_app.domain.validation import InvalidEvent, decode_record
+from stream_app.edges.partitioner import partition_for
+from stream_app.streaming.tables import PartitionStateStore, TableLedgerStore
+
+if TYPE_CHECKING:
+    from stream_app.streaming.app import ScorerApp
+
+log = logging.getLogger(__name__)
+
+OUTCOME_INVALID = "invalid"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class IngestProcessor:
+    def __init__(self, scorer: ScorerApp) -> None:
+        self.app = scorer
+        self.settings = scorer.settings
+        self.policy = scorer.settings.policy
+        self.metrics = scorer.metrics
+        self._partition_counts: dict[str, int] = {}
+        self._input_topics = {self.settings.topic(t): t for t in InputTopic}
+        self.partitions: dict[int, PartitionScorer] = {}
+        self._republish: set[int] = set()
+
+    # ---- partitions ----
+
+    def partition_count(self, topic: str) -> int:
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = self.app.faust.consumer.topic_partitions(topic)
+            if not count:
+                raise RuntimeError(f"no partition metadata for topic {topic!r}")
+            self._partition_counts[topic] = count
+        return count
+
+    def scorer_for(self, partition: int) -> PartitionScorer:
+        scorer = self.partitions.get(partition)
+        if scorer is None:
+            count = self.partition_count(self.settings.topic(InputTopic.VIEWS))
+            store = TableLedgerStore(self.app.video_state, partition, count)
+            saved = PartitionStateStore(self.app.partition_state, count).load(partition)
+            scorer = PartitionScorer(
+                self.policy,
+                self.app.policy_id,
+                partition,
+                store,
+                self.app.profiles,
+                self.app.rules,
+                watermarks=saved.get("latest_ts"),
+                now_ms=_now_ms(),
+            )
+            self.partitions[partition] = scorer
+            self._republish.add(partition)
+            self.metrics.set_pending_interactions(self.pending_interactions())
+        return scorer
+
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions revoked: drop their in-memory state (the tables keep the truth)."""
+        for partition in partitions:
+            self.partitions.pop(partition, None)
+        self.metrics.set_pending_interactions(self.pending_interactions())
+
+    def pending_interactions(self) -> int:
+        return sum(s.pending_interactions for s in self.partitions.values())
+
+    # ---- batches ----
+
+    async def process_batch(self, batch: Sequence[Any]) -> None:
+        now_ms = _now_ms()
+        touched: dict[int, Effects] = {}
+        for event in batch:
+            message = event.message
+            try:
+                if message.topic == self.app.tick_topic_name:
+                    await self._on_tick(message.partition, now_ms, touched)
+                    continue
+                await self._process_record(message, now_ms, touched)
+            except Exception as exc:  # one bad record must never stop the worker or vanish
+                log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
+                await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
+        for partition, effects in touched.items():
+            scorer = self.partitions.get(partition)
+            if scorer is None:
+                continue
+            scorer.flush(now_ms, effects)
+            PartitionStateStore(self.app.partition_state, self.partition_count(self.app.tick_topic_name)).save(
+                partition, {"latest_ts": scorer.latest_ts}
+            )
+            await self._apply(effects)
+        await self._republish_assigned()
+
+    async def _process_record(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
+        topic = self._input_topics[message.topic]
+        decoded = decode_record(
+            topic,
+            message.key,
+            message.value,
+            partition=message.partition,
+            partition_count=self.partition_count(message.topic),
+            partition_for=partition_for,
+        )
+        record_ts_ms = int(message.timestamp * 1000)
+        for item in decoded:
+            if isinstance(item, InvalidEvent):
+                await self._send_dead_letter(message, item.index, item.value, item.error)
+                continue
+            event = item.event
+            lag_s = max(0.0, now_ms / 1000 - event.ts / 1000)
+            self.metrics.observe_event_lag(topic.value, lag_s)
+            if topic is InputTopic.PROFILES:
+                self.metrics.count_outcome(topic.value, ACCEPTED)
+                continue
+            assert isinstance(event, ViewEvent | InteractionEvent)
+            effects = touched.get(message.partition)
+            if effects is None:
+                effects = touched[message.partition] = Effects()
+            position = Position(message.partition, message.offset, -1 if item.index is None else item.index)
+            scorer = self.scorer_for(message.partition)
+            scorer.on_event(topic.value, event, event_to_dict(event), position, record_ts_ms, now_ms, effects)
+            for dead_position, error in effects.dead_letters:
+                value = message.value if item.index is None else jsoncodec.dumps(event_to_dict(event))
+                await self._send_dead_letter(message, dead_position.index_or_none, value, error)
+            effects.dead_letters.clear()
+
+    async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
+        scorer = self.scorer_for(partition)
+        for topic in (InputTopic.VIEWS, InputTopic.INTERACTIONS):
+            scorer.observe_position(topic.value, await self.app.caught_up(topic, partition), now_ms)
+        effects = touched.get(partition)
+        if effects is None:
+            effects = touched[partition] = Effects()
+        scorer.settle_due(now_ms, effects, profiles_ready=self.app.profile_reader.caught_up.is_set())
+
+    # ---- effects ----
+
+    async def _apply(self, effects: Effects) -> None:
+        detected_at = _now_ms()
+        for outcome in effects.outcomes:
+            if outcome.outcome == CLAWBACK:
+                self.metrics.count_clawed_back(outcome.reason)
+            else:
+                self.metrics.count_outcome(outcome.topic, outcome.outcome)
+                if outcome.outcome == SUSPICIOUS:
+                    self.metrics.count_suspicious(outcome.reason)
+            if outcome.outcome != ACCEPTED:
+                record = audit_record(
+                    event=outcome.event,
+                    source_topic=self.settings.topic(outcome.topic),
+                    partition=outcome.position.partition,
+                    offset=outcome.position.offset,
+                    index=outcome.position.index_or_none,
+                    outcome=outcome.outcome,
+                    reason=outcome.reason,
+                    detail=outcome.detail,
+                    detected_at=detected_at,
+                )
+                key = str(outcome.event.get("video_id", "")).encode()
+                await self.app.topics.suspicious.send(key=key, value=jsoncodec.dumps(record))
+        for settlement in effects.settlements:
+            if settlement["kind"] == "settlement":
+                self.metrics.add_settled(settlement["settled_micros"])
+                self.metrics.count_windows_settled()
+            else:
+                self.metrics.add_clawback(settlement["clawback_micros"])
+            await self.app.topics.settlements.send(
+                key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement)
+            )
+        for accrual in effects.accruals:
+            await self.app.topics.accruals.send(key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual))
+            self.metrics.count_accruals_emitted()
+        if effects.pending_delta:
+            self.metrics.set_pending_interactions(self.pending_interactions())
+        self.metrics.set_provisional_micros(sum(s.provisional_micros for s in self.partitions.values()))
+
+    async def _republish_assigned(self) -> None:
+        """After an assignment, re-emit every video's current record unchanged (SPEC §7)."""
+        while self._republish:
+            partition = self._republish.pop()
+            scorer = self.partitions.get(partition)
+            if scorer is None:
+                continue
+            for accrual in scorer.republish():
+                await self.app.topics.accruals.send(
+                    key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual)
+                )
+                self.metrics.count_accruals_emitted()
+
+    async def _send_dead_letter(self, message: Any, index: int | None, value: bytes, error: str) -> None:
+        record = dead_letter(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            index=index,
+            key=message.key,
+            value=value,
+            error=error,
+            ts=_now_ms(),
+        )
+        await self.app.topics.dlq.send(key=message.key, value=jsoncodec.dumps(record))
+        self.metrics.count_outcome(self.settings.unprefixed(message.topic), OUTCOME_INVALID)

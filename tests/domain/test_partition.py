@@ -1,0 +1,164 @@
+"""PartitionScorer: a hand-worked scenario of windows, qualification, eligibility, settlement, lateness, replay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from stream_app.domain.events import CreatorProfile, InteractionEvent, ViewEvent
+from stream_app.domain.partition import Effects, PartitionScorer
+from stream_app.domain.policy import Policy, policy_hash
+from stream_app.domain.profiles import ProfileHistory
+from stream_app.domain.records import event_to_dict
+from stream_app.domain.scoring import Position, VideoLedger
+from stream_app.streaming.authenticity import build_rules
+
+POLICY = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=0.0)
+NOW = 1_000_000_000
+
+
+class DictStore:
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, object]] = {}
+        self.saves = 0
+
+    def load(self, video_id: str) -> VideoLedger | None:
+        raw = self.data.get(video_id)
+        return None if raw is None else VideoLedger.from_dict(raw)
+
+    def save(self, ledger: VideoLedger) -> None:
+        self.saves += 1
+        self.data[ledger.video_id] = ledger.to_dict()
+
+    def video_ids(self) -> Iterator[str]:
+        return iter(list(self.data))
+
+
+def view(n: int, video: str, viewer: str, ts: int, *, watch: int = 10_000, source: str = "for_you",
+         region: str = "US", creator: str = "c1") -> ViewEvent:
+    return ViewEvent(f"v{n}", video, creator, viewer, f"d-{viewer}", ts, watch, 120_000, source, region)
+
+
+def interaction(n: int, video: str, viewer: str, ts: int, kind: str, creator: str = "c1") -> InteractionEvent:
+    return InteractionEvent(f"i{n}", video, creator, viewer, f"d-{viewer}", ts, kind)
+
+
+def profile(creator: str, ts: int, followers: int = 50_000) -> CreatorProfile:
+    return CreatorProfile(creator, followers, 500_000, True, "good", ts)
+
+
+class Harness:
+    def __init__(self, store: DictStore | None = None, profiles: ProfileHistory | None = None) -> None:
+        self.store = store or DictStore()
+        self.profiles = profiles or ProfileHistory(POLICY)
+        self.scorer = PartitionScorer(POLICY, policy_hash(POLICY), 0, self.store, self.profiles, build_rules(POLICY))
+        self.offset = 0
+        self.effects = Effects()
+
+    def send(self, *events: ViewEvent | InteractionEvent, offset: int | None = None) -> Effects:
+        effects = Effects()
+        for event in events:
+            topic = "video-views" if isinstance(event, ViewEvent) else "video-interactions"
+            at = self.offset if offset is None else offset
+            self.scorer.on_event(topic, event, event_to_dict(event), Position(0, at, -1), event.ts, NOW, effects)
+            self.offset += 1
+        self.scorer.flush(NOW, effects)
+        return effects
+
+
+def outcomes(effects: Effects) -> list[tuple[str, str, str]]:
+    return [(o.topic, o.outcome, o.reason) for o in effects.outcomes]
+
+
+@pytest.fixture
+def harness() -> Harness:
+    h = Harness()
+    h.profiles.add(profile("c1", 0))
+    h.profiles.add(profile("c2", 0, followers=9_999))  # one follower short of eligible
+    return h
+
+
+def test_window_settles_with_hand_worked_money(harness: Harness) -> None:
+    harness.send(
+        view(1, "vid1", "a", 1_000),
+        view(2, "vid1", "b", 2_000, region="GB"),
+        view(3, "vid1", "c", 3_000, region="IN"),
+        view(4, "vid1", "d", 4_000, watch=4_999),  # too short to qualify
+        view(5, "vid1", "e", 5_000, source="following"),  # not a qualifying source
+        interaction(1, "vid1", "a", 6_000, "like"),
+        interaction(2, "vid1", "b", 7_000, "comment"),
+    )
+    # the open window: base 1000 (US) + 800 (GB) + 100 (IN) = 1900 provisional micros, 3 qualified views
+    ledger = harness.scorer.ledger("vid1")
+    assert ledger is not None
+    assert ledger.accrual("p", True)["provisional_micros"] == 1_900
+    # both event topics pass the deadline of window 0: (0+1)*10_000 + 2_000 = 12_000 ms
+    effects = harness.send(view(6, "vid1", "a", 12_400), interaction(3, "vid1", "a", 12_500, "share"))
+    [settlement] = effects.settlements
+    # score = 1 like + 2*1 comment = 3; rate_bps = 3*10_000 // 3 = 10_000;
+    # multiplier = clamp(10_000*10_000 // 1_000, 5_000, 20_000) = 20_000; settled = 1_900*20_000 // 10_000 = 3_800
+    assert {k: settlement[k] for k in ("qualified_views", "base_micros", "score", "multiplier_bps",
+                                       "settled_micros", "window_start", "window_end")} == {
+        "qualified_views": 3, "base_micros": 1_900, "score": 3, "multiplier_bps": 20_000,
+        "settled_micros": 3_800, "window_start": 0, "window_end": 10_000,
+    }
+    assert ("video-interactions", "accepted", "") in outcomes(effects)
+    accrual = effects.accruals[-1]
+    # the 12_400 view by "a" repeats a qualifying view within QUALIFY_ONCE_S: accepted, not qualifying
+    assert (accrual["settled_micros"], accrual["qualified_views"], accrual["views"], accrual["provisional_micros"],
+            accrual["windows_settled"]) == (3_800, 3, 6, 0, 1)
+
+
+def test_ineligible_creator_earns_nothing(harness: Harness) -> None:
+    harness.send(view(1, "vid2", "a", 1_000, creator="c2"), view(2, "vid2", "b", 2_000, creator="c2"))
+    effects = harness.send(view(3, "vid2", "x", 12_000, creator="c2"),
+                           interaction(1, "vid2", "x", 12_000, "like", creator="c2"))
+    [settlement] = effects.settlements
+    assert (settlement["qualified_views"], settlement["base_micros"], settlement["settled_micros"]) == (0, 0, 0)
+    assert effects.accruals[-1]["eligible"] is False
+
+
+def test_late_event_after_settlement(harness: Harness) -> None:
+    harness.send(view(1, "vid1", "a", 1_000), view(2, "vid1", "b", 12_000), interaction(1, "vid1", "b", 12_000, "like"))
+    effects = harness.send(view(3, "vid1", "c", 5_000))
+    assert outcomes(effects) == [("video-views", "late", "late")]
+
+
+def test_future_timestamp_is_late() -> None:
+    h = Harness()
+    effects = Effects()
+    event = view(1, "vid1", "a", 1_000 + 300_001)
+    h.scorer.on_event("video-views", event, event_to_dict(event), Position(0, 0, -1), 1_000, NOW, effects)
+    assert outcomes(effects) == [("video-views", "late", "future_timestamp")]
+
+
+def test_replayed_input_is_skipped_not_recounted(harness: Harness) -> None:
+    harness.send(view(1, "vid1", "a", 1_000), offset=7)
+    effects = harness.send(view(1, "vid1", "a", 1_000), offset=7)
+    assert effects.outcomes == [] and effects.skipped_replays == 1
+    ledger = harness.scorer.ledger("vid1")
+    assert ledger is not None and ledger.views == 1
+
+
+def test_state_survives_a_restart_on_the_same_store(harness: Harness) -> None:
+    harness.send(view(1, "vid1", "a", 1_000), view(2, "vid1", "b", 2_000))
+    version = harness.store.data["vid1"]["version"]
+    restarted = Harness(harness.store, harness.profiles)
+    restarted.offset = harness.offset
+    effects = restarted.send(view(3, "vid1", "c", 12_000), interaction(1, "vid1", "c", 12_000, "like"))
+    assert effects.settlements[0]["base_micros"] == 2_000
+    assert effects.accruals[-1]["version"] > version
+
+
+def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
+    harness.send(view(1, "vid1", "a", 1_000))
+    effects = harness.send(view(2, "vid1", "b", 2_000, creator="c2"))
+    [(position, error)] = effects.dead_letters
+    assert error.startswith("creator_id: video 'vid1' belongs to creator 'c1'")
+    assert effects.outcomes == []
+
+
+def test_each_touched_ledger_is_written_once_per_batch(harness: Harness) -> None:
+    harness.send(*(view(n, "vid1", f"viewer{n}", 1_000 + n) for n in range(50)))
+    assert harness.store.saves == 1

@@ -1,0 +1,249 @@
+"""Tests of the DeadLetter / AuditRecord builders and event_to_dict: exact shapes, base64, JSON round trip."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_app.domain import jsoncodec
+from stream_app.domain.events import CreatorProfile, Event, InteractionEvent, ViewEvent
+from stream_app.domain.records import audit_record, dead_letter, event_to_dict
+
+VIEW_EVENT = ViewEvent("e1", "v1", "c1", "u1", "d1", 1_700_000_000_000, 6_000, 60_000, "for_you", "US")
+
+
+def test_dead_letter_with_text_key_and_value() -> None:
+    record = dead_letter(
+        source_topic="video-views",
+        partition=3,
+        offset=42,
+        index=None,
+        key=b"v1",
+        value=b'{"video_id": "v1"}',
+        error="viewer_id: missing",
+        ts=1_700_000_000_123,
+    )
+    assert record == {
+        "source_topic": "video-views",
+        "partition": 3,
+        "offset": 42,
+        "index": None,
+        "key": "v1",
+        "value": '{"video_id": "v1"}',
+        "error": "viewer_id: missing",
+        "ts": 1_700_000_000_123,
+    }
+    assert jsoncodec.loads(jsoncodec.dumps(record)) == record
+
+
+def test_dead_letter_of_envelope_element_with_null_key() -> None:
+    record = dead_letter(
+        source_topic="video-interactions",
+        partition=0,
+        offset=7,
+        index=2,
+        key=None,
+        value=b"5",
+        error="event: must be a JSON object, got 5",
+        ts=5,
+    )
+    assert jsoncodec.dumps(record) == (
+        b'{"error":"event: must be a JSON object, got 5","index":2,"key":null,"offset":7,'
+        b'"partition":0,"source_topic":"video-interactions","ts":5,"value":"5"}'
+    )
+
+
+def test_dead_letter_with_invalid_utf8_key_is_base64() -> None:
+    record = dead_letter(
+        source_topic="creator-profiles",
+        partition=1,
+        offset=9,
+        index=None,
+        key=b"\xff\x00c",
+        value=b"{}",
+        error="creator_id: missing",
+        ts=10,
+    )
+    assert record == {
+        "source_topic": "creator-profiles",
+        "partition": 1,
+        "offset": 9,
+        "index": None,
+        "key": "/wBj",
+        "key_encoding": "base64",
+        "value": "{}",
+        "error": "creator_id: missing",
+        "ts": 10,
+    }
+
+
+def test_dead_letter_with_invalid_utf8_value_is_base64() -> None:
+    record = dead_letter(
+        source_topic="video-views",
+        partition=2,
+        offset=0,
+        index=None,
+        key=b"v1",
+        value=b"\xc3(\xfb\xff",
+        error="value: not valid UTF-8 (invalid continuation byte at byte 0)",
+        ts=11,
+    )
+    assert record == {
+        "source_topic": "video-views",
+        "partition": 2,
+        "offset": 0,
+        "index": None,
+        "key": "v1",
+        "value": "wyj7/w==",  # standard alphabet: '/' and '+' rather than '_' and '-'
+        "value_encoding": "base64",
+        "error": "value: not valid UTF-8 (invalid continuation byte at byte 0)",
+        "ts": 11,
+    }
+    assert jsoncodec.loads(jsoncodec.dumps(record)) == record
+
+
+def test_dead_letter_keeps_non_ascii_utf8_as_text_and_empty_value_as_empty_text() -> None:
+    record = dead_letter(
+        source_topic="video-views",
+        partition=0,
+        offset=1,
+        index=None,
+        key="vé".encode(),
+        value=b"",
+        error="e",
+        ts=0,
+    )
+    assert (record["key"], record["value"]) == ("vé", "")
+    assert "key_encoding" not in record and "value_encoding" not in record
+
+
+@given(key=st.none() | st.binary(max_size=16), value=st.binary(max_size=32))
+def test_dead_letter_bytes_are_recoverable_after_a_json_round_trip(key: bytes | None, value: bytes) -> None:
+    record = jsoncodec.loads(
+        jsoncodec.dumps(
+            dead_letter(
+                source_topic="t", partition=0, offset=0, index=None, key=key, value=value, error="e", ts=0
+            )
+        )
+    )
+    assert recover(record, "key") == key
+    assert recover(record, "value") == value
+
+
+def recover(record: dict[str, Any], name: str) -> bytes | None:
+    text = record[name]
+    if text is None:
+        return None
+    if record.get(f"{name}_encoding") == "base64":
+        return base64.b64decode(text, validate=True)
+    return str(text).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (
+            VIEW_EVENT,
+            {
+                "event_id": "e1",
+                "video_id": "v1",
+                "creator_id": "c1",
+                "viewer_id": "u1",
+                "device_id": "d1",
+                "ts": 1_700_000_000_000,
+                "watch_ms": 6_000,
+                "video_ms": 60_000,
+                "source": "for_you",
+                "region": "US",
+            },
+        ),
+        (
+            InteractionEvent("e2", "v1", "c1", "u1", "d1", 5, "like"),
+            {
+                "event_id": "e2",
+                "video_id": "v1",
+                "creator_id": "c1",
+                "viewer_id": "u1",
+                "device_id": "d1",
+                "ts": 5,
+                "kind": "like",
+            },
+        ),
+        (
+            CreatorProfile("c1", 10_000, 100_000, False, "banned", 6),
+            {
+                "creator_id": "c1",
+                "followers": 10_000,
+                "views_30d": 100_000,
+                "adult": False,
+                "standing": "banned",
+                "ts": 6,
+            },
+        ),
+    ],
+)
+def test_event_to_dict_gives_fields_in_dataclass_order(event: Event, expected: dict[str, object]) -> None:
+    result = event_to_dict(event)
+    assert result == expected
+    assert list(result) == list(expected)
+    assert jsoncodec.loads(jsoncodec.dumps(result)) == expected
+
+
+def test_audit_record_shape_and_round_trip() -> None:
+    record = audit_record(
+        event=event_to_dict(VIEW_EVENT),
+        source_topic="video-views",
+        partition=4,
+        offset=100,
+        index=3,
+        outcome="suspicious",
+        reason="viewer_repeat",
+        detail="6th view of v1 by u1 within 600 s",
+        detected_at=1_700_000_000_500,
+    )
+    assert record == {
+        "event": {
+            "event_id": "e1",
+            "video_id": "v1",
+            "creator_id": "c1",
+            "viewer_id": "u1",
+            "device_id": "d1",
+            "ts": 1_700_000_000_000,
+            "watch_ms": 6_000,
+            "video_ms": 60_000,
+            "source": "for_you",
+            "region": "US",
+        },
+        "source_topic": "video-views",
+        "partition": 4,
+        "offset": 100,
+        "index": 3,
+        "outcome": "suspicious",
+        "reason": "viewer_repeat",
+        "detail": "6th view of v1 by u1 within 600 s",
+        "detected_at": 1_700_000_000_500,
+    }
+    assert jsoncodec.loads(jsoncodec.dumps(record)) == record
+
+
+def test_audit_record_with_null_index_serializes_it_as_null() -> None:
+    record = audit_record(
+        event={"creator_id": "c1"},
+        source_topic="creator-profiles",
+        partition=0,
+        offset=1,
+        index=None,
+        outcome="late",
+        reason="future_timestamp",
+        detail="ts 400 s ahead of the record timestamp",
+        detected_at=2,
+    )
+    assert jsoncodec.dumps(record) == (
+        b'{"detail":"ts 400 s ahead of the record timestamp","detected_at":2,"event":{"creator_id":"c1"},'
+        b'"index":null,"offset":1,"outcome":"late","partition":0,"reason":"future_timestamp",'
+        b'"source_topic":"creator-profiles"}'
+    )

@@ -1,0 +1,58 @@
+"""partition_for must agree with the Java client's default partitioner bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_app.domain.events import InputTopic
+from stream_app.edges.partitioner import KEY_FIELD, partition_for
+
+# (key, Utils.murmur2(key) as Java's signed int, from Kafka's own UtilsTest.testMurmur2).
+# Java's partition is toPositive(hash) % n = (hash & 0x7fffffff) % n, worked out below per row.
+JAVA_MURMUR2 = [
+    # key, java hash, toPositive(hash), partition of 4, partition of 12
+    (b"21", -973932308, 1173551340, 0, 0),
+    (b"foobar", -790332482, 1357151166, 2, 6),
+    (b"a-little-bit-long-string", -985981536, 1161502112, 0, 8),
+    (b"a-little-bit-longer-string", -1486304829, 661178819, 3, 11),
+    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971, 2088585677, 1, 5),
+    (b"abc", 479470107, 479470107, 3, 3),
+]
+
+
+@pytest.mark.parametrize(("key", "java_hash", "positive", "of_4", "of_12"), JAVA_MURMUR2)
+def test_partition_matches_java_utils_murmur2(key: bytes, java_hash: int, positive: int, of_4: int, of_12: int) -> None:
+    assert java_hash & 0x7FFFFFFF == positive
+    assert positive % 4 == of_4 and positive % 12 == of_12
+    assert partition_for(key, 4) == of_4
+    assert partition_for(key, 12) == of_12
+    assert partition_for(key, 1) == 0
+
+
+# kafka-python's test_murmur2_java_compatibility: partitions of 1000 computed by the Java client.
+@pytest.mark.parametrize(
+    ("key", "partition"),
+    [(b"", 681), (b"a", 524), (b"ab", 434), (b"abc", 107), (b"123456789", 566), (b"\x00 ", 742)],
+)
+def test_partition_of_1000_matches_java_client(key: bytes, partition: int) -> None:
+    assert partition_for(key, 1000) == partition
+
+
+def test_utf8_key_bytes_are_hashed_not_code_points() -> None:
+    # Keys are the UTF-8 bytes of the id ("vidéo" is 6 bytes), as the Java StringSerializer sends them.
+    assert "vidéo".encode() == b"vid\xc3\xa9o"
+    assert partition_for(b"vid\xc3\xa9o", 4) == 1
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_partition_count_must_be_positive(count: int) -> None:
+    with pytest.raises(ValueError, match="partition_count"):
+        partition_for(b"abc", count)
+
+
+def test_key_field_per_input_topic() -> None:
+    assert KEY_FIELD == {
+        InputTopic.VIEWS: "video_id",
+        InputTopic.INTERACTIONS: "video_id",
+        InputTopic.PROFILES: "creator_id",
+    }
