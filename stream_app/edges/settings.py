@@ -27,6 +27,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     policy: Policy = field(default_factory=Policy)
+    # score on over state written under another policy (SPEC §7: refused unless told to)
+    allow_policy_change: bool = False
     # the raw environment, kept for the Kafka security settings (built by edges.kafka_client)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -77,6 +79,15 @@ def _identifier(env: Mapping[str, str], name: str, default: str, *, allow_empty:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes or 0/false/no, got {env.get(name)!r}")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigError naming the first bad variable."""
     env = dict(os.environ if env is None else env)
@@ -103,5 +114,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level="WARNING" if level == "WARN" else level,
         log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS, upper=False),
         policy=load_policy(env, policy_file),
+        allow_policy_change=_flag(env, "ALLOW_POLICY_CHANGE"),
         env=env,
     )

@@ -82,7 +82,9 @@ REGION_WEIGHTS: dict[str, int] = {
 SOURCE_WEIGHTS: dict[str, int] = {"for_you": 76, "following": 10, "profile": 7, "search": 5, "ad": 2}
 
 # Organic behaviour. The bounds marked "by construction" are what keep organic traffic clear of SPEC §6.
-_MEAN_SESSION_VIEWS = 8
+_MEAN_SESSION_VIEWS = 7.5  # 1 + a rounded exponential draw of mean 6.5 (capped at 60, which hardly matters)
+_MEAN_VIEW_STEP_MS = 48_000  # measured mean time from one view of a session to the next (watch + gap)
+_MAX_VIEW_STEP_MS = 180_000 * 5 // 2 + 3_000  # longest video, watched 2.5 times, plus the longest gap
 _MAX_SESSION_VIEWS = 60
 _MIN_VIEW_STEP_MS = 1_000  # by construction: a device never shows more than 60 views in 60 s (device_burst)
 _MAX_VIEWS_PER_VIDEO = 2  # by construction: far under viewer_repeat (6), and distinct viewers >= half (velocity)
@@ -92,21 +94,22 @@ _VIEWER_MEMORY_MS = 90_000_000  # > DEDUPE_S (24 h): after this idle time a view
 _VIEWER_TRIES = 8
 _VIDEO_TRIES = 6
 # Interactions per kind for a view watched to >= 90 % / to >= 30 % of the video; none below that.
+# Tuned so the engagement multiplier of SPEC §5 comes out near 1.0x on organic traffic.
 _ENGAGED_KINDS: tuple[tuple[str, float], ...] = (
-    ("like", 0.10),
-    ("comment", 0.015),
-    ("share", 0.01),
-    ("follow", 0.008),
+    ("like", 0.065),
+    ("comment", 0.01),
+    ("share", 0.0065),
+    ("follow", 0.005),
 )
 _CASUAL_KINDS: tuple[tuple[str, float], ...] = (
-    ("like", 0.025),
-    ("comment", 0.004),
-    ("share", 0.002),
-    ("follow", 0.001),
+    ("like", 0.016),
+    ("comment", 0.0026),
+    ("share", 0.0013),
+    ("follow", 0.0007),
 )
-# Interactions per view of the distributions above, measured on 500k simulated views; turns an event rate into a
+# Interactions per view of the distributions above, measured on 120k simulated views; turns an event rate into a
 # view rate.
-_INTERACTIONS_PER_VIEW = 0.045
+_INTERACTIONS_PER_VIEW = 0.028
 _ONCE_KINDS = {"like": 4, "follow": 8}  # at most one per viewer and video (duplicate_interaction): flag bits
 _COUNT_MASK = 3
 
@@ -125,7 +128,7 @@ class SimulationConfig:
     rate_per_s: float = 200.0
     creators: int = 400
     videos: int = 5_000
-    viewers: int = 50_000
+    viewers: int | None = None  # None: enough for the rate (see viewer_count)
     fraud: frozenset[str] = field(default_factory=frozenset)
     fraud_share: float = 0.03
 
@@ -146,8 +149,16 @@ class SimulationConfig:
         for name, value, least in (("creators", self.creators, 1), ("videos", self.videos, 50)):
             if value < least:
                 raise ConfigError(f"{name} must be at least {least}, got {value}")
-        if self.viewers < 100:
+        if self.viewers is not None and self.viewers < 100:
             raise ConfigError(f"viewers must be at least 100, got {self.viewers}")
+
+    @property
+    def viewer_count(self) -> int:
+        """The viewer population. About 45 viewers per event/s are mid-session at any time and as many resting
+        between sessions; the automatic size keeps most of the population free, so the rate is met."""
+        if self.viewers is not None:
+            return self.viewers
+        return max(10_000, int(self.rate_per_s * 250))
 
     @property
     def end_ms(self) -> int:
@@ -214,11 +225,11 @@ class Catalogue:
         ]
         # Zipf-Mandelbrot popularity: a heavy head and a long tail, the head flattened a little by the offset.
         self.popularity = list(accumulate(1.0 / (rank + 3) ** 1.05 for rank in range(config.videos)))
-        self.viewer_ids = [f"u-{self.tag}-{i:07d}" for i in range(config.viewers)]
+        self.viewers = config.viewer_count
         regions, weights = zip(*REGION_WEIGHTS.items(), strict=True)
-        self.viewer_regions = rng.choices(regions, weights, k=config.viewers)
+        self.viewer_regions = rng.choices(regions, weights, k=self.viewers)
         # One phone per viewer; about one in ten also watches on a tablet.
-        self.second_device = {i for i in range(config.viewers) if rng.random() < 0.1}
+        self.second_device = {i for i in range(self.viewers) if rng.random() < 0.1}
         self._actors = 0
 
     @staticmethod
@@ -234,6 +245,9 @@ class Catalogue:
             "standing": standing,
             "ts": ts,
         }
+
+    def viewer_id(self, viewer: int) -> str:
+        return f"u-{self.tag}-{viewer:07d}"
 
     def device_id(self, viewer: int, second: bool) -> str:
         return f"dv-{self.tag}-{viewer:07d}" + ("t" if second else "")
@@ -324,7 +338,13 @@ class _OrganicTraffic:
         end = self._config.end_ms
         heap = self._heap
         rng = self._rng
-        next_start = self._config.start_ms + rng.expovariate(self._sessions_per_ms)
+        start = self._config.start_ms
+        # Start in the steady state: the sessions in flight at any instant (Little's law: start rate x time from
+        # first to last view) are already running; a session's length is memoryless, so one caught mid-way has
+        # the same law of remaining views as a new one.
+        for _ in range(round(self._sessions_per_ms * (_MEAN_SESSION_VIEWS - 1) * _MEAN_VIEW_STEP_MS)):
+            self._start_session(start + self._in_flight_delay())
+        next_start = start + rng.expovariate(self._sessions_per_ms)
         while True:
             if heap and heap[0][0] <= next_start:
                 ts, _, item = heapq.heappop(heap)
@@ -348,23 +368,31 @@ class _OrganicTraffic:
 
     def _start_session(self, now: int) -> None:
         rng = self._rng
-        n = len(self._cat.viewer_ids)
+        n = self._cat.viewers
         for _ in range(_VIEWER_TRIES):
             viewer = rng.randrange(n)
-            if viewer not in self._active:
+            if viewer in self._active:
+                continue
+            # A viewer who just closed the app does not start a new session at once.
+            last_end = self._last_end.get(viewer)
+            if last_end is None or last_end + rng.randint(*_SESSION_BREAK_MS) <= now:
                 break
         else:
             return  # the population is saturated at this rate: fewer sessions rather than overlapping ones
-        last_end = self._last_end.get(viewer)
-        start = now
-        if last_end is not None:
-            start = max(now, last_end + rng.randint(*_SESSION_BREAK_MS))
-            if start - last_end > _VIEWER_MEMORY_MS:
-                self._history.pop(viewer, None)  # bounded memory: old history can no longer trip a rule
+        if last_end is not None and now - last_end > _VIEWER_MEMORY_MS:
+            self._history.pop(viewer, None)  # bounded memory: history this old can no longer trip a rule
         second = viewer in self._cat.second_device and rng.random() < 0.3
-        length = min(_MAX_SESSION_VIEWS, 1 + int(rng.expovariate(1 / (_MEAN_SESSION_VIEWS - 1))))
+        length = min(_MAX_SESSION_VIEWS, 1 + round(rng.expovariate(1 / (_MEAN_SESSION_VIEWS - 1.0))))
         self._active.add(viewer)
-        self._push(start, _Session(viewer, self._cat.device_id(viewer, second), length))
+        self._push(now, _Session(viewer, self._cat.device_id(viewer, second), length))
+
+    def _in_flight_delay(self) -> int:
+        """Time to the next view of a session caught mid-way: uniform within a step drawn length-biased."""
+        rng = self._rng
+        while True:
+            step = max(_MIN_VIEW_STEP_MS, _watch_ms(rng, _video_ms(rng)) + rng.randint(300, 3_000))
+            if rng.random() * _MAX_VIEW_STEP_MS < step:
+                return rng.randrange(step)
 
     def _pick(self, history: dict[int, int]) -> int:
         rng = self._rng
@@ -392,7 +420,7 @@ class _OrganicTraffic:
             "event_id": _event_id(rng),
             "video_id": video.video_id,
             "creator_id": video.creator_id,
-            "viewer_id": self._cat.viewer_ids[viewer],
+            "viewer_id": self._cat.viewer_id(viewer),
             "device_id": session.device,
             "ts": ts,
             "watch_ms": watch_ms,
@@ -744,14 +772,3 @@ def write_labels(path: Path | str, events: Iterable[SimEvent]) -> int:
         for count, event in enumerate(events, start=1):
             out.write(jsoncodec.dumps(label_record(count - 1, event)) + b"\n")
     return count
-
-
-def summarise_labels(events: Iterable[SimEvent]) -> dict[str, dict[str, int]]:
-    """Counts by label and by expected reason (None counted as "none"): the run's answer key in brief."""
-    labels: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    for event in events:
-        labels[event.label] = labels.get(event.label, 0) + 1
-        reason = event.expected_reason or "none"
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return {"labels": labels, "expected_reasons": reasons}

@@ -7,11 +7,13 @@ DLQ, because Faust acks a message whose agent raised and would otherwise lose it
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.errors import PolicyMismatchError
 from stream_app.domain.events import InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, PartitionScorer
 from stream_app.domain.records import audit_record, dead_letter, event_to_dict
@@ -60,6 +62,7 @@ class IngestProcessor:
             count = self.partition_count(self.settings.topic(InputTopic.VIEWS))
             store = TableLedgerStore(self.app.video_state, partition, count)
             saved = PartitionStateStore(self.app.partition_state, count).load(partition)
+            self._check_policy(partition, saved.get("policy"))
             scorer = PartitionScorer(
                 self.policy,
                 self.app.policy_id,
@@ -75,6 +78,19 @@ class IngestProcessor:
             self.metrics.set_pending_interactions(self.pending_interactions())
         return scorer
 
+    def _check_policy(self, partition: int, stored: str | None) -> None:
+        if stored is None or stored == self.app.policy_id or self.settings.allow_policy_change:
+            return
+        error = PolicyMismatchError(
+            f"partition {partition} holds state written under policy {stored}, but this worker runs "
+            f"{self.app.policy_id}; refusing to continue (set ALLOW_POLICY_CHANGE=1 to score on under the new policy)"
+        )
+        log.critical("%s", error)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # Exit before Faust acks this batch: an exception here would ack and commit it, losing the events.
+        os._exit(3)
+
     def forget(self, partitions: set[int]) -> None:
         """Partitions revoked: drop their in-memory state (the tables keep the truth)."""
         for partition in partitions:
@@ -87,6 +103,8 @@ class IngestProcessor:
     # ---- batches ----
 
     async def process_batch(self, batch: Sequence[Any]) -> None:
+        # Eligibility "now" needs the profile history loaded: hold events until the profile reader caught up.
+        await self.app.profile_reader.caught_up.wait()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
         for event in batch:
@@ -105,7 +123,7 @@ class IngestProcessor:
                 continue
             scorer.flush(now_ms, effects)
             PartitionStateStore(self.app.partition_state, self.partition_count(self.app.tick_topic_name)).save(
-                partition, {"latest_ts": scorer.latest_ts}
+                partition, {"latest_ts": scorer.latest_ts, "policy": self.app.policy_id}
             )
             await self._apply(effects)
         await self._republish_assigned()

@@ -249,6 +249,6 @@ async def test_sending_before_start_is_an_error() -> None:
 
 
 async def test_unreachable_broker_is_a_broker_error() -> None:
-    with pytest.raises(BrokerError, match="cannot connect producer to 127.0.0.1:1"):
+    with pytest.raises(BrokerError, match=r"cannot connect producer to 127\.0\.0\.1:1"):
         async with RewardsProducer("127.0.0.1:1"):
             pass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,8 +25,8 @@ PARTITIONS = 4
 
 @pytest.fixture
 async def prefix(bootstrap: str, topic_prefix: str) -> AsyncIterator[str]:
-    """A prefix unique to this test, with the three input topics created at 4 partitions each."""
-    unique = f"{topic_prefix}{uuid.uuid4().hex[:8]}."
+    """This test's own TOPIC_PREFIX, with the three input topics created at 4 partitions each."""
+    unique = topic_prefix
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

@@ -1,0 +1,40 @@
+"""Shared fixtures: the broker for integration tests (embedded tansu unless KAFKA_BOOTSTRAP is set), broker timing
+for tests, and a unique topic prefix per test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+# tansu answers a group join only after half the session timeout: short timeouts keep broker tests fast.
+_TEST_BROKER_TIMING = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "2"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_timing_for_tests() -> Iterator[None]:
+    """BROKER_SESSION_TIMEOUT=6 and BROKER_HEARTBEAT_INTERVAL=2 unless the caller set them."""
+    added = [name for name in _TEST_BROKER_TIMING if name not in os.environ]
+    for name in added:
+        os.environ[name] = _TEST_BROKER_TIMING[name]
+    yield
+    for name in added:
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    """Bootstrap address of the broker for this test session: KAFKA_BOOTSTRAP, else an embedded tansu."""
+    from stream_app.edges.broker import broker_from_env_or_embedded
+
+    with broker_from_env_or_embedded() as address:
+        yield address
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A TOPIC_PREFIX unique to one test, so tests sharing a broker never see each other's topics."""
+    return f"t{uuid.uuid4().hex[:8]}-"

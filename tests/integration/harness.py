@@ -1,0 +1,178 @@
+"""Helpers for real-broker tests: run `stream-app` commands and workers as subprocesses, read output topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_app.domain import jsoncodec
+
+STREAM_APP = [sys.executable, "-m", "stream_app.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment of a test worker: its own topics and group, short timeouts for tansu, loopback metrics."""
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP=bootstrap,
+        TOPIC_PREFIX=prefix,
+        APP_ID=f"{prefix}app",
+        METRICS_HOST="127.0.0.1",
+        METRICS_PORT=str(free_port()),
+        BROKER_SESSION_TIMEOUT="6",
+        BROKER_HEARTBEAT_INTERVAL="2",
+        LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(env: Mapping[str, str], *args: str, stdin: bytes | None = None, timeout: float = 60) -> str:
+    """Run `stream-app ARGS` to completion; return stdout; fail with its stderr on a non-zero exit."""
+    done = subprocess.run(
+        [*STREAM_APP, *args], env=dict(env), input=stdin, capture_output=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"stream-app {' '.join(args)} exited {done.returncode}: {done.stderr.decode()}")
+    return done.stdout.decode()
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1]))
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([*STREAM_APP, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['METRICS_PORT']}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (samples only)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test server
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the thing we wait for may not be up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+async def read_topic_async(
+    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    """Read every record of `topic` from the start until `until(records)` holds; values decoded as JSON."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    try:
+        partitions = None
+        deadline = time.monotonic() + timeout
+        while not partitions:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await asyncio.sleep(0.2)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} has no partitions")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batches = await consumer.getmany(*tps, timeout_ms=300)
+            for tp, messages in batches.items():
+                for message in messages:
+                    value = jsoncodec.loads(message.value)
+                    records.append({"_key": message.key, "_partition": tp.partition, "_offset": message.offset,
+                                    **(value if isinstance(value, dict) else {"_value": value})})
+            if until(records):
+                return records
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out reading {topic}: {len(records)} records, last: {records[-3:]}")
+    finally:
+        await consumer.stop()
+
+
+def read_topic(bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool],
+               timeout: float = 60) -> list[dict[str, Any]]:
+    return asyncio.run(read_topic_async(bootstrap, topic, until, timeout))
+
+
+def latest_by_key(records: list[dict[str, Any]], field_name: str = "version") -> dict[str, dict[str, Any]]:
+    """Newest record per video by `version` (what a compacted-topic reader keeps)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        key = record["video_id"]
+        if key not in latest or record[field_name] >= latest[key][field_name]:
+            latest[key] = record
+    return latest
+
+
+def jsonl(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(jsoncodec.dumps(e) + b"\n" for e in events)
