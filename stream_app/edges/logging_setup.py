@@ -77,7 +77,13 @@ class RedactionFilter(logging.Filter):
         self.redact = redact
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redact(record.getMessage())
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):
+            # A filter's exception is not caught by logging: it would reach the caller's log statement.
+            # Keep what was given instead, as logging's own error path would show it.
+            message = f"{record.msg!s} (unformattable arguments: {record.args!r})"
+        record.msg = self.redact(message)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

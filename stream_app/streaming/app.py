@@ -21,6 +21,7 @@ from stream_app.domain.profiles import ProfileHistory
 from stream_app.edges.kafka_client import client_kwargs
 from stream_app.edges.metrics import RewardsMetrics, start_http_server
 from stream_app.edges.settings import Settings
+from stream_app.streaming import changelog_end
 from stream_app.streaming.authenticity import build_rules
 from stream_app.streaming.ingest import IngestProcessor
 from stream_app.streaming.profile_reader import ProfileReader
@@ -119,6 +120,7 @@ class ScorerApp:
             accruals=self.topics.accruals,
             settlements=self.topics.settlements,
         )
+        changelog_end.install(settings.kafka_bootstrap, client_kwargs(settings.env))
         self.video_state = self._table("video-state")
         self.partition_state = self._table("partition-state")
         self.profiles = ProfileHistory(settings.policy)
@@ -164,7 +166,7 @@ class ScorerApp:
     async def _send_ticks(self) -> None:
         now = str(int(time.time() * 1000)).encode()
         for partition in self._owned_partitions(self.tick_topic_name):
-            await self.ticks.send(value=now, partition=partition)
+            await self.ticks.send(value=now, partition=partition, force=True)
         self.metrics.set_eligible_creators(self.profiles.eligible_creators())
 
     async def position_and_highwater(self, topic: str, partition: int) -> tuple[int | None, int | None]:
@@ -201,7 +203,7 @@ class ScorerApp:
 
     async def _track_profiles(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
-            await self.ingest.process_batch(batch)
+            await self.ingest.process_profiles(batch)
 
 
 def build_app(settings: Settings, metrics: RewardsMetrics | None = None) -> ScorerApp:

@@ -102,7 +102,19 @@ class IngestProcessor:
 
     # ---- batches ----
 
+    async def process_profiles(self, batch: Sequence[Any]) -> None:
+        """creator-profiles in the group: count outcomes and dead-letter the invalid (the ProfileReader, outside
+        the group, builds every worker's profile history)."""
+        for event in batch:
+            message = event.message
+            try:
+                await self._process_record(message, _now_ms(), {})
+            except Exception as exc:  # one bad record must never stop the worker or vanish
+                log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
+                await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
+
     async def process_batch(self, batch: Sequence[Any]) -> None:
+        """views, interactions and ticks of the partitions this worker owns (one agent: no interleaving)."""
         # Eligibility "now" needs the profile history loaded: hold events until the profile reader caught up.
         await self.app.profile_reader.caught_up.wait()
         now_ms = _now_ms()
@@ -194,7 +206,7 @@ class IngestProcessor:
                     detected_at=detected_at,
                 )
                 key = str(outcome.event.get("video_id", "")).encode()
-                await self.app.topics.suspicious.send(key=key, value=jsoncodec.dumps(record))
+                await self.app.topics.suspicious.send(key=key, value=jsoncodec.dumps(record), force=True)
         for settlement in effects.settlements:
             if settlement["kind"] == "settlement":
                 self.metrics.add_settled(settlement["settled_micros"])
@@ -202,10 +214,10 @@ class IngestProcessor:
             else:
                 self.metrics.add_clawback(settlement["clawback_micros"])
             await self.app.topics.settlements.send(
-                key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement)
+                key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement), force=True
             )
         for accrual in effects.accruals:
-            await self.app.topics.accruals.send(key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual))
+            await self.app.topics.accruals.send(key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True)
             self.metrics.count_accruals_emitted()
         if effects.pending_delta:
             self.metrics.set_pending_interactions(self.pending_interactions())
@@ -220,7 +232,7 @@ class IngestProcessor:
                 continue
             for accrual in scorer.republish():
                 await self.app.topics.accruals.send(
-                    key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual)
+                    key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True
                 )
                 self.metrics.count_accruals_emitted()
 
@@ -235,5 +247,5 @@ class IngestProcessor:
             error=error,
             ts=_now_ms(),
         )
-        await self.app.topics.dlq.send(key=message.key, value=jsoncodec.dumps(record))
+        await self.app.topics.dlq.send(key=message.key, value=jsoncodec.dumps(record), force=True)
         self.metrics.count_outcome(self.settings.unprefixed(message.topic), OUTCOME_INVALID)

@@ -156,3 +156,12 @@ def test_bad_level_and_format_are_refused_naming_the_variable() -> None:
         configure_logging("verbose", "text")
     with pytest.raises(ConfigError, match="LOG_FORMAT='xml'"):
         configure_logging("info", "xml")
+
+
+def test_bad_format_arguments_do_not_raise_and_are_still_redacted(stream: io.StringIO) -> None:
+    configure_logging("info", "json", stream)
+    logging.getLogger("x").info("expects a number %d", f"password={SECRET}")
+    (line,) = lines(stream)
+    doc = json.loads(line)
+    assert doc["message"] == "expects a number %d (unformattable arguments: ('password=***',))"
+    assert SECRET not in line
