@@ -7,11 +7,12 @@ Each touched ledger is written once per batch (`flush`), which is what lets the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stream_app.domain import policy as pol
+from stream_app.domain import rules
 from stream_app.domain.events import InteractionEvent, ViewEvent
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.scoring import (
@@ -37,12 +38,6 @@ EVENT_TOPICS = (VIEWS, INTERACTIONS)
 REASON_LATE = "late"
 REASON_FUTURE = "future_timestamp"
 
-# A view verdict: (reason or None, detail, event ids of earlier accepted views of this video to claw back)
-ViewJudge = Callable[[VideoLedger, ViewEvent], tuple[str | None, str, list[str]]]
-# An interaction verdict at ingest (duplicate_event) and at settlement (engagement rules)
-InteractionJudge = Callable[[VideoLedger, InteractionEvent], tuple[str | None, str]]
-SettlementJudge = Callable[[VideoLedger, dict[str, Any], int], tuple[str | None, str]]
-
 
 class LedgerStore(Protocol):
     def load(self, video_id: str) -> VideoLedger | None: ...
@@ -60,17 +55,10 @@ class Effects:
     dead_letters: list[tuple[Position, str]] = field(default_factory=list)
     accruals: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
+    # accepted views for the device_burst rule, whose state is keyed by device (sent to the device topic)
+    device_views: list[dict[str, Any]] = field(default_factory=list)
     skipped_replays: int = 0
     pending_delta: int = 0
-
-
-@dataclass(slots=True)
-class Rules:
-    """The authenticity rules the scorer applies (domain.rules provides the real ones)."""
-
-    judge_view: ViewJudge
-    judge_interaction: InteractionJudge
-    judge_at_settlement: SettlementJudge
 
 
 class PartitionScorer:
@@ -83,7 +71,6 @@ class PartitionScorer:
         partition: int,
         store: LedgerStore,
         profiles: ProfileHistory,
-        rules: Rules,
         *,
         watermarks: Mapping[str, int | None] | None = None,
         now_ms: int = 0,
@@ -93,7 +80,6 @@ class PartitionScorer:
         self.partition = partition
         self.store = store
         self.profiles = profiles
-        self.rules = rules
         # largest ts accepted per event topic of this partition (persisted by the wiring)
         self.latest_ts: dict[str, int | None] = {t: None for t in EVENT_TOPICS}
         if watermarks:
@@ -221,15 +207,26 @@ class PartitionScorer:
         position: Position,
         effects: Effects,
     ) -> None:
-        reason, detail, claw = self.rules.judge_view(ledger, view)
-        for event_id in claw:
-            self.claw_back(ledger, event_id, reason or "", detail, effects)
-        if reason is not None:
+        judgement = rules.judge_view(self.policy, ledger.rules, view)
+        verdict = judgement.verdict
+        for ref in judgement.clawbacks:
+            detail = f"{judgement.clawback_reason} recognised at view {view.event_id}: {verdict.detail}"
+            self.claw_back(ledger, ref.event_id, judgement.clawback_reason or "", detail, effects)
+        if verdict.reason is not None:
             ledger.suspicious_views += 1
-            effects.outcomes.append(Outcome(VIEWS, SUSPICIOUS, reason, detail, event_dict, position))
+            effects.outcomes.append(Outcome(VIEWS, SUSPICIOUS, verdict.reason, verdict.detail, event_dict, position))
             return
         ledger.accept_view(self.policy, view, event_dict, position)
         effects.outcomes.append(Outcome(VIEWS, ACCEPTED, "", "", event_dict, position))
+        effects.device_views.append(
+            {
+                "video_id": view.video_id,
+                "event_id": view.event_id,
+                "viewer_id": view.viewer_id,
+                "device_id": view.device_id,
+                "ts": view.ts,
+            }
+        )
 
     def _on_interaction(
         self,
@@ -239,26 +236,24 @@ class PartitionScorer:
         position: Position,
         effects: Effects,
     ) -> None:
-        reason, detail = self.rules.judge_interaction(ledger, interaction)
-        if reason is not None:
-            effects.outcomes.append(Outcome(INTERACTIONS, SUSPICIOUS, reason, detail, event_dict, position))
+        verdict = rules.judge_interaction_on_arrival(self.policy, ledger.rules, interaction)
+        if verdict.reason is not None:
+            effects.outcomes.append(
+                Outcome(INTERACTIONS, SUSPICIOUS, verdict.reason, verdict.detail, event_dict, position)
+            )
             return
         ledger.hold_interaction(self.policy, interaction, event_dict, position)
         self.pending_interactions += 1
         effects.pending_delta += 1
 
-    def claw_back(
-        self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects
-    ) -> None:
+    def claw_back(self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects) -> None:
         """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback)."""
         self._touch(ledger)
         result = ledger.claw_back(self.policy, event_id)
         if result is None:
             return
         amount, recent = result
-        effects.outcomes.append(
-            Outcome(VIEWS, CLAWBACK, reason, detail, recent.event, Position(*recent.position))
-        )
+        effects.outcomes.append(Outcome(VIEWS, CLAWBACK, reason, detail, recent.event, Position(*recent.position)))
         if amount:
             effects.settlements.append(
                 ledger.clawback_record(self.policy, recent.window, amount) | {"policy": self.policy_id}
@@ -303,12 +298,12 @@ class PartitionScorer:
         self._touch(ledger)
         while ledger.windows:
             k = min(ledger.windows)
-            start_ms, end_ms = window_bounds(k, self.policy.window_s)
+            _start_ms, end_ms = window_bounds(k, self.policy.window_s)
             if settle_deadline_ms(k, self.policy.window_s, self.policy.grace_s) > wm:
                 break
             eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
             settled_pending = len(ledger.windows[k].pending)
-            settlement = ledger.settle(self.policy, k, eligible, self.rules.judge_at_settlement)
+            settlement = ledger.settle(self.policy, k, eligible)
             self.pending_interactions -= settled_pending
             effects.pending_delta -= settled_pending
             effects.outcomes.extend(settlement.outcomes)

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream_app.domain import policy as pol
+from stream_app.domain import rules
 from stream_app.domain.events import InteractionEvent, ViewEvent
+from stream_app.domain.rules_state import VideoRulesState
 from stream_app.domain.windows import settle_deadline_ms, window_bounds, window_index
 
 VIEWS = "video-views"
@@ -21,6 +23,16 @@ ACCEPTED = "accepted"
 SUSPICIOUS = "suspicious"
 LATE = "late"
 CLAWBACK = "clawback"
+
+
+# Flags from device_burst reach a video's partition through the device topics a moment after the view: accepted
+# views are kept (with their event, for the audit record) long enough for any burst rule to claw them back.
+FLAG_LATENCY_ALLOWANCE_S = 600
+
+
+def recent_views_keep_ms(policy: pol.Policy) -> int:
+    span_s = max(policy.device_burst_span_s, policy.velocity_span_s)
+    return (span_s + policy.window_s + policy.grace_s + FLAG_LATENCY_ALLOWANCE_S) * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +152,10 @@ class VideoLedger:
     settled: dict[int, SettledWindow] = field(default_factory=dict)
     # viewer -> ts of their qualifying views within QUALIFY_ONCE_S (a view counts once per account)
     qualified_at: dict[str, list[int]] = field(default_factory=dict)
-    # viewer -> ts of accepted views (for engagement_without_view, judged at settlement)
-    viewed_at: dict[str, list[int]] = field(default_factory=dict)
-    # event_id -> accepted view kept for clawback (bounded by the rules' spans)
+    # event_id -> accepted view kept for clawback (bounded by the burst rules' spans plus flag latency)
     recent: dict[str, RecentView] = field(default_factory=dict)
-    # (viewer, kind) -> ts of accepted like/follow (duplicate_interaction)
-    reacted_at: dict[str, int] = field(default_factory=dict)
-    # rule state owned by domain.rules (opaque here, JSON-ready)
-    rules: dict[str, Any] = field(default_factory=dict)
+    # what the authenticity rules remember about this video (SPEC §6)
+    rules: VideoRulesState = field(default_factory=VideoRulesState)
 
     # ---- replay (SPEC §4) ----
 
@@ -165,9 +173,7 @@ class VideoLedger:
         k = window_index(ts, policy.window_s)
         if self.last_settled_window is not None and k <= self.last_settled_window and k not in self.windows:
             return True
-        return watermark_ms is not None and watermark_ms >= settle_deadline_ms(
-            k, policy.window_s, policy.grace_s
-        )
+        return watermark_ms is not None and watermark_ms >= settle_deadline_ms(k, policy.window_s, policy.grace_s)
 
     def window(self, k: int) -> Window:
         window = self.windows.get(k)
@@ -182,9 +188,7 @@ class VideoLedger:
 
     # ---- views ----
 
-    def accept_view(
-        self, policy: pol.Policy, view: ViewEvent, event: dict[str, Any], position: Position
-    ) -> None:
+    def accept_view(self, policy: pol.Policy, view: ViewEvent, event: dict[str, Any], position: Position) -> None:
         """Count an accepted (authentic, on-time) view in its window and decide whether it qualifies."""
         k = window_index(view.ts, policy.window_s)
         window = self.window(k)
@@ -201,13 +205,10 @@ class VideoLedger:
             window.qualifying_views += 1
             window.qualifying_base_micros += base
             self.qualified_at.setdefault(view.viewer_id, []).append(view.ts)
-        self.viewed_at.setdefault(view.viewer_id, []).append(view.ts)
         self.recent[view.event_id] = RecentView(event, position.as_list(), k, qualifying, base)
 
     def _qualified_recently(self, policy: pol.Policy, viewer_id: str, ts: int) -> bool:
-        return any(
-            pol.within_qualify_once(policy, ts, earlier) for earlier in self.qualified_at.get(viewer_id, ())
-        )
+        return any(pol.within_qualify_once(policy, ts, earlier) for earlier in self.qualified_at.get(viewer_id, ()))
 
     def claw_back(self, policy: pol.Policy, event_id: str) -> tuple[int, RecentView] | None:
         """Remove an accepted view that a rule now rejects; return (clawback micros, the view) or None.
@@ -256,18 +257,17 @@ class VideoLedger:
 
     # ---- settlement ----
 
-    def settle(self, policy: pol.Policy, k: int, eligible: bool, judge: Any) -> Settlement:
-        """Settle window k: judge its interactions, fix its money, and write the settlement record.
-
-        `judge(ledger, event_dict, window_end_ms) -> (reason or None, detail)` applies the settlement-time rules.
-        """
+    def settle(self, policy: pol.Policy, k: int, eligible: bool) -> Settlement:
+        """Settle window k: judge its interactions (SPEC §6, in (ts, arrival) order), fix its money, and write
+        the settlement record."""
         window = self.windows.pop(k)
         start_ms, end_ms = window_bounds(k, policy.window_s)
         outcomes: list[Outcome] = []
         counts = {"like": 0, "comment": 0, "share": 0, "follow": 0}
         accepted_interactions = 0
-        for event, position in window.pending:
-            reason, detail = judge(self, event, end_ms)
+        for event, position in sorted(window.pending, key=lambda pending: pending[0]["ts"]):
+            verdict = rules.judge_interaction_at_settlement(policy, self.rules, InteractionEvent(**event), end_ms)
+            reason, detail = verdict.reason, verdict.detail
             pos = Position(*position)
             if reason is None:
                 accepted_interactions += 1
@@ -329,23 +329,17 @@ class VideoLedger:
         horizon_k = window_index(max(0, watermark_ms - policy.clawback_horizon_s * 1000), policy.window_s)
         for k in [k for k in self.settled if k < horizon_k]:
             del self.settled[k]
-        keep_ms = (
-            max(policy.qualify_once_s, policy.engagement_lookback_s + policy.window_s + policy.grace_s) * 1000
-        )
-        cutoff = watermark_ms - keep_ms
-        for memory in (self.qualified_at, self.viewed_at):
-            for viewer in list(memory):
-                kept = [ts for ts in memory[viewer] if ts > cutoff]
-                if kept:
-                    memory[viewer] = kept
-                else:
-                    del memory[viewer]
-        recent_cutoff = watermark_ms - policy.clawback_horizon_s * 1000
+        cutoff = watermark_ms - (policy.qualify_once_s + policy.window_s + policy.grace_s) * 1000
+        for viewer in list(self.qualified_at):
+            kept = [ts for ts in self.qualified_at[viewer] if ts > cutoff]
+            if kept:
+                self.qualified_at[viewer] = kept
+            else:
+                del self.qualified_at[viewer]
+        recent_cutoff = watermark_ms - recent_views_keep_ms(policy)
         for event_id in [e for e, r in self.recent.items() if r.event["ts"] <= recent_cutoff]:
             del self.recent[event_id]
-        dedupe_cutoff = watermark_ms - policy.dedupe_s * 1000
-        for key in [key for key, ts in self.reacted_at.items() if ts <= dedupe_cutoff]:
-            del self.reacted_at[key]
+        rules.expire(policy, self.rules, watermark_ms)
 
     # ---- output ----
 
@@ -396,13 +390,11 @@ class VideoLedger:
             "windows": {str(k): w.to_dict() for k, w in self.windows.items()},
             "settled": {str(k): s.to_list() for k, s in self.settled.items()},
             "qualified_at": self.qualified_at,
-            "viewed_at": self.viewed_at,
             "recent": {
                 e: [r.event, r.position, r.window, r.qualifying, r.base_micros, r.clawed]
                 for e, r in self.recent.items()
             },
-            "reacted_at": self.reacted_at,
-            "rules": self.rules,
+            "rules": self.rules.to_dict(),
         }
 
     @classmethod
@@ -424,8 +416,6 @@ class VideoLedger:
             windows={int(k): Window.from_dict(w) for k, w in data["windows"].items()},
             settled={int(k): SettledWindow.from_list(s) for k, s in data["settled"].items()},
             qualified_at=data["qualified_at"],
-            viewed_at=data["viewed_at"],
             recent={e: RecentView(*r) for e, r in data["recent"].items()},
-            reacted_at=data["reacted_at"],
-            rules=data["rules"],
+            rules=VideoRulesState.from_dict(data["rules"]),
         )

@@ -189,9 +189,7 @@ def decode_record(
     if value is None:
         return [InvalidEvent(None, "value: null (no record value), expected a JSON object or array", b"")]
     if len(value) > MAX_RECORD_BYTES:
-        return [
-            InvalidEvent(None, f"value: {len(value)} bytes, over the {MAX_RECORD_BYTES}-byte limit", value)
-        ]
+        return [InvalidEvent(None, f"value: {len(value)} bytes, over the {MAX_RECORD_BYTES}-byte limit", value)]
     try:
         document = jsoncodec.loads(value)
     except SerializationError as exc:
@@ -250,9 +248,7 @@ class _Judge:
             encoded = jsoncodec.dumps(element)
         except SerializationError as exc:
             # orjson writes less nesting than it reads; such an element can only be shown as the whole record.
-            return InvalidEvent(
-                index, f"event: cannot be re-serialized ({exc}); value is the whole envelope", record
-            )
+            return InvalidEvent(index, f"event: cannot be re-serialized ({exc}); value is the whole envelope", record)
         if type(element) is not dict:
             return InvalidEvent(index, f"event: must be a JSON object, got {describe(element)}", encoded)
         if len(encoded) > MAX_EVENT_BYTES:

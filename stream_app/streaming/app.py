@@ -22,7 +22,7 @@ from stream_app.edges.kafka_client import client_kwargs
 from stream_app.edges.metrics import RewardsMetrics, start_http_server
 from stream_app.edges.settings import Settings
 from stream_app.streaming import changelog_end
-from stream_app.streaming.authenticity import build_rules
+from stream_app.streaming.devices import DeviceJudge
 from stream_app.streaming.ingest import IngestProcessor
 from stream_app.streaming.profile_reader import ProfileReader
 
@@ -109,10 +109,17 @@ class ScorerApp:
         self.policy_id = policy_hash(settings.policy)
         self.tick_topic_name = s.internal_topic("ticks")
         self.ticks = _raw_topic(self.faust, self.tick_topic_name)
-        # views, interactions and ticks are co-partitioned: one agent sees all three for a partition, in order
+        self.device_flags_name = s.internal_topic("device-flags")
+        self.device_flags = _raw_topic(self.faust, self.device_flags_name)
+        self.device_views = _raw_topic(self.faust, s.internal_topic("device-views"))
+        # views, interactions, ticks and device flags are co-partitioned: one agent sees them all for a partition
         self.topics = ScorerTopics(
             events=_raw_topic(
-                self.faust, s.topic(InputTopic.VIEWS), s.topic(InputTopic.INTERACTIONS), self.tick_topic_name
+                self.faust,
+                s.topic(InputTopic.VIEWS),
+                s.topic(InputTopic.INTERACTIONS),
+                self.tick_topic_name,
+                self.device_flags_name,
             ),
             profiles=self.topics.profiles,
             dlq=self.topics.dlq,
@@ -123,15 +130,17 @@ class ScorerApp:
         changelog_end.install(settings.kafka_bootstrap, client_kwargs(settings.env))
         self.video_state = self._table("video-state")
         self.partition_state = self._table("partition-state")
+        self.device_state = self._table("device-state")
         self.profiles = ProfileHistory(settings.policy)
         self.profile_reader = ProfileReader(
             settings.kafka_bootstrap, s.topic(InputTopic.PROFILES), self.profiles, dict(client_kwargs(settings.env))
         )
-        self.rules = build_rules(settings.policy)
         self.ingest = IngestProcessor(self)
+        self.devices = DeviceJudge(self)
         self.metrics_server: Any = None
         self.faust.agent(self.topics.events, name="score-events")(self._score_events)
         self.faust.agent(self.topics.profiles, name="track-profiles")(self._track_profiles)
+        self.faust.agent(self.device_views, name="judge-devices")(self._judge_devices)
         self.faust.task(self._start_metrics_server)
         self.faust.task(self.profile_reader.run)
         self.faust.timer(TICK_INTERVAL_S)(self._send_ticks)
@@ -158,7 +167,9 @@ class ScorerApp:
 
     async def _start_metrics_server(self) -> None:
         if self.metrics_server is None and self.settings.metrics_port:
-            self.metrics_server = start_http_server(self.metrics, self.settings.metrics_host, self.settings.metrics_port)
+            self.metrics_server = start_http_server(
+                self.metrics, self.settings.metrics_host, self.settings.metrics_port
+            )
 
     def _owned_partitions(self, topic: str) -> list[int]:
         return sorted(tp.partition for tp in self.faust.consumer.assignment() if tp.topic == topic)
@@ -173,7 +184,7 @@ class ScorerApp:
         consumer = self.faust.consumer
         tp = TP(topic, partition)
         highwater = consumer.highwater(tp)
-        read = consumer._read_offset.get(tp)  # noqa: SLF001 - Faust keeps the last offset it handed to a stream
+        read = consumer._read_offset.get(tp)
         position = read + 1 if read is not None else await consumer.position(tp)
         return position, highwater
 
@@ -192,6 +203,7 @@ class ScorerApp:
     async def _on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
         events_topic = self.settings.topic(InputTopic.VIEWS)
         self.ingest.forget({tp.partition for tp in revoked if tp.topic == events_topic})
+        self.devices.forget()
         for tp in revoked:
             unprefixed = self.settings.unprefixed(tp.topic)
             if unprefixed in {t.value for t in InputTopic}:
@@ -200,6 +212,10 @@ class ScorerApp:
     async def _score_events(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
             await self.ingest.process_batch(batch)
+
+    async def _judge_devices(self, stream: Any) -> None:
+        async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
+            await self.devices.process_batch(batch)
 
     async def _track_profiles(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):

@@ -71,8 +71,13 @@ def install(bootstrap: str, client_kwargs: Mapping[str, Any] | None = None) -> N
         for tp in tps:
             end = ends[TopicPartition(tp.topic, tp.partition)]
             if end - 1 > destination[tp]:
-                log.info("changelog %s[%d]: broker reported end %d, true end %d", tp.topic, tp.partition,
-                         destination[tp] + 1, end)
+                log.info(
+                    "changelog %s[%d]: broker reported end %d, true end %d",
+                    tp.topic,
+                    tp.partition,
+                    destination[tp] + 1,
+                    end,
+                )
                 destination[tp] = end - 1
 
     build_highwaters._true_end = True  # type: ignore[attr-defined]

@@ -69,7 +69,6 @@ class IngestProcessor:
                 partition,
                 store,
                 self.app.profiles,
-                self.app.rules,
                 watermarks=saved.get("latest_ts"),
                 now_ms=_now_ms(),
             )
@@ -124,6 +123,13 @@ class IngestProcessor:
             try:
                 if message.topic == self.app.tick_topic_name:
                     await self._on_tick(message.partition, now_ms, touched)
+                    continue
+                if message.topic == self.app.device_flags_name:
+                    flag = jsoncodec.loads(message.value)
+                    effects = touched.setdefault(message.partition, Effects())
+                    self.scorer_for(message.partition).on_device_flag(
+                        flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects
+                    )
                     continue
                 await self._process_record(message, now_ms, touched)
             except Exception as exc:  # one bad record must never stop the worker or vanish
@@ -216,8 +222,12 @@ class IngestProcessor:
             await self.app.topics.settlements.send(
                 key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement), force=True
             )
+        for view in effects.device_views:
+            await self.app.device_views.send(key=view["device_id"].encode(), value=jsoncodec.dumps(view), force=True)
         for accrual in effects.accruals:
-            await self.app.topics.accruals.send(key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True)
+            await self.app.topics.accruals.send(
+                key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True
+            )
             self.metrics.count_accruals_emitted()
         if effects.pending_delta:
             self.metrics.set_pending_interactions(self.pending_interactions())

@@ -61,7 +61,7 @@ class ProfileReader:
             partitions = consumer.partitions_for_topic(self.topic)
             if partitions:
                 return sorted(partitions)
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+            await consumer._client.force_metadata_update()
             await asyncio.sleep(0.1)
         raise RuntimeError(f"topic {self.topic!r} has no partitions: run `stream-app topics apply`")
 

@@ -12,7 +12,6 @@ from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.records import event_to_dict
 from stream_app.domain.scoring import Position, VideoLedger
-from stream_app.streaming.authenticity import build_rules
 
 POLICY = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=0.0)
 NOW = 1_000_000_000
@@ -35,8 +34,17 @@ class DictStore:
         return iter(list(self.data))
 
 
-def view(n: int, video: str, viewer: str, ts: int, *, watch: int = 10_000, source: str = "for_you",
-         region: str = "US", creator: str = "c1") -> ViewEvent:
+def view(
+    n: int,
+    video: str,
+    viewer: str,
+    ts: int,
+    *,
+    watch: int = 10_000,
+    source: str = "for_you",
+    region: str = "US",
+    creator: str = "c1",
+) -> ViewEvent:
     return ViewEvent(f"v{n}", video, creator, viewer, f"d-{viewer}", ts, watch, 120_000, source, region)
 
 
@@ -52,7 +60,7 @@ class Harness:
     def __init__(self, store: DictStore | None = None, profiles: ProfileHistory | None = None) -> None:
         self.store = store or DictStore()
         self.profiles = profiles or ProfileHistory(POLICY)
-        self.scorer = PartitionScorer(POLICY, policy_hash(POLICY), 0, self.store, self.profiles, build_rules(POLICY))
+        self.scorer = PartitionScorer(POLICY, policy_hash(POLICY), 0, self.store, self.profiles)
         self.offset = 0
         self.effects = Effects()
 
@@ -98,22 +106,43 @@ def test_window_settles_with_hand_worked_money(harness: Harness) -> None:
     [settlement] = effects.settlements
     # score = 1 like + 2*1 comment = 3; rate_bps = 3*10_000 // 3 = 10_000;
     # multiplier = clamp(10_000*10_000 // 1_000, 5_000, 20_000) = 20_000; settled = 1_900*20_000 // 10_000 = 3_800
-    assert {k: settlement[k] for k in ("qualified_views", "base_micros", "score", "multiplier_bps",
-                                       "settled_micros", "window_start", "window_end")} == {
-        "qualified_views": 3, "base_micros": 1_900, "score": 3, "multiplier_bps": 20_000,
-        "settled_micros": 3_800, "window_start": 0, "window_end": 10_000,
+    assert {
+        k: settlement[k]
+        for k in (
+            "qualified_views",
+            "base_micros",
+            "score",
+            "multiplier_bps",
+            "settled_micros",
+            "window_start",
+            "window_end",
+        )
+    } == {
+        "qualified_views": 3,
+        "base_micros": 1_900,
+        "score": 3,
+        "multiplier_bps": 20_000,
+        "settled_micros": 3_800,
+        "window_start": 0,
+        "window_end": 10_000,
     }
     assert ("video-interactions", "accepted", "") in outcomes(effects)
     accrual = effects.accruals[-1]
     # the 12_400 view by "a" repeats a qualifying view within QUALIFY_ONCE_S: accepted, not qualifying
-    assert (accrual["settled_micros"], accrual["qualified_views"], accrual["views"], accrual["provisional_micros"],
-            accrual["windows_settled"]) == (3_800, 3, 6, 0, 1)
+    assert (
+        accrual["settled_micros"],
+        accrual["qualified_views"],
+        accrual["views"],
+        accrual["provisional_micros"],
+        accrual["windows_settled"],
+    ) == (3_800, 3, 6, 0, 1)
 
 
 def test_ineligible_creator_earns_nothing(harness: Harness) -> None:
     harness.send(view(1, "vid2", "a", 1_000, creator="c2"), view(2, "vid2", "b", 2_000, creator="c2"))
-    effects = harness.send(view(3, "vid2", "x", 12_000, creator="c2"),
-                           interaction(1, "vid2", "x", 12_000, "like", creator="c2"))
+    effects = harness.send(
+        view(3, "vid2", "x", 12_000, creator="c2"), interaction(1, "vid2", "x", 12_000, "like", creator="c2")
+    )
     [settlement] = effects.settlements
     assert (settlement["qualified_views"], settlement["base_micros"], settlement["settled_micros"]) == (0, 0, 0)
     assert effects.accruals[-1]["eligible"] is False
@@ -154,7 +183,7 @@ def test_state_survives_a_restart_on_the_same_store(harness: Harness) -> None:
 def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
     harness.send(view(1, "vid1", "a", 1_000))
     effects = harness.send(view(2, "vid1", "b", 2_000, creator="c2"))
-    [(position, error)] = effects.dead_letters
+    [(_position, error)] = effects.dead_letters
     assert error.startswith("creator_id: video 'vid1' belongs to creator 'c1'")
     assert effects.outcomes == []
 

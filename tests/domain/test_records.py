@@ -125,9 +125,7 @@ def test_dead_letter_keeps_non_ascii_utf8_as_text_and_empty_value_as_empty_text(
 def test_dead_letter_bytes_are_recoverable_after_a_json_round_trip(key: bytes | None, value: bytes) -> None:
     record = jsoncodec.loads(
         jsoncodec.dumps(
-            dead_letter(
-                source_topic="t", partition=0, offset=0, index=None, key=key, value=value, error="e", ts=0
-            )
+            dead_letter(source_topic="t", partition=0, offset=0, index=None, key=key, value=value, error="e", ts=0)
         )
     )
     assert recover(record, "key") == key

@@ -90,6 +90,7 @@ def test_shipped_declarations_cover_spec_section_2() -> None:
         "creator-rewards-video-state-changelog": (4, {"cleanup.policy": "compact"}, True),
         "creator-rewards-partition-state-changelog": (4, {"cleanup.policy": "compact"}, True),
         "creator-rewards-ticks": (4, {"cleanup.policy": delete, "retention.ms": "3600000"}, True),
+        "creator-rewards-device-flags": (4, {"cleanup.policy": delete, "retention.ms": str(DAY_MS)}, True),
         "creator-rewards-device-views": (4, {"cleanup.policy": delete, "retention.ms": str(DAY_MS)}, True),
         "creator-rewards-device-state-changelog": (4, {"cleanup.policy": "compact"}, True),
     }
@@ -109,6 +110,7 @@ def test_prefix_and_app_id_name_every_topic() -> None:
         "staging.rewards-eu-video-state-changelog",
         "staging.rewards-eu-partition-state-changelog",
         "staging.rewards-eu-ticks",
+        "staging.rewards-eu-device-flags",
         "staging.rewards-eu-device-views",
         "staging.rewards-eu-device-state-changelog",
     ]

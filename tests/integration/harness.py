@@ -100,7 +100,7 @@ def scrape(url: str) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value} (samples only)."""
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test server
+    with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     samples: dict[str, float] = {}
     for line in text.splitlines():
@@ -137,7 +137,7 @@ async def read_topic_async(
         while not partitions:
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 await asyncio.sleep(0.2)
             if time.monotonic() > deadline:
                 raise AssertionError(f"topic {topic} has no partitions")
@@ -149,8 +149,14 @@ async def read_topic_async(
             for tp, messages in batches.items():
                 for message in messages:
                     value = jsoncodec.loads(message.value)
-                    records.append({"_key": message.key, "_partition": tp.partition, "_offset": message.offset,
-                                    **(value if isinstance(value, dict) else {"_value": value})})
+                    records.append(
+                        {
+                            "_key": message.key,
+                            "_partition": tp.partition,
+                            "_offset": message.offset,
+                            **(value if isinstance(value, dict) else {"_value": value}),
+                        }
+                    )
             if until(records):
                 return records
             if time.monotonic() > deadline:
@@ -159,8 +165,9 @@ async def read_topic_async(
         await consumer.stop()
 
 
-def read_topic(bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool],
-               timeout: float = 60) -> list[dict[str, Any]]:
+def read_topic(
+    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 60
+) -> list[dict[str, Any]]:
     return asyncio.run(read_topic_async(bootstrap, topic, until, timeout))
 
 

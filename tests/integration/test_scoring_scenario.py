@@ -40,24 +40,63 @@ class Events:
     def __init__(self) -> None:
         self.n = 0
 
-    def view(self, video: str, creator: str, viewer: str, ts: int, region: str = "US", watch: int = 10_000,
-             ) -> tuple[str, str, dict[str, Any]]:
+    def view(
+        self,
+        video: str,
+        creator: str,
+        viewer: str,
+        ts: int,
+        region: str = "US",
+        watch: int = 10_000,
+    ) -> tuple[str, str, dict[str, Any]]:
         self.n += 1
-        return ("video-views", video, {
-            "event_id": f"v{self.n}", "video_id": video, "creator_id": creator, "viewer_id": viewer,
-            "device_id": f"dev-{viewer}", "ts": ts, "watch_ms": watch, "video_ms": 120_000, "source": "for_you",
-            "region": region})
+        return (
+            "video-views",
+            video,
+            {
+                "event_id": f"v{self.n}",
+                "video_id": video,
+                "creator_id": creator,
+                "viewer_id": viewer,
+                "device_id": f"dev-{viewer}",
+                "ts": ts,
+                "watch_ms": watch,
+                "video_ms": 120_000,
+                "source": "for_you",
+                "region": region,
+            },
+        )
 
     def act(self, video: str, creator: str, viewer: str, ts: int, kind: str) -> tuple[str, str, dict[str, Any]]:
         self.n += 1
-        return ("video-interactions", video, {
-            "event_id": f"i{self.n}", "video_id": video, "creator_id": creator, "viewer_id": viewer,
-            "device_id": f"dev-{viewer}", "ts": ts, "kind": kind})
+        return (
+            "video-interactions",
+            video,
+            {
+                "event_id": f"i{self.n}",
+                "video_id": video,
+                "creator_id": creator,
+                "viewer_id": viewer,
+                "device_id": f"dev-{viewer}",
+                "ts": ts,
+                "kind": kind,
+            },
+        )
 
 
 def profile(creator: str, ts: int, followers: int = 50_000, standing: str = "good") -> tuple[str, str, dict[str, Any]]:
-    return ("creator-profiles", creator, {"creator_id": creator, "followers": followers, "views_30d": 500_000,
-                                          "adult": True, "standing": standing, "ts": ts})
+    return (
+        "creator-profiles",
+        creator,
+        {
+            "creator_id": creator,
+            "followers": followers,
+            "views_30d": 500_000,
+            "adult": True,
+            "standing": standing,
+            "ts": ts,
+        },
+    )
 
 
 def scenario() -> tuple[list[Any], list[Any]]:
@@ -69,15 +108,18 @@ def scenario() -> tuple[list[Any], list[Any]]:
         profile("c3", 15_000),  # ... eligible from 15_000: in effect at the end of window 1 (20_000)
         # A (c1), window 0: 4 qualifying US views = 4_000 base; likes by a, b: score 2
         *(e.view(A, "c1", v, 1_000 + i) for i, v in enumerate("abcd")),
-        e.act(A, "c1", "a", 5_000, "like"), e.act(A, "c1", "b", 5_100, "like"),
+        e.act(A, "c1", "a", 5_000, "like"),
+        e.act(A, "c1", "b", 5_100, "like"),
         # B (c1), window 0: 20 qualifying BR views = 6_000 base; 1 like: score 1
         *(e.view(B, "c1", f"b{i}", 2_000 + i, region="BR") for i in range(20)),
         e.act(B, "c1", "b0", 6_000, "like"),
         # C (c2), window 0: 3 US views, creator ineligible
         *(e.view(C, "c2", f"c{i}", 3_000 + i) for i in range(3)),
         # D (c3), window 0: 2 US views (ineligible then); window 1: GB views by e1, e2 and a like by e1
-        e.view(D, "c3", "x1", 4_000), e.view(D, "c3", "x2", 4_100),
-        e.view(D, "c3", "e1", 11_000, region="GB"), e.view(D, "c3", "e2", 11_500, region="GB"),
+        e.view(D, "c3", "x1", 4_000),
+        e.view(D, "c3", "x2", 4_100),
+        e.view(D, "c3", "e1", 11_000, region="GB"),
+        e.view(D, "c3", "e2", 11_500, region="GB"),
         e.act(D, "c3", "e1", 12_500, "like"),
         e.view(D, "c3", "e4", 12_600, region="GB", watch=1_000),  # too short to qualify; moves views past 12_000
     ]
@@ -85,7 +127,8 @@ def scenario() -> tuple[list[Any], list[Any]]:
         e.view(A, "c1", "late", 5_000),  # window 0 settled in the first half: late
         e.view(D, "c3", "e3", 13_000, region="GB"),
         # closing events far ahead settle every window up to 8; Z's window 10 stays open
-        e.view(Z, "c1", "z", 100_000), e.act(Z, "c1", "z", 100_000, "like"),
+        e.view(Z, "c1", "z", 100_000),
+        e.act(Z, "c1", "z", 100_000, "like"),
     ]
     return first, second
 
@@ -122,16 +165,29 @@ def publish(bootstrap: str, prefix: str, events: list[Any]) -> None:
 
 def settled_view(records: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[int, ...]]:
     return {
-        (r["video_id"], r["window_start"]): (r["qualified_views"], r["base_micros"], r["score"], r["multiplier_bps"],
-                                             r["settled_micros"])
-        for r in records if r["kind"] == "settlement"
+        (r["video_id"], r["window_start"]): (
+            r["qualified_views"],
+            r["base_micros"],
+            r["score"],
+            r["multiplier_bps"],
+            r["settled_micros"],
+        )
+        for r in records
+        if r["kind"] == "settlement"
     }
 
 
 def accrual_view(records: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
     return {
-        video: (r["settled_micros"], r["clawback_micros"], r["provisional_micros"], r["qualified_views"], r["views"],
-                r["windows_settled"], r["eligible"])
+        video: (
+            r["settled_micros"],
+            r["clawback_micros"],
+            r["provisional_micros"],
+            r["qualified_views"],
+            r["views"],
+            r["windows_settled"],
+            r["eligible"],
+        )
         for video, r in latest_by_key(records).items()
     }
 
@@ -142,8 +198,12 @@ def final_state_reached(records: list[dict[str, Any]]) -> bool:
 
 def read_results(bootstrap: str, prefix: str) -> tuple[dict[str, Any], dict[Any, Any], list[dict[str, Any]]]:
     accruals = read_topic(bootstrap, f"{prefix}reward-accruals", final_state_reached, timeout=90)
-    settlements = read_topic(bootstrap, f"{prefix}reward-settlements",
-                             lambda r: len(settled_view(r)) >= len(EXPECTED_SETTLEMENTS), timeout=30)
+    settlements = read_topic(
+        bootstrap,
+        f"{prefix}reward-settlements",
+        lambda r: len(settled_view(r)) >= len(EXPECTED_SETTLEMENTS),
+        timeout=30,
+    )
     return accrual_view(accruals), settled_view(settlements), accruals
 
 
@@ -162,7 +222,8 @@ def test_straight_run_matches_hand_worked_numbers(scenario_env: dict[str, str]) 
         versions = [r["version"] for r in records if r["video_id"] == video]
         assert versions == sorted(versions), [
             (r["_offset"], r["video_id"], r["version"], r["views"], r["settled_micros"], r["windows_settled"])
-            for r in sorted(records, key=lambda r: r["_offset"])]
+            for r in sorted(records, key=lambda r: r["_offset"])
+        ]
     assert {r["policy"] for r in records} == {records[0]["policy"]} and records[0]["policy"].startswith("v1-")
 
 

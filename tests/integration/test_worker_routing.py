@@ -18,8 +18,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 def view(n: int, video: str, **overrides: object) -> dict[str, object]:
     event: dict[str, object] = {
-        "event_id": f"e{n}", "video_id": video, "creator_id": "c1", "viewer_id": f"u{n}", "device_id": f"d{n}",
-        "ts": 1_000 + n, "watch_ms": 10_000, "video_ms": 120_000, "source": "for_you", "region": "US",
+        "event_id": f"e{n}",
+        "video_id": video,
+        "creator_id": "c1",
+        "viewer_id": f"u{n}",
+        "device_id": f"d{n}",
+        "ts": 1_000 + n,
+        "watch_ms": 10_000,
+        "video_ms": 120_000,
+        "source": "for_you",
+        "region": "US",
     }
     event.update(overrides)
     return event
@@ -30,14 +38,36 @@ def test_every_record_reaches_its_outcome(scenario_env: dict[str, str]) -> None:
     prefix = env["TOPIC_PREFIX"]
     bootstrap = env["KAFKA_BOOTSTRAP"]
     # --- through our CLI: 3 valid views and 1 invalid one in batch envelopes; one non-JSON line sent raw
-    out = run_cli(env, "publish", "-", "--topic", "video-views",
-                  stdin=jsonl([view(1, "vA"), view(2, "vB"), view(3, "vA"), view(4, "vA", watch_ms=-5)]))
+    out = run_cli(
+        env,
+        "publish",
+        "-",
+        "--topic",
+        "video-views",
+        stdin=jsonl([view(1, "vA"), view(2, "vB"), view(3, "vA"), view(4, "vA", watch_ms=-5)]),
+    )
     assert "sent 4 events" in out
     run_cli(env, "publish", "-", "--topic", "video-views", "--raw", stdin=b"this is not json\n")
-    run_cli(env, "publish", "-", "--topic", "creator-profiles", stdin=jsonl([
-        {"creator_id": "c1", "followers": 20_000, "views_30d": 200_000, "adult": True, "standing": "good", "ts": 0},
-        {"creator_id": "c2", "followers": 1, "views_30d": 1, "adult": "yes", "standing": "good", "ts": 0},
-    ]))
+    run_cli(
+        env,
+        "publish",
+        "-",
+        "--topic",
+        "creator-profiles",
+        stdin=jsonl(
+            [
+                {
+                    "creator_id": "c1",
+                    "followers": 20_000,
+                    "views_30d": 200_000,
+                    "adult": True,
+                    "standing": "good",
+                    "ts": 0,
+                },
+                {"creator_id": "c2", "followers": 1, "views_30d": 1, "adult": "yes", "standing": "good", "ts": 0},
+            ]
+        ),
+    )
     # --- through a client we did not write (librdkafka), Java-compatible partitioner as the README asks
     foreign = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
     views = f"{prefix}video-views"
@@ -47,15 +77,34 @@ def test_every_record_reaches_its_outcome(scenario_env: dict[str, str]) -> None:
     foreign.produce(views, key=b"vE", value=bad_bytes)  # not UTF-8
     right = partition_for(b"vF", 4)
     foreign.produce(views, key=b"vF", value=jsoncodec.dumps(view(7, "vF")), partition=(right + 1) % 4)
-    foreign.produce(f"{prefix}video-interactions", key=b"vC", value=jsoncodec.dumps(
-        {"event_id": "i1", "video_id": "vC", "creator_id": "c1", "viewer_id": "u5", "device_id": "d5", "ts": 1_010,
-         "kind": "like"}))
+    foreign.produce(
+        f"{prefix}video-interactions",
+        key=b"vC",
+        value=jsoncodec.dumps(
+            {
+                "event_id": "i1",
+                "video_id": "vC",
+                "creator_id": "c1",
+                "viewer_id": "u5",
+                "device_id": "d5",
+                "ts": 1_010,
+                "kind": "like",
+            }
+        ),
+    )
     assert foreign.flush(10) == 0
 
     with WorkerProcess(env) as worker:
         dead = read_topic(bootstrap, f"{prefix}events-dlq", lambda r: len(r) >= 6, timeout=90)
-        metrics = wait_for(lambda: (m := scrape(worker.metrics_url)).get(
-            'rewards_events_total{outcome="accepted",topic="video-views"}') == 4 and m, 30, "accepted views")
+        metrics = wait_for(
+            lambda: (
+                (m := scrape(worker.metrics_url)).get('rewards_events_total{outcome="accepted",topic="video-views"}')
+                == 4
+                and m
+            ),
+            30,
+            "accepted views",
+        )
 
     # the SDK groups events by partition: the bad view's index is its place among the events of vA's partition
     same_partition = [v for v in ("vA", "vB", "vA", "vA") if partition_for(v.encode(), 4) == partition_for(b"vA", 4)]
