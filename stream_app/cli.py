@@ -7,12 +7,16 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 
+if TYPE_CHECKING:
+    from stream_app.edges.settings import Settings
 
-def _settings():  # type: ignore[no-untyped-def]
+
+def _settings() -> Settings:
     from stream_app.edges.settings import load_settings
 
     return load_settings()
@@ -54,7 +58,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     action = topics_admin.apply if args.action == "apply" else topics_admin.plan
     report = asyncio.run(action(settings.kafka_bootstrap, plan, client_kwargs=client_kwargs(settings.env)))
     print(topics_admin.format_report(report))
-    return 0
+    return 1 if report.has_errors else 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

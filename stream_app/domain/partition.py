@@ -246,12 +246,23 @@ class PartitionScorer:
         self.pending_interactions += 1
         effects.pending_delta += 1
 
-    def claw_back(self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects) -> None:
-        """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback)."""
+    def on_device_flag(self, video_id: str, event_id: str, detail: str, now_ms: int, effects: Effects) -> None:
+        """device_burst (judged where device state lives) rejects an accepted view of a video here: claw it back."""
+        ledger = self.ledger(video_id)
+        if ledger is None:
+            return
+        recent = ledger.recent.get(event_id)
+        if self.claw_back(ledger, event_id, rules.Reason.DEVICE_BURST, detail, effects) and recent is not None:
+            ref = rules.ViewRef(video_id, event_id, recent.event["viewer_id"], recent.event["ts"])
+            rules.note_clawback(ledger.rules, ref)
+            ledger.updated_at = now_ms
+
+    def claw_back(self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects) -> bool:
+        """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback); False if it was not counted."""
         self._touch(ledger)
         result = ledger.claw_back(self.policy, event_id)
         if result is None:
-            return
+            return False
         amount, recent = result
         effects.outcomes.append(Outcome(VIEWS, CLAWBACK, reason, detail, recent.event, Position(*recent.position)))
         if amount:
@@ -259,6 +270,7 @@ class PartitionScorer:
                 ledger.clawback_record(self.policy, recent.window, amount) | {"policy": self.policy_id}
             )
         self._dirty.add(ledger.video_id)
+        return True
 
     # ---- watermark and settling ----
 

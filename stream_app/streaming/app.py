@@ -145,7 +145,7 @@ class ScorerApp:
         self.faust.task(self.profile_reader.run)
         self.faust.timer(TICK_INTERVAL_S)(self._send_ticks)
         self.faust.timer(LAG_INTERVAL_S)(self._measure_lag)
-        self.faust.on_partitions_revoked.connect(self._on_revoked)
+        self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     def _table(self, name: str) -> Any:
         changelog = self.faust.topic(
@@ -184,7 +184,8 @@ class ScorerApp:
         consumer = self.faust.consumer
         tp = TP(topic, partition)
         highwater = consumer.highwater(tp)
-        read = consumer._read_offset.get(tp)
+        # Faust keeps the last offset it handed to a stream; it has no public accessor
+        read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
         position = read + 1 if read is not None else await consumer.position(tp)
         return position, highwater
 
