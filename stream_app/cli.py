@@ -88,6 +88,51 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from stream_app.edges.kafka_client import client_kwargs
+    from stream_app.domain import jsoncodec
+    from stream_app.edges.simulate_run import fast_start_ms, run_simulation
+    from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
+
+    settings = _settings()
+    fraud = frozenset(FRAUD_SCENARIOS) if args.fraud == "all" else frozenset(filter(None, args.fraud.split(",")))
+    config = SimulationConfig(
+        seed=args.seed,
+        start_ms=fast_start_ms(args.duration),
+        duration_s=args.duration,
+        rate_per_s=args.rate,
+        creators=args.creators,
+        videos=args.videos,
+        fraud=fraud,
+        fraud_share=args.fraud_share,
+    )
+    report = asyncio.run(
+        run_simulation(
+            config,
+            bootstrap=settings.kafka_bootstrap,
+            topic_prefix=settings.topic_prefix,
+            mode="single" if args.single else "envelope",
+            labels_path=Path(args.labels) if args.labels else None,
+            realtime=args.realtime,
+            client_kwargs=client_kwargs(settings.env),
+        )
+    )
+    print(jsoncodec.dumps(report.as_dict()).decode())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream_app.demo import run_demo
+
+    return run_demo(duration_s=args.duration, rate=args.rate, seed=args.seed)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stream_app.benchmark import run_bench
+
+    return run_bench(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--single", action="store_true", help="one record per event instead of batch envelopes")
     publish.add_argument("--raw", action="store_true", help="send each line as-is, unvalidated (replays, tests)")
     publish.set_defaults(func=cmd_publish)
+
+    simulate = sub.add_parser("simulate", help="publish organic traffic with labelled fraud injected")
+    simulate.add_argument("--seed", type=int, default=1, help="the same seed gives the same traffic")
+    simulate.add_argument("--rate", type=float, default=200.0, help="events per second of event time")
+    simulate.add_argument("--duration", type=float, default=60.0, help="seconds of event time")
+    simulate.add_argument("--creators", type=int, default=400)
+    simulate.add_argument("--videos", type=int, default=5_000)
+    simulate.add_argument("--fraud", default="all", help="comma list of scenarios, 'all' or '' (none)")
+    simulate.add_argument("--fraud-share", type=float, default=0.03, help="share of traffic that is fraud")
+    simulate.add_argument("--labels", help="write the labels (JSON lines) to this side file")
+    simulate.add_argument("--realtime", action="store_true", help="pace to the wall clock (ts = now)")
+    simulate.add_argument("--single", action="store_true", help="one record per event instead of envelopes")
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="embedded broker + worker + simulated traffic, accruals shown live")
+    demo.add_argument("--duration", type=float, default=90.0, help="seconds to run (0: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=100.0, help="simulated events per second")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="throughput against a no-op Faust agent and the raw consumer")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,186 @@
+"""`stream-app demo`: a local broker, the worker and simulated traffic, with accruals and metrics shown live.
+
+Uses the embedded tansu broker unless KAFKA_BOOTSTRAP is set, a fresh TOPIC_PREFIX per run, and short windows
+(WINDOW_S=20, GRACE_S=5, IDLE_SETTLE_S=5) so settlements show up within a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_app.domain import jsoncodec
+from stream_app.edges.broker import broker_from_env_or_embedded
+
+DEMO_POLICY = {"WINDOW_S": "20", "GRACE_S": "5", "IDLE_SETTLE_S": "5", "EMIT_INTERVAL_S": "1"}
+REFRESH_S = 2.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _usd(micros: int) -> str:
+    return f"${micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+def _scrape(port: int) -> dict[str, float]:
+    samples: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:  # noqa: S310
+            text = response.read().decode()
+    except OSError:
+        return samples
+    for line in text.splitlines():
+        if line.startswith("rewards_") and "_bucket" not in line:
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def render(accruals: dict[str, dict[str, Any]], metrics: dict[str, float], elapsed_s: float) -> str:
+    """The live screen: totals, top videos by money, outcome counts."""
+    lines = [f"creator-rewards demo  {elapsed_s:5.0f} s   (Ctrl-C to stop)", ""]
+    totals = {
+        k: sum(a[k] for a in accruals.values())
+        for k in (
+            "views",
+            "qualified_views",
+            "suspicious_views",
+            "provisional_micros",
+            "settled_micros",
+            "clawback_micros",
+        )
+    }
+    lines.append(
+        f"videos {len(accruals)}  views {totals['views']}  qualified {totals['qualified_views']}  "
+        f"suspicious {totals['suspicious_views']}"
+    )
+    lines.append(
+        f"provisional {_usd(totals['provisional_micros'])}  settled {_usd(totals['settled_micros'])}  "
+        f"clawed back {_usd(totals['clawback_micros'])}"
+    )
+    lines += ["", f"{'video':<22} {'creator':<10} {'views':>6} {'qual':>6} {'settled':>12} {'provisional':>12} v"]
+    top = sorted(accruals.values(), key=lambda a: a["settled_micros"] + a["provisional_micros"], reverse=True)[:8]
+    for a in top:
+        lines.append(
+            f"{a['video_id'][:22]:<22} {a['creator_id'][:10]:<10} {a['views']:>6} {a['qualified_views']:>6} "
+            f"{_usd(a['settled_micros']):>12} {_usd(a['provisional_micros']):>12} {a['version']}"
+        )
+    lines += ["", "outcomes (rewards_events_total):"]
+    for name, value in sorted(metrics.items()):
+        if name.startswith("rewards_events_total") and value:
+            lines.append(f"  {name[len('rewards_events_total') :]:<55} {value:>8.0f}")
+    reasons = [(n, v) for n, v in sorted(metrics.items()) if n.startswith("rewards_suspicious_events_total") and v]
+    if reasons:
+        lines.append("suspicious by reason:")
+        lines += [f"  {n[len('rewards_suspicious_events_total') :]:<55} {v:>8.0f}" for n, v in reasons]
+    return "\n".join(lines)
+
+
+async def _watch(bootstrap: str, topic: str, metrics_port: int, stop: asyncio.Event, started: float) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    accruals: dict[str, dict[str, Any]] = {}
+    try:
+        tps: list[TopicPartition] = []
+        while not tps and not stop.is_set():
+            partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not tps:
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.5)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        next_draw = 0.0
+        while not stop.is_set():
+            for messages in (await consumer.getmany(*tps, timeout_ms=500)).values():
+                for message in messages:
+                    record = jsoncodec.loads(message.value)
+                    held = accruals.get(record["video_id"])
+                    if held is None or record["version"] >= held["version"]:
+                        accruals[record["video_id"]] = record
+            if time.monotonic() >= next_draw:
+                screen = render(accruals, _scrape(metrics_port), time.monotonic() - started)
+                clear = "\033[2J\033[H" if sys.stdout.isatty() else "\n"
+                print(clear + screen, flush=True)
+                next_draw = time.monotonic() + REFRESH_S
+    finally:
+        await consumer.stop()
+
+
+async def _run(bootstrap: str, env: dict[str, str], duration_s: float, rate: float, seed: int) -> None:
+    from stream_app.edges.simulate_run import run_simulation
+    from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
+
+    stop = asyncio.Event()
+    started = time.monotonic()
+    config = SimulationConfig(
+        seed=seed,
+        start_ms=int(time.time() * 1000),
+        duration_s=duration_s if duration_s > 0 else 86_400.0,
+        rate_per_s=rate,
+        creators=50,
+        videos=500,
+        fraud=frozenset(FRAUD_SCENARIOS),
+    )
+    watch = asyncio.create_task(
+        _watch(bootstrap, env["TOPIC_PREFIX"] + "reward-accruals", int(env["METRICS_PORT"]), stop, started)
+    )
+    try:
+        await run_simulation(config, bootstrap=bootstrap, topic_prefix=env["TOPIC_PREFIX"], realtime=True, stop=stop)
+        # let the last windows settle by idleness before stopping
+        await asyncio.sleep(float(DEMO_POLICY["IDLE_SETTLE_S"]) + float(DEMO_POLICY["GRACE_S"]) + 5)
+    finally:
+        stop.set()
+        await watch
+
+
+def run_demo(*, duration_s: float = 90.0, rate: float = 100.0, seed: int = 7) -> int:
+    with broker_from_env_or_embedded() as bootstrap:
+        prefix = os.environ.get("TOPIC_PREFIX") or f"demo{int(time.time())}-"
+        env = dict(os.environ)
+        env.update(DEMO_POLICY)
+        env.update(
+            KAFKA_BOOTSTRAP=bootstrap,
+            TOPIC_PREFIX=prefix,
+            APP_ID=f"{prefix}scorer",
+            METRICS_HOST="127.0.0.1",
+            METRICS_PORT=env.get("METRICS_PORT") or str(_free_port()),
+            BROKER_SESSION_TIMEOUT=env.get("BROKER_SESSION_TIMEOUT", "6"),
+            BROKER_HEARTBEAT_INTERVAL=env.get("BROKER_HEARTBEAT_INTERVAL", "2"),
+            LOG_LEVEL=env.get("LOG_LEVEL", "WARNING"),
+        )
+        os.environ.update({k: env[k] for k in ("KAFKA_BOOTSTRAP", "TOPIC_PREFIX", *DEMO_POLICY)})
+        command = [sys.executable, "-m", "stream_app.cli"]
+        print(f"broker {bootstrap}, topics under prefix {prefix!r}: applying topics ...", flush=True)
+        subprocess.run([*command, "topics", "apply"], env=env, check=True, stdout=subprocess.DEVNULL)
+        log_path = Path(tempfile.gettempdir()) / f"{prefix}worker.log"
+        with log_path.open("wb") as log:
+            worker = subprocess.Popen([*command, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        print(f"worker pid {worker.pid} (log: {log_path}), metrics at http://127.0.0.1:{env['METRICS_PORT']}/metrics")
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_run(bootstrap, env, duration_s, rate, seed))
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        print(f"\ndemo over; worker log: {log_path}")
+    return 0
