@@ -89,8 +89,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from stream_app.edges.kafka_client import client_kwargs
     from stream_app.domain import jsoncodec
+    from stream_app.edges.kafka_client import client_kwargs
     from stream_app.edges.simulate_run import fast_start_ms, run_simulation
     from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
 

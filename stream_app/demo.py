@@ -41,7 +41,7 @@ def _usd(micros: int) -> str:
 def _scrape(port: int) -> dict[str, float]:
     samples: dict[str, float] = {}
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except OSError:
         return samples

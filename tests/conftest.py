@@ -38,3 +38,14 @@ def bootstrap() -> Iterator[str]:
 def topic_prefix() -> str:
     """A TOPIC_PREFIX unique to one test, so tests sharing a broker never see each other's topics."""
     return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture
+def scenario_env(bootstrap: str, topic_prefix: str) -> dict[str, str]:
+    """A worker environment whose topics (SPEC §2 and internal) exist, created by `stream-app topics apply`."""
+    from tests.integration.harness import run_cli, worker_env
+
+    env = worker_env(bootstrap, topic_prefix)
+    out = run_cli(env, "topics", "apply")
+    assert "video-views" in out
+    return env
