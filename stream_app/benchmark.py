@@ -156,8 +156,12 @@ def run_bench(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--":  # `stream-app bench -- --events N` hands the separator on
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s", datefmt="%H:%M:%S")
+    if not log.handlers:  # progress lines of the bench only; the Kafka clients' own INFO logs stay quiet
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     command = "stream-app bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         with _broker(args.bootstrap) as (bootstrap, broker_desc, broker_pid):
@@ -358,13 +362,12 @@ async def _measure_raw(
         ends = await consumer.end_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
         events = 0
-        first: float | None = None
-        cpu0 = broker0 = 0.0
-        deadline = time.monotonic() + timeout
+        # Assigned and positioned: the clock starts with the first fetch, as the Faust workers' does after their
+        # partitions are assigned.
+        first, cpu0, broker0 = time.monotonic(), time.process_time(), _cpu_seconds(broker_pid)
+        deadline = first + timeout
         while remaining:
             batches = await consumer.getmany(timeout_ms=1000)
-            if first is None and batches:
-                first, cpu0, broker0 = time.monotonic(), time.process_time(), _cpu_seconds(broker_pid)
             for tp, messages in batches.items():
                 for message in messages:
                     events += _event_count(message.value)
@@ -382,7 +385,7 @@ async def _measure_raw(
     return Measurement(
         "raw consumer ceiling",
         events,
-        end - (first or end),
+        end - first,
         cpu_s=cpu,
         broker_cpu_s=broker_cpu,
     )
@@ -438,20 +441,29 @@ def _read_progress(path: Path) -> dict[str, Any] | None:
 class _NoopProgress:
     """Counts events of the no-op agents and writes {events, first, last, first_cpu, last_cpu} to a file.
 
-    Times are time.monotonic() (CLOCK_MONOTONIC, the same clock in every process of the machine).
+    `first` is when the partitions were last assigned before the first event (so the first fetch is timed, the
+    group join is not), or the first event's batch if no assignment was seen. Times are time.monotonic()
+    (CLOCK_MONOTONIC, the same clock in every process of the machine).
     """
 
     def __init__(self, path: Path, expected: int) -> None:
         self.path = path
         self.expected = expected
         self.events = 0
+        self.started = False
         self.first: float | None = None
         self.first_cpu = 0.0
         self.written_at = 0.0
 
-    def add(self, values: Sequence[bytes | None]) -> None:
-        if self.first is None:
+    def assigned(self) -> None:
+        if not self.started:
             self.first, self.first_cpu = time.monotonic(), time.process_time()
+
+    def add(self, values: Sequence[bytes | None]) -> None:
+        if not self.started:
+            self.started = True
+            if self.first is None:
+                self.first, self.first_cpu = time.monotonic(), time.process_time()
         for value in values:
             self.events += _event_count(value)
         now = time.monotonic()
@@ -508,6 +520,11 @@ def build_noop_app(progress: _NoopProgress) -> Any:
         async for batch in stream.take_events(NOOP_BATCH_EVENTS, within=NOOP_BATCH_WITHIN_S):
             progress.add([event.value for event in batch])
 
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        if assigned:
+            progress.assigned()
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     app.agent(events_topic, name="noop-events")(count_events)
     app.agent(profiles_topic, name="noop-profiles")(count_profiles)
     return app
@@ -729,7 +746,7 @@ def _version(distribution: str) -> str:
 # ---- report ----------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
+def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 

@@ -35,6 +35,9 @@ from stream_app.domain.windows import (
 )
 
 EVENT_TOPICS = (VIEWS, INTERACTIONS)
+# Settlement records sent shortly before a crash may not have reached the broker; after an assignment, those of
+# windows settled within this span are sent again (a restart or failover normally takes seconds to a minute).
+RESEND_SETTLEMENTS_MS = 600_000
 REASON_LATE = "late"
 REASON_FUTURE = "future_timestamp"
 
@@ -315,7 +318,7 @@ class PartitionScorer:
                 break
             eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
             settled_pending = len(ledger.windows[k].pending)
-            settlement = ledger.settle(self.policy, k, eligible)
+            settlement = ledger.settle(self.policy, k, eligible, now_ms)
             self.pending_interactions -= settled_pending
             effects.pending_delta -= settled_pending
             effects.outcomes.extend(settlement.outcomes)
@@ -371,11 +374,17 @@ class PartitionScorer:
             self.store.save(ledger)
         return changed
 
-    def republish(self) -> list[dict[str, Any]]:
-        """After an assignment: the current record of every video, unchanged (SPEC §7)."""
-        records = []
+    def republish(self, now_ms: int, resend_settlements_ms: int = RESEND_SETTLEMENTS_MS) -> Effects:
+        """After an assignment: the current record of every video, unchanged, and the settlement records of the
+        windows settled within `resend_settlements_ms` before now (SPEC §7: nothing lost between a state write
+        and a crash; readers de-duplicate settlements on (video_id, window_start, kind))."""
+        effects = Effects()
         for video_id in list(self.store.video_ids()):
             ledger = self.ledger(video_id)
-            if ledger is not None and ledger.version > 0:
-                records.append(self.accrual_record(ledger))
-        return records
+            if ledger is None or ledger.version == 0:
+                continue
+            effects.accruals.append(self.accrual_record(ledger))
+            for k, settled in sorted(ledger.settled.items()):
+                if settled.settled_at >= now_ms - resend_settlements_ms:
+                    effects.settlements.append(ledger.settlement_record(self.policy, k) | {"policy": self.policy_id})
+        return effects

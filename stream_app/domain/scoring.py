@@ -99,15 +99,26 @@ class Window:
 
 @dataclass(slots=True)
 class SettledWindow:
-    """What a settled window keeps for clawbacks within CLAWBACK_HORIZON_S."""
+    """What a settled window keeps within CLAWBACK_HORIZON_S: its settlement (to re-send) and clawbacks so far."""
 
     base_micros: int
     multiplier_bps: int
     settled_micros: int
     clawed_base_micros: int = 0
+    qualified_views: int = 0
+    score: int = 0
+    settled_at: int = 0  # wall clock ms when it settled
 
     def to_list(self) -> list[int]:
-        return [self.base_micros, self.multiplier_bps, self.settled_micros, self.clawed_base_micros]
+        return [
+            self.base_micros,
+            self.multiplier_bps,
+            self.settled_micros,
+            self.clawed_base_micros,
+            self.qualified_views,
+            self.score,
+            self.settled_at,
+        ]
 
     @classmethod
     def from_list(cls, data: list[int]) -> SettledWindow:
@@ -257,11 +268,11 @@ class VideoLedger:
 
     # ---- settlement ----
 
-    def settle(self, policy: pol.Policy, k: int, eligible: bool) -> Settlement:
+    def settle(self, policy: pol.Policy, k: int, eligible: bool, now_ms: int = 0) -> Settlement:
         """Settle window k: judge its interactions (SPEC §6, in (ts, arrival) order), fix its money, and write
         the settlement record."""
         window = self.windows.pop(k)
-        start_ms, end_ms = window_bounds(k, policy.window_s)
+        _, end_ms = window_bounds(k, policy.window_s)
         outcomes: list[Outcome] = []
         counts = {"like": 0, "comment": 0, "share": 0, "follow": 0}
         accepted_interactions = 0
@@ -285,14 +296,27 @@ class VideoLedger:
             follows=counts["follow"],
         )
         settled = pol.settle(policy, totals, eligible)
-        self.settled[k] = SettledWindow(settled.base_micros, settled.multiplier_bps, settled.settled_micros)
+        self.settled[k] = SettledWindow(
+            settled.base_micros,
+            settled.multiplier_bps,
+            settled.settled_micros,
+            qualified_views=settled.qualified_views,
+            score=settled.score,
+            settled_at=now_ms,
+        )
         self.settled_micros += settled.settled_micros
         self.settled_qualified_views += settled.qualified_views
         if window.views > 0 or accepted_interactions > 0:
             self.windows_settled += 1
         if self.last_settled_window is None or k > self.last_settled_window:
             self.last_settled_window = k
-        record = {
+        return Settlement(self.settlement_record(policy, k), outcomes)
+
+    def settlement_record(self, policy: pol.Policy, k: int) -> dict[str, Any]:
+        """The `kind: "settlement"` record of settled window k (SPEC §5), without `policy`."""
+        settled = self.settled[k]
+        start_ms, end_ms = window_bounds(k, policy.window_s)
+        return {
             "kind": "settlement",
             "video_id": self.video_id,
             "creator_id": self.creator_id,
@@ -304,7 +328,6 @@ class VideoLedger:
             "multiplier_bps": settled.multiplier_bps,
             "settled_micros": settled.settled_micros,
         }
-        return Settlement(record, outcomes)
 
     def clawback_record(self, policy: pol.Policy, k: int, amount: int) -> dict[str, Any]:
         settled = self.settled[k]

@@ -234,13 +234,19 @@ class IngestProcessor:
         self.metrics.set_provisional_micros(sum(s.provisional_micros for s in self.partitions.values()))
 
     async def _republish_assigned(self) -> None:
-        """After an assignment, re-emit every video's current record unchanged (SPEC §7)."""
+        """After an assignment, re-emit every video's current record unchanged and recent settlements (SPEC §7).
+        Only the sends: the metrics counted these records when they were first decided."""
         while self._republish:
             partition = self._republish.pop()
             scorer = self.partitions.get(partition)
             if scorer is None:
                 continue
-            for accrual in scorer.republish():
+            effects = scorer.republish(_now_ms())
+            for settlement in effects.settlements:
+                await self.app.topics.settlements.send(
+                    key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement), force=True
+                )
+            for accrual in effects.accruals:
                 await self.app.topics.accruals.send(
                     key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True
                 )

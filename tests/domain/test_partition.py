@@ -191,3 +191,18 @@ def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
 def test_each_touched_ledger_is_written_once_per_batch(harness: Harness) -> None:
     harness.send(*(view(n, "vid1", f"viewer{n}", 1_000 + n) for n in range(50)))
     assert harness.store.saves == 1
+
+
+def test_republish_after_assignment_sends_current_records_and_recent_settlements(harness: Harness) -> None:
+    harness.send(view(1, "vid1", "a", 1_000), view(2, "vid1", "b", 12_000), interaction(1, "vid1", "b", 12_000, "like"))
+    restarted = Harness(harness.store, harness.profiles)
+    effects = restarted.scorer.republish(NOW + 1_000)
+    ledger = restarted.scorer.ledger("vid1")
+    assert ledger is not None
+    [accrual] = effects.accruals
+    # window 0: one US view (1_000), no interaction in it (the like at 12_000 is window 1): 0.5x -> 500
+    assert accrual["version"] == ledger.version and accrual["settled_micros"] == 500
+    [settlement] = effects.settlements
+    assert (settlement["kind"], settlement["window_start"], settlement["settled_micros"]) == ("settlement", 0, 500)
+    # a settlement decided longer ago than the resend span is not sent again
+    assert restarted.scorer.republish(NOW + 600_001).settlements == []

@@ -248,8 +248,9 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(bootstrap: str) -> Iterator[Live]:
-    prometheus_or_skip()
+def live(request: pytest.FixtureRequest) -> Iterator[Live]:
+    prometheus_or_skip()  # before the broker starts: without the binary there is nothing to prove
+    bootstrap: str = request.getfixturevalue("bootstrap")
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     env = worker_env(bootstrap, prefix, **SCENARIO)
     assert "video-views" in run_cli(env, "topics", "apply")
@@ -259,8 +260,10 @@ def live(bootstrap: str) -> Iterator[Live]:
     with PrometheusServer(job=JOB, targets=[target], rule_files=[ALERTS]) as prom, WorkerProcess(env) as worker:
         one = poll(
             prom,
-            lambda s: s.gauges["rewards_windows_settled_total"] == 2.0
-            and sum(s.events.values()) == sum(PHASE_ONE_EVENTS.values()),
+            lambda s: (
+                s.gauges["rewards_windows_settled_total"] == 2.0
+                and sum(s.events.values()) == sum(PHASE_ONE_EVENTS.values())
+            ),
             timeout=60,
         )
         assert one.gauges["rewards_windows_settled_total"] == 2.0, (one, worker.log()[-3000:], prom.log()[-2000:])
@@ -286,9 +289,7 @@ def test_prometheus_scrapes_the_worker_and_loads_the_alert_rules(live: Live) -> 
     assert len(rules) == ALERT_RULES, [r["name"] for r in rules]
     assert {r["file"] for r in groups} == {str(ALERTS)}
     # each rule was evaluated by the real server against real series, without an error
-    assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules] == [
-        (r["name"], "ok", "") for r in rules
-    ]
+    assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules] == [(r["name"], "ok", "") for r in rules]
 
 
 def test_phase_one_counts_before_the_late_events(live: Live) -> None:
