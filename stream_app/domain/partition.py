@@ -196,11 +196,11 @@ class PartitionScorer:
             )
             return
         if isinstance(event, ViewEvent):
-            self._on_view(ledger, event, event_dict, position, effects)
+            accepted = self._on_view(ledger, event, event_dict, position, effects)
         else:
-            self._on_interaction(ledger, event, event_dict, position, effects)
+            accepted = self._on_interaction(ledger, event, event_dict, position, effects)
         self._index(ledger)
-        self._advance(topic, event.ts, now_ms, effects)
+        self._advance(topic, event.ts if accepted else None, now_ms, effects)
 
     def _on_view(
         self,
@@ -209,7 +209,7 @@ class PartitionScorer:
         event_dict: dict[str, Any],
         position: Position,
         effects: Effects,
-    ) -> None:
+    ) -> bool:
         judgement = rules.judge_view(self.policy, ledger.rules, view)
         verdict = judgement.verdict
         for ref in judgement.clawbacks:
@@ -218,7 +218,7 @@ class PartitionScorer:
         if verdict.reason is not None:
             ledger.suspicious_views += 1
             effects.outcomes.append(Outcome(VIEWS, SUSPICIOUS, verdict.reason, verdict.detail, event_dict, position))
-            return
+            return False
         ledger.accept_view(self.policy, view, event_dict, position)
         effects.outcomes.append(Outcome(VIEWS, ACCEPTED, "", "", event_dict, position))
         effects.device_views.append(
@@ -230,6 +230,7 @@ class PartitionScorer:
                 "ts": view.ts,
             }
         )
+        return True
 
     def _on_interaction(
         self,
@@ -238,16 +239,17 @@ class PartitionScorer:
         event_dict: dict[str, Any],
         position: Position,
         effects: Effects,
-    ) -> None:
+    ) -> bool:
         verdict = rules.judge_interaction_on_arrival(self.policy, ledger.rules, interaction)
         if verdict.reason is not None:
             effects.outcomes.append(
                 Outcome(INTERACTIONS, SUSPICIOUS, verdict.reason, verdict.detail, event_dict, position)
             )
-            return
+            return False
         ledger.hold_interaction(self.policy, interaction, event_dict, position)
         self.pending_interactions += 1
         effects.pending_delta += 1
+        return True
 
     def on_device_flag(self, video_id: str, event_id: str, detail: str, now_ms: int, effects: Effects) -> None:
         """device_burst (judged where device state lives) rejects an accepted view of a video here: claw it back."""
@@ -277,10 +279,12 @@ class PartitionScorer:
 
     # ---- watermark and settling ----
 
-    def _advance(self, topic: str, ts: int, now_ms: int, effects: Effects) -> None:
+    def _advance(self, topic: str, accepted_ts: int | None, now_ms: int, effects: Effects) -> None:
+        """An event was processed on this topic-partition: it is active; an accepted one may move its watermark
+        (SPEC §5: the largest ts *accepted*; a held interaction counts as accepted until its window settles)."""
         latest = self.latest_ts[topic]
-        if latest is None or ts > latest:
-            self.latest_ts[topic] = ts
+        if accepted_ts is not None and (latest is None or accepted_ts > latest):
+            self.latest_ts[topic] = accepted_ts
         self.idle_since[topic] = now_ms
         self.settle_due(now_ms, effects)
 

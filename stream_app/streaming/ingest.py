@@ -118,6 +118,8 @@ class IngestProcessor:
         await self.app.profile_reader.caught_up.wait()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch of %d: %s", len(batch), sorted({(e.message.topic, e.message.partition) for e in batch}))
         for event in batch:
             message = event.message
             try:
@@ -156,15 +158,15 @@ class IngestProcessor:
             partition_count=self.partition_count(message.topic),
             partition_for=partition_for,
         )
-        record_ts_ms = int(message.timestamp * 1000)
+        record_ts_ms = round(message.timestamp * 1000)  # Faust gives seconds as a float
         for item in decoded:
             if isinstance(item, InvalidEvent):
                 await self._send_dead_letter(message, item.index, item.value, item.error)
                 continue
             event = item.event
             lag_s = max(0.0, now_ms / 1000 - event.ts / 1000)
-            self.metrics.observe_event_lag(topic.value, lag_s)
             if topic is InputTopic.PROFILES:
+                self.metrics.observe_event_lag(topic.value, lag_s)
                 self.metrics.count_outcome(topic.value, ACCEPTED)
                 continue
             assert isinstance(event, ViewEvent | InteractionEvent)
@@ -173,7 +175,10 @@ class IngestProcessor:
                 effects = touched[message.partition] = Effects()
             position = Position(message.partition, message.offset, -1 if item.index is None else item.index)
             scorer = self.scorer_for(message.partition)
+            replays = effects.skipped_replays
             scorer.on_event(topic.value, event, event_to_dict(event), position, record_ts_ms, now_ms, effects)
+            if effects.skipped_replays == replays:  # a replay was observed when it was first processed
+                self.metrics.observe_event_lag(topic.value, lag_s)
             for dead_position, error in effects.dead_letters:
                 value = message.value if item.index is None else jsoncodec.dumps(event_to_dict(event))
                 await self._send_dead_letter(message, dead_position.index_or_none, value, error)

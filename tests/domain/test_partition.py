@@ -206,3 +206,15 @@ def test_republish_after_assignment_sends_current_records_and_recent_settlements
     assert (settlement["kind"], settlement["window_start"], settlement["settled_micros"]) == ("settlement", 0, 500)
     # a settlement decided longer ago than the resend span is not sent again
     assert restarted.scorer.republish(NOW + 600_001).settlements == []
+
+
+def test_rejected_events_do_not_move_the_watermark(harness: Harness) -> None:
+    # an impossible_watch view and a like far ahead: only the like is accepted, views' watermark stays at 1_000
+    harness.send(
+        view(1, "vid1", "a", 1_000),
+        view(2, "vid1", "b", 50_000, watch=120_000 * 20 + 1),
+        interaction(1, "vid1", "a", 50_000, "like"),
+    )
+    assert harness.scorer.latest_ts == {"video-views": 1_000, "video-interactions": 50_000}
+    effects = harness.send(view(3, "vid1", "c", 5_000))
+    assert outcomes(effects) == [("video-views", "accepted", "")]

@@ -39,7 +39,7 @@ def worker_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
         METRICS_PORT=str(free_port()),
         BROKER_SESSION_TIMEOUT="6",
         BROKER_HEARTBEAT_INTERVAL="2",
-        LOG_LEVEL="INFO",
+        LOG_LEVEL=os.environ.get("TEST_WORKER_LOG_LEVEL", "INFO"),
     )
     env.update(extra)
     return env

@@ -29,9 +29,18 @@ def test_video_state_is_written_to_the_partition_its_events_come_from(scenario_e
     assert {partition_for(v.encode(), 4) for v in videos} == {0, 1, 2, 3}  # the test covers every partition
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
     for n, video in enumerate(videos):
-        view = {"event_id": f"e{n}", "video_id": video, "creator_id": "c1", "viewer_id": f"u{n}",
-                "device_id": f"d{n}", "ts": 1_000 + n, "watch_ms": 10_000, "video_ms": 90_000,
-                "source": "for_you", "region": "US"}
+        view = {
+            "event_id": f"e{n}",
+            "video_id": video,
+            "creator_id": "c1",
+            "viewer_id": f"u{n}",
+            "device_id": f"d{n}",
+            "ts": 1_000 + n,
+            "watch_ms": 10_000,
+            "video_ms": 90_000,
+            "source": "for_you",
+            "region": "US",
+        }
         producer.produce(f"{prefix}video-views", key=video.encode(), value=jsoncodec.dumps(view))
     assert producer.flush(10) == 0
     changelog = f"{prefix}{env['APP_ID']}-video-state-changelog"
@@ -40,8 +49,9 @@ def test_video_state_is_written_to_the_partition_its_events_come_from(scenario_e
     for record in records:
         assert record["_key"] == record["video_id"].encode()
         assert record["_partition"] == partition_for(record["_key"], 4)
-    partition_records = read_topic(bootstrap, f"{prefix}{env['APP_ID']}-partition-state-changelog",
-                                   lambda r: len(r) >= 4, timeout=30)
+    partition_records = read_topic(
+        bootstrap, f"{prefix}{env['APP_ID']}-partition-state-changelog", lambda r: len(r) >= 4, timeout=30
+    )
     assert {(r["_key"], r["_partition"]) for r in partition_records} == {
         (partition_state_key(p, 4), p) for p in range(4)
     }
