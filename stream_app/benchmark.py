@@ -838,9 +838,10 @@ def format_section(result: BenchResult) -> str:
         )
     lines += [
         "",
-        "Seconds run from the first event processed to the last (start-up and the consumer-group join are in "
-        "the start-up column, not in the throughput). CPU s is the consuming process's user+system time over "
-        "those seconds; the raw consumer runs inside the bench process.",
+        "Seconds run from the start of processing (the first fetch after the partitions are assigned) to the "
+        "last event processed; start-up and the consumer-group join are in the start-up column, not in the "
+        "throughput. CPU s is the consuming process's user+system time over those seconds (all its threads; "
+        "the raw consumer runs inside the bench process).",
         "",
     ]
     return "\n".join(lines)

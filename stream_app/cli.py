@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # the benchmark parses its own options (argparse.REMAINDER drops leading "--events"-style options)
+        from stream_app.benchmark import run_bench
+
+        return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

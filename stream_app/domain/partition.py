@@ -94,6 +94,7 @@ class PartitionScorer:
         self._ledgers: dict[str, VideoLedger] = {}
         self._touched: dict[str, dict[str, Any] | None] = {}  # video_id -> accrual content before the batch
         self._open: dict[str, int] = {}  # video_id -> its earliest open window's settle deadline
+        self._next_due: int | None = None  # a lower bound of those deadlines: no scan before the watermark reaches it
         self._dirty: set[str] = set()  # changed, but emitted less than EMIT_INTERVAL_S ago
         self._last_emit: dict[str, int] = {}
         self.pending_interactions = 0
@@ -130,6 +131,8 @@ class PartitionScorer:
             self._open.pop(ledger.video_id, None)
         else:
             self._open[ledger.video_id] = deadline
+            if self._next_due is None or deadline < self._next_due:
+                self._next_due = deadline
 
     # ---- events ----
 
@@ -305,13 +308,14 @@ class PartitionScorer:
         candidate = partition_watermark(self.latest_ts, self.idle(now_ms), now_ms)
         self.watermark = advance_watermark(self.watermark, candidate)
         wm = self.watermark
-        if wm is None or not profiles_ready:
+        if wm is None or not profiles_ready or self._next_due is None or wm < self._next_due:
             return
         due = [video_id for video_id, deadline in self._open.items() if deadline <= wm]
         for video_id in due:
             ledger = self.ledger(video_id)
             if ledger is not None:
                 self._settle_video(ledger, wm, now_ms, effects)
+        self._next_due = min(self._open.values(), default=None)
 
     def _settle_video(self, ledger: VideoLedger, wm: int, now_ms: int, effects: Effects) -> None:
         self._touch(ledger)

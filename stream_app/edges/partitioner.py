@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from aiokafka.partitioner import murmur2
 
 from stream_app.domain.events import InputTopic
@@ -14,6 +16,8 @@ KEY_FIELD: dict[InputTopic, str] = {
 }
 
 
+# aiokafka's murmur2 is pure Python (~2 us a key); ids repeat a lot (every event of a video), so cache them.
+@lru_cache(maxsize=65_536)
 def partition_for(key: bytes, partition_count: int) -> int:
     """The partition Java's default partitioner (and librdkafka's murmur2_random) picks for `key`."""
     if partition_count < 1:

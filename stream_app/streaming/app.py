@@ -21,7 +21,7 @@ from stream_app.domain.profiles import ProfileHistory
 from stream_app.edges.kafka_client import client_kwargs
 from stream_app.edges.metrics import RewardsMetrics, start_http_server
 from stream_app.edges.settings import Settings
-from stream_app.streaming import changelog_end
+from stream_app.streaming import changelog_end, uncommitted_seek
 from stream_app.streaming.devices import DeviceJudge
 from stream_app.streaming.ingest import IngestProcessor
 from stream_app.streaming.profile_reader import ProfileReader
@@ -128,6 +128,19 @@ class ScorerApp:
             settlements=self.topics.settlements,
         )
         changelog_end.install(settings.kafka_bootstrap, client_kwargs(settings.env))
+        uncommitted_seek.install()
+        setattr(
+            self.faust,
+            uncommitted_seek.STREAM_TOPICS_ATTR,
+            {
+                s.topic(InputTopic.VIEWS),
+                s.topic(InputTopic.INTERACTIONS),
+                s.topic(InputTopic.PROFILES),
+                self.tick_topic_name,
+                self.device_flags_name,
+                s.internal_topic("device-views"),
+            },
+        )
         self.video_state = self._table("video-state")
         self.partition_state = self._table("partition-state")
         self.device_state = self._table("device-state")
@@ -162,7 +175,8 @@ class ScorerApp:
             key_type=bytes,
             value_type=bytes,
             changelog_topic=changelog,
-            use_partitioner=True,
+            # writes name their partition through the current event (tables.writing_for), not the key's hash
+            use_partitioner=False,
         )
 
     async def _start_metrics_server(self) -> None:

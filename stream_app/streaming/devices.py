@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from stream_app.domain import jsoncodec, rules
 from stream_app.domain.events import ViewEvent
 from stream_app.domain.rules_state import DeviceState, ViewRef
+from stream_app.streaming.ingest import fail_stop
+from stream_app.streaming.tables import writing_for
 
 if TYPE_CHECKING:
     from stream_app.streaming.app import ScorerApp
@@ -44,6 +46,7 @@ class DeviceJudge:
     async def process_batch(self, batch: Sequence[Any]) -> None:
         flags: list[tuple[ViewRef, str]] = []
         touched: dict[str, int] = {}
+        last_event: dict[int, Any] = {}  # per device-views partition: an event of it, for table writes
         for event in batch:
             message = event.message
             try:
@@ -68,6 +71,7 @@ class DeviceJudge:
             except Exception:  # internal records: a bad one is logged, never allowed to stop the agent
                 log.exception("bad device-views record at %s[%s]@%s", message.topic, message.partition, message.offset)
                 continue
+            last_event[message.partition] = event
             newest = max(self._newest_ts.get(message.partition, 0), view["ts"])
             self._newest_ts[message.partition] = newest
             touched[view["device_id"]] = message.partition
@@ -75,14 +79,23 @@ class DeviceJudge:
             if not judgement.verdict.passed:
                 flags.append((ViewRef(view["video_id"], view["event_id"], view["viewer_id"], view["ts"]), detail))
             flags.extend((ref, detail) for ref in judgement.clawbacks)
+        try:
+            await self._write(touched, last_event, flags)
+        except Exception:
+            fail_stop("could not write device state or flags")
+
+    async def _write(
+        self, touched: dict[str, int], last_event: dict[int, Any], flags: list[tuple[ViewRef, str]]
+    ) -> None:
         for device_id, partition in touched.items():
             state = self._devices[device_id]
-            if rules.expire_device(self.policy, state, self._newest_ts[partition]):
-                self._devices.pop(device_id, None)
-                if self.app.device_state.get(device_id.encode()) is not None:
-                    del self.app.device_state[device_id.encode()]
-            else:
-                self.app.device_state[device_id.encode()] = jsoncodec.dumps(state.to_dict())
+            with writing_for(last_event[partition]):
+                if rules.expire_device(self.policy, state, self._newest_ts[partition]):
+                    self._devices.pop(device_id, None)
+                    if self.app.device_state.get(device_id.encode()) is not None:
+                        del self.app.device_state[device_id.encode()]
+                else:
+                    self.app.device_state[device_id.encode()] = jsoncodec.dumps(state.to_dict())
         for ref, detail in flags:
             record = {"video_id": ref.video_id, "event_id": ref.event_id, "detail": detail}
             await self.app.device_flags.send(key=ref.video_id.encode(), value=jsoncodec.dumps(record), force=True)

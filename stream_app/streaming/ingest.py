@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import PolicyMismatchError
@@ -20,7 +20,7 @@ from stream_app.domain.records import audit_record, dead_letter, event_to_dict
 from stream_app.domain.scoring import ACCEPTED, CLAWBACK, SUSPICIOUS, Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.partitioner import partition_for
-from stream_app.streaming.tables import PartitionStateStore, TableLedgerStore
+from stream_app.streaming.tables import PartitionStateStore, TableLedgerStore, writing_for
 
 if TYPE_CHECKING:
     from stream_app.streaming.app import ScorerApp
@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME_INVALID = "invalid"
+
+
+def fail_stop(what: str, code: int = 70) -> NoReturn:
+    """Stop the process at once, before Faust acks the batch: an exception in an agent would ack (and later
+    commit) the batch and Faust would restart the agent past it, losing its effects. A restart replays it."""
+    log.critical("%s: stopping the worker so the batch is replayed after a restart", what, exc_info=True)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)
 
 
 def _now_ms() -> int:
@@ -85,10 +94,7 @@ class IngestProcessor:
             f"{self.app.policy_id}; refusing to continue (set ALLOW_POLICY_CHANGE=1 to score on under the new policy)"
         )
         log.critical("%s", error)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        # Exit before Faust acks this batch: an exception here would ack and commit it, losing the events.
-        os._exit(3)
+        fail_stop("policy mismatch", code=3)
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions revoked: drop their in-memory state (the tables keep the truth)."""
@@ -118,10 +124,12 @@ class IngestProcessor:
         await self.app.profile_reader.caught_up.wait()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
+        last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("batch of %d: %s", len(batch), sorted({(e.message.topic, e.message.partition) for e in batch}))
         for event in batch:
             message = event.message
+            last_event[message.partition] = event
             try:
                 if message.topic == self.app.tick_topic_name:
                     await self._on_tick(message.partition, now_ms, touched)
@@ -137,15 +145,19 @@ class IngestProcessor:
             except Exception as exc:  # one bad record must never stop the worker or vanish
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
                 await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
-        for partition, effects in touched.items():
-            scorer = self.partitions.get(partition)
-            if scorer is None:
-                continue
-            scorer.flush(now_ms, effects)
-            PartitionStateStore(self.app.partition_state, self.partition_count(self.app.tick_topic_name)).save(
-                partition, {"latest_ts": scorer.latest_ts, "policy": self.app.policy_id}
-            )
-            await self._apply(effects)
+        try:
+            for partition, effects in touched.items():
+                scorer = self.partitions.get(partition)
+                if scorer is None:
+                    continue
+                with writing_for(last_event[partition]):
+                    scorer.flush(now_ms, effects)
+                    PartitionStateStore(self.app.partition_state, self.partition_count(self.app.tick_topic_name)).save(
+                        partition, {"latest_ts": scorer.latest_ts, "policy": self.app.policy_id}
+                    )
+                await self._apply(effects)
+        except Exception:
+            fail_stop("could not write the state or outputs of a batch")
         await self._republish_assigned()
 
     async def _process_record(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
