@@ -4,14 +4,16 @@ for any aiokafka client.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
 
-from stream_app.domain.errors import ConfigError
+from stream_app.domain.errors import BrokerError, ConfigError
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # Only the mechanisms a username and password are enough for; GSSAPI and OAUTHBEARER need more than §9 offers.
@@ -89,3 +91,29 @@ def client_kwargs(settings_like: Mapping[str, str]) -> ClientKwargs:
     elif cafile is not None:
         raise ConfigError(f"KAFKA_SSL_CAFILE is set but KAFKA_SECURITY_PROTOCOL {protocol} does not use SSL")
     return kwargs
+
+
+async def partition_counts(
+    bootstrap: str, topics: Iterable[str], kwargs: Mapping[str, Any] | None = None, timeout_s: float = 30.0
+) -> dict[str, int]:
+    """The partition count of each topic, from cluster metadata (raises BrokerError if one stays unknown).
+
+    Asks for the metadata of all topics: a request naming a missing topic makes some brokers create it."""
+    from aiokafka.client import AIOKafkaClient
+
+    wanted = set(topics)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **dict(kwargs or {}))
+    await client.bootstrap()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            metadata = await client.fetch_all_metadata()
+            counts = {t: len(metadata.partitions_for_topic(t) or ()) for t in wanted}
+            missing = sorted(t for t, n in counts.items() if not n)
+            if not missing:
+                return counts
+            if time.monotonic() > deadline:
+                raise BrokerError(f"no partition metadata for {', '.join(missing)}: run `stream-app topics apply`")
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()

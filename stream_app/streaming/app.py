@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,15 +228,26 @@ class ScorerApp:
 
     async def _score_events(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
-            await self.ingest.process_batch(batch)
+            await finish_batch(self.ingest.process_batch(batch))
 
     async def _judge_devices(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
-            await self.devices.process_batch(batch)
+            await finish_batch(self.devices.process_batch(batch))
 
     async def _track_profiles(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
-            await self.ingest.process_profiles(batch)
+            await finish_batch(self.ingest.process_profiles(batch))
+
+
+async def finish_batch(work: Coroutine[Any, Any, None]) -> None:
+    """Run a batch to its end even when Faust cancels the agent (it does on a rebalance): a batch cut between its
+    state writes and its sends would be acked half done. The cancellation is honoured once the batch is done."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def build_app(settings: Settings, metrics: RewardsMetrics | None = None) -> ScorerApp:

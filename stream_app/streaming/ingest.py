@@ -19,6 +19,7 @@ from stream_app.domain.partition import Effects, PartitionScorer
 from stream_app.domain.records import audit_record, dead_letter, event_to_dict
 from stream_app.domain.scoring import ACCEPTED, CLAWBACK, SUSPICIOUS, Position
 from stream_app.domain.validation import InvalidEvent, decode_record
+from stream_app.edges.kafka_client import client_kwargs, partition_counts
 from stream_app.edges.partitioner import partition_for
 from stream_app.streaming.tables import PartitionStateStore, TableLedgerStore, writing_for
 
@@ -57,18 +58,23 @@ class IngestProcessor:
     # ---- partitions ----
 
     def partition_count(self, topic: str) -> int:
-        count = self._partition_counts.get(topic)
-        if count is None:
-            count = self.app.faust.consumer.topic_partitions(topic)
-            if not count:
-                raise RuntimeError(f"no partition metadata for topic {topic!r}")
-            self._partition_counts[topic] = count
-        return count
+        """Partition counts are read once from the cluster (a count change is a migration, not an edit)."""
+        return self._partition_counts[topic]
 
-    def scorer_for(self, partition: int) -> PartitionScorer:
+    async def load_partition_counts(self) -> None:
+        if not self._partition_counts:
+            self._partition_counts = await partition_counts(
+                self.settings.kafka_bootstrap,
+                [*self._input_topics, self.app.tick_topic_name, self.app.device_flags_name],
+                client_kwargs(self.settings.env),
+            )
+
+    def scorer_for(self, partition: int, topic: str) -> PartitionScorer:
+        """The scorer of a partition of the co-partitioned topics (`topic`: the one a record came from; all of
+        them have the partition count of video-views)."""
         scorer = self.partitions.get(partition)
         if scorer is None:
-            count = self.partition_count(self.settings.topic(InputTopic.VIEWS))
+            count = self.partition_count(topic)
             store = TableLedgerStore(self.app.video_state, partition, count)
             saved = PartitionStateStore(self.app.partition_state, count).load(partition)
             self._check_policy(partition, saved.get("policy"))
@@ -110,6 +116,7 @@ class IngestProcessor:
     async def process_profiles(self, batch: Sequence[Any]) -> None:
         """creator-profiles in the group: count outcomes and dead-letter the invalid (the ProfileReader, outside
         the group, builds every worker's profile history)."""
+        await self.load_partition_counts()
         for event in batch:
             message = event.message
             try:
@@ -122,6 +129,7 @@ class IngestProcessor:
         """views, interactions and ticks of the partitions this worker owns (one agent: no interleaving)."""
         # Eligibility "now" needs the profile history loaded: hold events until the profile reader caught up.
         await self.app.profile_reader.caught_up.wait()
+        await self.load_partition_counts()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
         last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
@@ -137,14 +145,15 @@ class IngestProcessor:
                 if message.topic == self.app.device_flags_name:
                     flag = jsoncodec.loads(message.value)
                     effects = touched.setdefault(message.partition, Effects())
-                    self.scorer_for(message.partition).on_device_flag(
+                    self.scorer_for(message.partition, message.topic).on_device_flag(
                         flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects
                     )
                     continue
                 await self._process_record(message, now_ms, touched)
             except Exception as exc:  # one bad record must never stop the worker or vanish
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
-                await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
+                if message.topic in self._input_topics:
+                    await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
         try:
             for partition, effects in touched.items():
                 scorer = self.partitions.get(partition)
@@ -186,7 +195,7 @@ class IngestProcessor:
             if effects is None:
                 effects = touched[message.partition] = Effects()
             position = Position(message.partition, message.offset, -1 if item.index is None else item.index)
-            scorer = self.scorer_for(message.partition)
+            scorer = self.scorer_for(message.partition, message.topic)
             replays = effects.skipped_replays
             scorer.on_event(topic.value, event, event_to_dict(event), position, record_ts_ms, now_ms, effects)
             if effects.skipped_replays == replays:  # a replay was observed when it was first processed
@@ -197,7 +206,7 @@ class IngestProcessor:
             effects.dead_letters.clear()
 
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
-        scorer = self.scorer_for(partition)
+        scorer = self.scorer_for(partition, self.app.tick_topic_name)
         for topic in (InputTopic.VIEWS, InputTopic.INTERACTIONS):
             scorer.observe_position(topic.value, await self.app.caught_up(topic, partition), now_ms)
         effects = touched.get(partition)

@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.edges.partitioner import partition_for
-from tests.integration.harness import WorkerProcess, latest_by_key, read_topic, scrape
+from tests.integration.harness import WorkerProcess, free_port, latest_by_key, read_topic, scrape, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -256,3 +256,27 @@ def test_restart_between_halves_ends_in_the_same_numbers(scenario_env: dict[str,
     # versions survive the restart: every video's newest version is at least what it was before
     after = latest_by_key(records)
     assert all(after[v]["version"] >= before[v]["version"] for v in before)
+
+
+def test_rebalance_to_two_workers_ends_in_the_same_numbers(scenario_env: dict[str, str]) -> None:
+    """A second worker joins between the halves: partitions (and their table state) move to it; every worker
+    reads all creator profiles, so eligibility is the same whichever worker scores a video."""
+    env = dict(scenario_env, **SCENARIO)
+    bootstrap, prefix = env["KAFKA_BOOTSTRAP"], env["TOPIC_PREFIX"]
+    first, second = scenario()
+    publish(bootstrap, prefix, first)
+    second_env = dict(env, METRICS_PORT=str(free_port()))
+    with WorkerProcess(env) as one:
+        read_topic(bootstrap, f"{prefix}reward-settlements", lambda r: len(settled_view(r)) >= 4, timeout=90)
+        with WorkerProcess(second_env) as two:
+            # both members own partitions once the group has rebalanced
+            wait_for(lambda: lag_series(one) and lag_series(two), 60, "both workers to own partitions")
+            publish(bootstrap, prefix, second)
+            accruals, settlements, _ = read_results(bootstrap, prefix)
+    assert accruals == EXPECTED_ACCRUALS
+    assert settlements == EXPECTED_SETTLEMENTS
+
+
+def lag_series(worker: WorkerProcess) -> bool:
+    """True once the worker reports consumer lag for some input partition (it owns partitions)."""
+    return any(name.startswith("rewards_consumer_lag_messages{") for name in scrape(worker.metrics_url))
