@@ -85,6 +85,7 @@ START_TIMEOUT_S = 180.0
 SLOWEST_EVENTS_PER_S = 300.0
 STOP_TIMEOUT_S = 30.0
 _DURATION_TRIES = 4
+SAMPLES = 200
 
 # Targets of issue 4 item 5.
 TARGET_RECALL = 0.95
@@ -171,6 +172,10 @@ class SeedResult:
     qualified_views_fraud: int
     qualified_views_baseline: int
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Up to SAMPLES events per scenario that were expected to be flagged with its reason and were not, and per
+    # reason up to SAMPLES organic events flagged with it: what a diagnosis starts from (JSON output only).
+    missed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    false_positives: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def fp_rate(self) -> float:
@@ -248,6 +253,8 @@ def run_quality(argv: list[str] | None = None) -> int:
     command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results: list[SeedResult] = []
+    # SIGTERM ends the run like Ctrl-C: the worker and the embedded broker are stopped on the way out.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         for seed in seeds:
             results.append(measure_seed(seed, events=args.events, rate=args.rate, bootstrap=args.bootstrap))
@@ -255,6 +262,8 @@ def run_quality(argv: list[str] | None = None) -> int:
     except StreamAppError as exc:
         print(f"quality: {exc}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     section = format_section(results, date=date, command=command.strip(), events=args.events)
     write_section(args.output, section)
     if args.json is not None:
@@ -262,6 +271,10 @@ def run_quality(argv: list[str] | None = None) -> int:
     print(section)
     print(f"results written to {args.output} ({SECTION_HEADING})")
     return 0 if all_targets_met(results, args.events) else 1
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _quiet_logging() -> None:
@@ -734,6 +747,18 @@ def _flagged(flags: set[Flag]) -> bool:
     return any(outcome in _FLAGGED for outcome, _ in flags)
 
 
+def _sample(index: int, event: SimEvent, flags: set[Flag]) -> dict[str, Any]:
+    payload = event.payload if isinstance(event.payload, dict) else event.payload.decode(errors="replace")
+    return {
+        "index_in_stream": index,
+        "topic": event.topic.value,
+        "label": event.label,
+        "expected_reason": event.expected_reason,
+        "flags": sorted(_flag_name(f) for f in flags),
+        "payload": payload,
+    }
+
+
 def summarize(
     seed: int,
     config: SimulationConfig,
@@ -743,6 +768,7 @@ def summarize(
     baseline: RunOutput,
 ) -> SeedResult:
     labels = Counter(event.label for event in stream)
+    missed: dict[str, list[dict[str, Any]]] = {}
     rows = []
     for scenario in SCENARIOS:
         reason = EXPECTED_REASONS[scenario]
@@ -760,6 +786,13 @@ def summarize(
             caught_any += _flagged(flags)
             unexpected += _flagged(flags) and not _has_reason(flags, event.expected_reason)
         flagged_with_reason = sum(1 for flags in fraud.flags.values() if _has_reason(flags, reason))
+        missed[scenario] = [
+            _sample(index, stream[index], fraud.flags.get(index, set()))
+            for index, event in enumerate(stream)
+            if event.label == scenario
+            and event.expected_reason is not None
+            and not _has_reason(fraud.flags.get(index, set()), event.expected_reason)
+        ][:SAMPLES]
         rows.append(
             ScenarioRow(scenario, reason, injected, expected, caught_right, caught_any, flagged_with_reason, unexpected)
         )
@@ -770,6 +803,12 @@ def summarize(
             counter[_flag_name(flag)] += 1
     organic_indices = [i for i, event in enumerate(stream) if event.label == ORGANIC]
     organic_flagged = sum(1 for i in organic_indices if _flagged(fraud.flags.get(i, set())))
+    false_positives: dict[str, list[dict[str, Any]]] = {}
+    for i in organic_indices:
+        flags = fraud.flags.get(i, set())
+        for flag in flags:
+            if flag[0] in _FLAGGED and len(false_positives.setdefault(_flag_name(flag), [])) < SAMPLES:
+                false_positives[_flag_name(flag)].append(_sample(i, stream[i], flags))
     organic_late = sum(1 for i in organic_indices if any(o == "late" for o, _ in fraud.flags.get(i, set())))
     baseline_flagged = sum(1 for flags in baseline.flags.values() if _flagged(flags))
     touched: dict[str, set[str]] = {scenario: set() for scenario in SCENARIOS}
@@ -805,6 +844,8 @@ def summarize(
         money_untouched=sum(d for v, d in diff.items() if v not in any_touched),
         qualified_views_fraud=fraud.qualified_views,
         qualified_views_baseline=baseline.qualified_views,
+        missed=missed,
+        false_positives=false_positives,
         runs={
             run.name: {
                 "prefix": run.prefix,

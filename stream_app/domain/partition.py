@@ -261,7 +261,7 @@ class PartitionScorer:
             return
         recent = ledger.recent.get(event_id)
         if self.claw_back(ledger, event_id, rules.Reason.DEVICE_BURST, detail, effects) and recent is not None:
-            ref = rules.ViewRef(video_id, event_id, recent.event["viewer_id"], recent.event["ts"])
+            ref = rules.ViewRef(video_id, event_id, recent.event["viewer_id"], recent.ts)
             rules.note_clawback(ledger.rules, ref)
             ledger.updated_at = now_ms
 

@@ -7,7 +7,7 @@ and output records to send.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from stream_app.domain import policy as pol
@@ -31,8 +31,14 @@ FLAG_LATENCY_ALLOWANCE_S = 600
 
 
 def recent_views_keep_ms(policy: pol.Policy) -> int:
+    """How far behind a video's newest accepted view a view can still be clawed back (event time)."""
     span_s = max(policy.device_burst_span_s, policy.velocity_span_s)
-    return (span_s + policy.window_s + policy.grace_s + FLAG_LATENCY_ALLOWANCE_S) * 1000
+    return (span_s + FLAG_LATENCY_ALLOWANCE_S) * 1000
+
+
+# A remembered view is stored as its field values in this order (the table value is rewritten every batch).
+VIEW_FIELDS = tuple(f.name for f in fields(ViewEvent))
+_TS = VIEW_FIELDS.index("ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +133,24 @@ class SettledWindow:
 
 @dataclass(slots=True)
 class RecentView:
-    """An accepted view remembered long enough to be clawed back or to support an interaction."""
+    """An accepted view remembered long enough to be clawed back: its field values (VIEW_FIELDS order), where it
+    came from, and what it counted for."""
 
-    event: dict[str, Any]
+    values: list[Any]
     position: list[int]
     window: int
     qualifying: bool
     base_micros: int
     clawed: bool = False
+
+    @property
+    def ts(self) -> int:
+        return int(self.values[_TS])
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The view as an event dict (for its audit record)."""
+        return dict(zip(VIEW_FIELDS, self.values, strict=True))
 
 
 @dataclass(slots=True)
@@ -216,7 +232,17 @@ class VideoLedger:
             window.qualifying_views += 1
             window.qualifying_base_micros += base
             self.qualified_at.setdefault(view.viewer_id, []).append(view.ts)
-        self.recent[view.event_id] = RecentView(event, position.as_list(), k, qualifying, base)
+        self.recent[view.event_id] = RecentView(list(event.values()), position.as_list(), k, qualifying, base)
+        self._forget_old_views(view.ts - recent_views_keep_ms(policy))
+
+    def _forget_old_views(self, cutoff_ts: int) -> None:
+        """Views arrive roughly in ts order, so the oldest remembered ones are first: drop them from the front."""
+        recent = self.recent
+        while recent:
+            event_id, first = next(iter(recent.items()))
+            if first.ts > cutoff_ts:
+                return
+            del recent[event_id]
 
     def _qualified_recently(self, policy: pol.Policy, viewer_id: str, ts: int) -> bool:
         return any(pol.within_qualify_once(policy, ts, earlier) for earlier in self.qualified_at.get(viewer_id, ()))
@@ -360,7 +386,7 @@ class VideoLedger:
             else:
                 del self.qualified_at[viewer]
         recent_cutoff = watermark_ms - recent_views_keep_ms(policy)
-        for event_id in [e for e, r in self.recent.items() if r.event["ts"] <= recent_cutoff]:
+        for event_id in [e for e, r in self.recent.items() if r.ts <= recent_cutoff]:
             del self.recent[event_id]
         rules.expire(policy, self.rules, watermark_ms)
 
@@ -413,10 +439,9 @@ class VideoLedger:
             "windows": {str(k): w.to_dict() for k, w in self.windows.items()},
             "settled": {str(k): s.to_list() for k, s in self.settled.items()},
             "qualified_at": self.qualified_at,
-            "recent": {
-                e: [r.event, r.position, r.window, r.qualifying, r.base_micros, r.clawed]
-                for e, r in self.recent.items()
-            },
+            "recent": [
+                [r.values, r.position, r.window, r.qualifying, r.base_micros, r.clawed] for r in self.recent.values()
+            ],
             "rules": self.rules.to_dict(),
         }
 
@@ -439,6 +464,6 @@ class VideoLedger:
             windows={int(k): Window.from_dict(w) for k, w in data["windows"].items()},
             settled={int(k): SettledWindow.from_list(s) for k, s in data["settled"].items()},
             qualified_at=data["qualified_at"],
-            recent={e: RecentView(*r) for e, r in data["recent"].items()},
+            recent={values[0]: RecentView(values, *rest) for values, *rest in data["recent"]},
             rules=VideoRulesState.from_dict(data["rules"]),
         )
