@@ -60,10 +60,13 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1]))
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None  # Faust keeps RocksDB state under the working directory
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([*STREAM_APP, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*STREAM_APP, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
+        )
         log.close()
         return self
 

@@ -9,6 +9,7 @@ one watermark governs them; IDLE_SETTLE_S is long, so only event time settles wi
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -280,3 +281,21 @@ def test_rebalance_to_two_workers_ends_in_the_same_numbers(scenario_env: dict[st
 def lag_series(worker: WorkerProcess) -> bool:
     """True once the worker reports consumer lag for some input partition (it owns partitions)."""
     return any(name.startswith("rewards_consumer_lag_messages{") for name in scrape(worker.metrics_url))
+
+
+def test_rocksdb_store_restart_ends_in_the_same_numbers(scenario_env: dict[str, str], tmp_path: Path) -> None:
+    """STORE=rocksdb:// keeps table state on disk per partition; a restart reads it back."""
+    pytest.importorskip("rocksdict", reason="the rocksdb extra (rocksdict) is not installed")
+    env = dict(scenario_env, **SCENARIO, STORE="rocksdb://")
+    bootstrap, prefix = env["KAFKA_BOOTSTRAP"], env["TOPIC_PREFIX"]
+    first, second = scenario()
+    publish(bootstrap, prefix, first)
+    with WorkerProcess(env, cwd=tmp_path) as worker:
+        read_topic(bootstrap, f"{prefix}reward-settlements", lambda r: len(settled_view(r)) >= 4, timeout=90)
+        assert worker.stop(signal.SIGTERM) == 0
+    assert any(tmp_path.rglob("*")), "the worker wrote no RocksDB files"
+    publish(bootstrap, prefix, second)
+    with WorkerProcess(env, cwd=tmp_path):
+        accruals, settlements, _ = read_results(bootstrap, prefix)
+    assert accruals == EXPECTED_ACCRUALS
+    assert settlements == EXPECTED_SETTLEMENTS
