@@ -120,6 +120,7 @@ class RunOutput:
     seconds: float  # worker launch -> quiet after the last event
     metrics: dict[str, float]
     flags: dict[int, set[Flag]]  # index into the run's event list -> its flags
+    details: dict[int, list[str]]  # index -> the `detail` (or DLQ `error`) of each of its audit / DLQ records
     audit_records: int  # distinct (position, outcome) in suspicious-events
     dlq_records: int  # distinct positions in events-dlq
     unjoined: int  # audit/DLQ records whose position is not a published event
@@ -164,6 +165,7 @@ class SeedResult:
     organic_flagged: int
     organic_late: int
     baseline_organic_flagged: int
+    baseline_flags: dict[str, int]  # "outcome:reason" -> events of the baseline run
     flags_by_label: dict[str, dict[str, int]]  # label -> "outcome:reason" -> events
     money_fraud: int
     money_baseline: int
@@ -173,7 +175,7 @@ class SeedResult:
     qualified_views_baseline: int
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Up to SAMPLES events per scenario that were expected to be flagged with its reason and were not, and per
-    # reason up to SAMPLES organic events flagged with it: what a diagnosis starts from (JSON output only).
+    # flag (late included) up to SAMPLES organic events given it: what a diagnosis starts from (JSON output only).
     missed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     false_positives: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -685,25 +687,29 @@ async def _collect(
         topic = str(record["source_topic"])
         return topic.removeprefix(prefix), int(record["partition"]), int(record["offset"]), record["index"]
 
-    audits: set[tuple[Position, str, str]] = set()
+    audits: dict[tuple[Position, str, str], str] = {}
     for *_, value in await read_all(bootstrap, prefix + "suspicious-events", security):
         record = jsoncodec.loads(value or b"null")
-        audits.add((position(record), str(record["outcome"]), str(record["reason"])))
-    for where, outcome, reason in audits:
+        audits[(position(record), str(record["outcome"]), str(record["reason"]))] = str(record.get("detail"))
+    details: dict[int, list[str]] = {}
+    for (where, outcome, reason), detail in audits.items():
         index = positions.get(where)
         if index is None:
             unjoined += 1
         else:
             flags.setdefault(index, set()).add((outcome, reason))
-    dead: set[Position] = set()
+            details.setdefault(index, []).append(f"{outcome}:{reason}: {detail}")
+    dead: dict[Position, str] = {}
     for *_, value in await read_all(bootstrap, prefix + "events-dlq", security):
-        dead.add(position(jsoncodec.loads(value or b"null")))
-    for where in dead:
+        record = jsoncodec.loads(value or b"null")
+        dead[position(record)] = str(record.get("error"))
+    for where, error in dead.items():
         index = positions.get(where)
         if index is None:
             unjoined += 1
         else:
             flags.setdefault(index, set()).add((INVALID, INVALID))
+            details.setdefault(index, []).append(f"invalid: {error}")
     newest: dict[str, dict[str, Any]] = {}
     for *_, value in await read_all(bootstrap, prefix + "reward-accruals", security):
         if value is None:
@@ -720,6 +726,7 @@ async def _collect(
         seconds=seconds,
         metrics=metrics,
         flags=flags,
+        details=details,
         audit_records=len(audits),
         dlq_records=len(dead),
         unjoined=unjoined,
@@ -747,7 +754,7 @@ def _flagged(flags: set[Flag]) -> bool:
     return any(outcome in _FLAGGED for outcome, _ in flags)
 
 
-def _sample(index: int, event: SimEvent, flags: set[Flag]) -> dict[str, Any]:
+def _sample(index: int, event: SimEvent, flags: set[Flag], details: list[str]) -> dict[str, Any]:
     payload = event.payload if isinstance(event.payload, dict) else event.payload.decode(errors="replace")
     return {
         "index_in_stream": index,
@@ -755,6 +762,7 @@ def _sample(index: int, event: SimEvent, flags: set[Flag]) -> dict[str, Any]:
         "label": event.label,
         "expected_reason": event.expected_reason,
         "flags": sorted(_flag_name(f) for f in flags),
+        "details": sorted(details),
         "payload": payload,
     }
 
@@ -787,7 +795,7 @@ def summarize(
             unexpected += _flagged(flags) and not _has_reason(flags, event.expected_reason)
         flagged_with_reason = sum(1 for flags in fraud.flags.values() if _has_reason(flags, reason))
         missed[scenario] = [
-            _sample(index, stream[index], fraud.flags.get(index, set()))
+            _sample(index, stream[index], fraud.flags.get(index, set()), fraud.details.get(index, []))
             for index, event in enumerate(stream)
             if event.label == scenario
             and event.expected_reason is not None
@@ -807,10 +815,13 @@ def summarize(
     for i in organic_indices:
         flags = fraud.flags.get(i, set())
         for flag in flags:
-            if flag[0] in _FLAGGED and len(false_positives.setdefault(_flag_name(flag), [])) < SAMPLES:
-                false_positives[_flag_name(flag)].append(_sample(i, stream[i], flags))
+            if flag[0] in (*_FLAGGED, "late") and len(false_positives.setdefault(_flag_name(flag), [])) < SAMPLES:
+                false_positives[_flag_name(flag)].append(_sample(i, stream[i], flags, fraud.details.get(i, [])))
     organic_late = sum(1 for i in organic_indices if any(o == "late" for o, _ in fraud.flags.get(i, set())))
     baseline_flagged = sum(1 for flags in baseline.flags.values() if _flagged(flags))
+    baseline_flags: Counter[str] = Counter()
+    for flags in baseline.flags.values():
+        baseline_flags.update(_flag_name(flag) for flag in flags)
     touched: dict[str, set[str]] = {scenario: set() for scenario in SCENARIOS}
     for event in stream:
         if event.label != ORGANIC and isinstance(event.payload, dict) and "video_id" in event.payload:
@@ -837,6 +848,7 @@ def summarize(
         organic_flagged=organic_flagged,
         organic_late=organic_late,
         baseline_organic_flagged=baseline_flagged,
+        baseline_flags=dict(sorted(baseline_flags.items())),
         flags_by_label={label: dict(sorted(c.items())) for label, c in sorted(by_label.items())},
         money_fraud=sum(fraud.net_micros.values()),
         money_baseline=sum(baseline.net_micros.values()),
@@ -941,7 +953,9 @@ def format_section(results: Sequence[SeedResult], *, date: str, command: str, ev
             "",
             f"- Organic false positives: {r.organic_flagged:,} of {r.organic_events:,} organic events "
             f"(profiles included) flagged = {_pct(r.fp_rate, 3)}; late: {r.organic_late:,}; in the baseline run "
-            f"(no fraud): {r.baseline_organic_flagged:,} flagged.",
+            f"(no fraud): {r.baseline_organic_flagged:,} flagged"
+            + (" (" + ", ".join(f"{k} {v:,}" for k, v in r.baseline_flags.items()) + ")" if r.baseline_flags else "")
+            + ".",
             "- Flags by label (events): "
             + "; ".join(
                 f"{label}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())

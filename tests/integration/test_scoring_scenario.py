@@ -299,3 +299,33 @@ def test_rocksdb_store_restart_ends_in_the_same_numbers(scenario_env: dict[str, 
         accruals, settlements, _ = read_results(bootstrap, prefix)
     assert accruals == EXPECTED_ACCRUALS
     assert settlements == EXPECTED_SETTLEMENTS
+
+
+def test_idle_partitions_settle_by_the_wall_clock(scenario_env: dict[str, str]) -> None:
+    """No event moves the watermark past window 0, yet it settles: both topic-partitions are caught up and
+    silent for IDLE_SETTLE_S, so the wall clock stands in for the watermark (SPEC §5)."""
+    env = dict(scenario_env, **dict(SCENARIO, IDLE_SETTLE_S="2"))
+    bootstrap, prefix = env["KAFKA_BOOTSTRAP"], env["TOPIC_PREFIX"]
+    e = Events()
+    publish(
+        bootstrap,
+        prefix,
+        [
+            profile("c1", 0),
+            e.view(A, "c1", "a", 1_000),
+            e.view(A, "c1", "b", 1_500, region="DE"),
+            e.act(A, "c1", "a", 2_000, "share"),
+        ],
+    )
+    with WorkerProcess(env):
+        settlements = read_topic(bootstrap, f"{prefix}reward-settlements", lambda r: len(r) >= 1, timeout=60)
+        accruals = read_topic(
+            bootstrap,
+            f"{prefix}reward-accruals",
+            lambda r: latest_by_key(r).get(A, {}).get("windows_settled") == 1,
+            timeout=30,
+        )
+    # base 1_000 (US) + 800 (DE) = 1_800; score 3 (a share); rate 3*10_000//2 = 15_000 -> 150_000 -> 2x: 3_600
+    assert settled_view(settlements) == {(A, 0): (2, 1_800, 3, 20_000, 3_600)}
+    final = latest_by_key(accruals)[A]
+    assert (final["settled_micros"], final["provisional_micros"], final["qualified_views"]) == (3_600, 0, 2)
