@@ -1,18 +1,21 @@
 """State memory of the per-video ledgers and the per-device state (issue 4): what one distinct viewer and one
 distinct device cost while the rules remember them, and that the memory drops back once their horizons pass.
 
-    python bench/state_memory.py [--viewers N] [--videos N] [--devices N] [--output bench/RESULTS.md]
+    python bench/state_memory.py [--viewers 100000,200000] [--viewers-per-video 1000]
+                                 [--devices 100000,200000] [--output bench/RESULTS.md]
 
-Writes the `## State memory` section of the results file (other sections are kept). Pure domain code, no broker:
+Writes the `## State memory` section of the results file (other sections are kept). Pure domain code, no broker.
+Each size is run separately; figures per million come from the 1,000,000 run when there is one, else from the
+line through the two largest runs (on 2 CPUs a 1,000,000 run took over 4 minutes and 7 GB under tracemalloc).
 
-- viewers: N distinct viewers, each viewing one of the videos once, spread evenly over one window (default
-  1,000,000 viewers over 1,000 videos in one hour), fed through `PartitionScorer.on_event` + `flush` (the path the
-  worker's events agent takes) into an in-memory store that keeps the ledger objects (as the scorer's cache does).
-  Then one more view and one interaction per video 27 h after the window start move the watermark past every
-  per-viewer horizon: the window settles and `VideoLedger.expire` runs, as it does for a video that stays active.
+- viewers: N distinct viewers, each viewing one video once, N / viewers-per-video videos, views spread evenly over
+  one window, fed through `PartitionScorer.on_event` + `flush` (the path the worker's events agent takes) into an
+  in-memory store that keeps the ledger objects (as the scorer's cache does). Then one more view and one like per
+  video 27 h after the window start move the watermark past every per-viewer horizon: the window settles and
+  `VideoLedger.expire` runs, as it does for a video that stays active.
 - devices: N distinct devices, one view each, judged with `rules.check_device_burst` and kept as
-  device_id -> DeviceState plus its table value, as `streaming/devices.py` does; then `rules.expire_device` at a
-  watermark past DEVICE_BURST_SPAN + GRACE_S empties them.
+  `streaming/devices.py` keeps them (device_id -> DeviceState, and its table value); then `rules.expire_device`
+  at a watermark past DEVICE_BURST_SPAN + GRACE_S empties them.
 
 Heap is `tracemalloc`'s current traced size after `gc.collect()`, relative to just before the data was created.
 Serialized is what a table holds: key bytes + `jsoncodec.dumps(x.to_dict())` per key (the changelog's latest
@@ -52,6 +55,7 @@ HOUR_MS = 3_600_000
 T0 = 1_767_225_600_000
 TAG = "5eed01"  # ids shaped like the simulator's (stream_app/edges/simulator.py)
 BATCH = 5_000  # events per PartitionScorer batch (flush writes each touched ledger once)
+DEVICE_BATCH = 500  # device-views per DeviceJudge batch (the worker takes batches of 500)
 CREATORS = 100
 
 
@@ -103,14 +107,14 @@ class ObjectStore:
 @dataclass
 class Row:
     what: str
-    count: int  # distinct viewers or devices the figures are divided by
-    heap: int | None  # bytes
-    serialized: int | None  # bytes
-    note: str = ""
+    heap: int  # bytes
+    serialized: int | None  # bytes; None: not stored in a table
 
 
 @dataclass
 class ViewerRun:
+    viewers: int
+    videos: int
     rows: list[Row]
     breakdown: dict[str, int]  # serialized bytes by part of the ledger
     entries_before: dict[str, int]
@@ -156,6 +160,19 @@ def view_event(n: int, video: int, ts: int, viewer: str) -> ViewEvent:
     )
 
 
+def send(
+    scorer: PartitionScorer, offsets: dict[str, int], events: Sequence[ViewEvent | InteractionEvent], now_ms: int
+) -> None:
+    """One batch through the scorer, as the events agent does it (outcomes and outputs are dropped)."""
+    effects = Effects()
+    for event in events:
+        topic = VIEWS if isinstance(event, ViewEvent) else INTERACTIONS
+        position = Position(0, offsets[topic], -1)
+        offsets[topic] += 1
+        scorer.on_event(topic, event, event_to_dict(event), position, event.ts, now_ms, effects)
+    scorer.flush(now_ms, effects)
+
+
 def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
     started = time.monotonic()
     profiles = ProfileHistory(policy)
@@ -167,25 +184,18 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
     window_ms = policy.window_s * 1000
     base = heap()
     offsets = {VIEWS: 0, INTERACTIONS: 0}
-
-    def send(events: Sequence[ViewEvent | InteractionEvent]) -> None:
-        effects = Effects()
-        for event in events:
-            topic = VIEWS if isinstance(event, ViewEvent) else INTERACTIONS
-            position = Position(0, offsets[topic], -1)
-            offsets[topic] += 1
-            scorer.on_event(topic, event, event_to_dict(event), position, event.ts, now_ms, effects)
-        scorer.flush(now_ms, effects)
-
     # 1. every viewer once, in ts order, spread evenly over one window; viewer n watches video n % videos.
     # Only the views topic delivers, so the watermark stays unset and the window stays open (as it does within
     # the hour in production: it settles GRACE_S after its end).
     for first in range(0, viewers, BATCH):
         send(
+            scorer,
+            offsets,
             [
                 view_event(n, n % videos, T0 + n * window_ms // viewers, viewer_id(n))
                 for n in range(first, min(first + BATCH, viewers))
-            ]
+            ],
+            now_ms,
         )
     ledgers = list(store.ledgers.values())
     assert sum(led.views for led in ledgers) == viewers, "every view must be accepted"
@@ -214,6 +224,8 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
     horizon_ms = (policy.qualify_once_s + policy.window_s + policy.grace_s) * 1000
     assert later > T0 + window_ms + horizon_ms, "the expiry step must pass every per-viewer horizon"
     send(
+        scorer,
+        offsets,
         [
             event
             for v in range(videos)
@@ -229,24 +241,35 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
                     "like",
                 ),
             )
-        ]
+        ],
+        now_ms,
     )
     assert all(led.windows_settled == 1 for led in ledgers), "every video's first window must have settled"
     expired_heap = heap() - base
-    expired_serialized = sum(len(led.video_id.encode()) + len(jsoncodec.dumps(led.to_dict())) for led in ledgers)
+    expired_serialized = 0
+    expired_restored_heap = 0
+    for led in ledgers:
+        blob = jsoncodec.dumps(led.to_dict())
+        expired_serialized += len(led.video_id.encode()) + len(blob)
+        before = tracemalloc.get_traced_memory()[0]
+        restored = VideoLedger.from_dict(jsoncodec.loads(blob))
+        expired_restored_heap += tracemalloc.get_traced_memory()[0] - before
+        del restored, blob
     entries_after = entries(ledgers)
+    del scorer, store, ledgers
     seconds = time.monotonic() - started
-    per = f"{viewers:,} viewers"
     rows = [
-        Row("per-video state, live (as built by the scorer)", viewers, live_heap, live_serialized, per),
-        Row("per-video state, restored from the table", viewers, restored_heap, None, per),
-        Row("per-video state after expiry (27 h later)", viewers, expired_heap, expired_serialized, per),
+        Row("ledgers, live (as the scorer builds them)", live_heap, live_serialized),
+        Row("ledgers, restored from their table values", restored_heap, live_serialized),
+        Row("ledgers after expiry, live", expired_heap, expired_serialized),
+        Row("ledgers after expiry, restored from their table values", expired_restored_heap, expired_serialized),
     ]
-    return ViewerRun(rows, breakdown, entries_before, entries_after, seconds)
+    return ViewerRun(viewers, videos, rows, breakdown, entries_before, entries_after, seconds)
 
 
 @dataclass
 class DeviceRun:
+    devices: int
     rows: list[Row]
     left_after: int
     seconds: float
@@ -255,18 +278,20 @@ class DeviceRun:
 def run_devices(policy: Policy, devices: int) -> DeviceRun:
     """One view per distinct device, through rules.check_device_burst, kept as streaming/devices.py keeps it."""
     started = time.monotonic()
-    window_ms = policy.window_s * 1000
+    # the views span less than DEVICE_BURST_SPAN + GRACE_S, so each device still holds its view when the whole
+    # run has been judged (one view per device costs the same at any rate)
+    spread_ms = (policy.device_burst_span_s + policy.grace_s) * 1000 - 1
     base = heap()
     states: dict[str, DeviceState] = {}  # DeviceJudge._devices
     newest = 0
-    for first in range(0, devices, BATCH):
+    for first in range(0, devices, DEVICE_BATCH):
         touched = []
-        for n in range(first, min(first + BATCH, devices)):
+        for n in range(first, min(first + DEVICE_BATCH, devices)):
             dev = device_id(n)
             state = states.get(dev)
             if state is None:
                 state = states[dev] = DeviceState()
-            ts = T0 + n * window_ms // devices
+            ts = T0 + n * spread_ms // devices
             view = ViewEvent(event_id(n), video_id(n % 1000), "", viewer_id(n), dev, ts, 0, 1, "", "")
             assert rules.check_device_burst(policy, state, view).verdict.passed
             newest = max(newest, ts)
@@ -277,49 +302,73 @@ def run_devices(policy: Policy, devices: int) -> DeviceRun:
                 del states[dev]
     assert len(states) == devices, "each device's one view is within its span when written: none expires yet"
     states_heap = heap() - base
-    # the device-state table: key device_id bytes -> JSON value of each state written above
+    # the device-state table: key device_id bytes -> JSON value of each state written above, as jsoncodec.dumps
+    # returns it (what a memory:// table keeps), then as exact-size copies (what a store that copies keeps)
     table = {dev.encode(): jsoncodec.dumps(state.to_dict()) for dev, state in states.items()}
-    both_heap = heap() - base
+    table_heap = heap() - base - states_heap
     serialized = sum(len(k) + len(v) for k, v in table.items())
+    exact = {key: memoryview(value).tobytes() for key, value in table.items()}
+    del table
+    exact_heap = heap() - base - states_heap
 
     # a watermark DEVICE_BURST_SPAN + GRACE_S past the newest view: every device empties and its key is deleted
     later = newest + (policy.device_burst_span_s + policy.grace_s) * 1000
     for dev in list(states):
         if rules.expire_device(policy, states[dev], later):
             del states[dev]
-            del table[dev.encode()]
+            del exact[dev.encode()]
     after_heap = heap() - base
-    after_serialized = sum(len(k) + len(v) for k, v in table.items())
+    after_serialized = sum(len(k) + len(v) for k, v in exact.items())
     left = len(states)
-    del states, table
-    per = f"{devices:,} devices"
+    del states, exact
     rows = [
-        Row("DeviceState objects (DeviceJudge cache)", devices, states_heap, None, per),
-        Row("device-state table values (key + JSON)", devices, both_heap - states_heap, serialized, per),
-        Row(
-            f"device state after expiry (+{policy.device_burst_span_s + policy.grace_s} s)",
-            devices,
-            after_heap,
-            after_serialized,
-            per,
-        ),
+        Row("DeviceState objects (the DeviceJudge cache)", states_heap, None),
+        Row("device-state table values as `jsoncodec.dumps` returns them", table_heap, serialized),
+        Row("device-state table values as exact-size copies", exact_heap, serialized),
+        Row("device state after expiry (objects, dicts and values)", after_heap, after_serialized),
     ]
-    return DeviceRun(rows, left, time.monotonic() - started)
+    return DeviceRun(devices, rows, left, time.monotonic() - started)
 
 
 # --- report ------------------------------------------------------------------------------------------------------
 
-
-def _per(value: int | None, count: int) -> str:
-    return "n/a" if value is None else f"{value / count:,.0f} B"
+MILLION = 1_000_000
 
 
-def _mib_per_million(value: int | None, count: int) -> str:
-    return "n/a" if value is None else f"{value / count * 1_000_000 / MIB:,.0f}"
+def at_million(points: Sequence[tuple[int, int]]) -> tuple[float, bool]:
+    """Total bytes at 1,000,000 items from (items, total bytes) measurements: the measured value when 1,000,000
+    was run, else the line through the two largest runs (one run: proportional). Returns (bytes, extrapolated)."""
+    for count, total in points:
+        if count == MILLION:
+            return float(total), False
+    ordered = sorted(points)
+    if len(ordered) == 1:
+        count, total = ordered[0]
+        return total * MILLION / count, True
+    (n1, t1), (n2, t2) = ordered[-2:]
+    return t1 + (t2 - t1) * (MILLION - n1) / (n2 - n1), True
 
 
-def _mib(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / MIB:,.1f}"
+def _table(unit: str, counts: Sequence[int], rows_by_run: Sequence[Sequence[Row]]) -> list[str]:
+    sizes = " / ".join(f"{c:,}" for c in counts)
+    lines = [
+        f"| what | heap per {unit} ({sizes}) | heap per million {unit}s (MiB) | serialized per {unit} ({sizes}) "
+        f"| serialized per million {unit}s (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, row in enumerate(rows_by_run[0]):
+        runs = [rows[i] for rows in rows_by_run]
+        heap_per = " / ".join(f"{r.heap / c:,.0f} B" for r, c in zip(runs, counts, strict=True))
+        heap_m, extrapolated = at_million([(c, r.heap) for r, c in zip(runs, counts, strict=True)])
+        mark = "*" if extrapolated else ""
+        if row.serialized is None:
+            ser_per, ser_m = "n/a", "n/a"
+        else:
+            ser_per = " / ".join(f"{(r.serialized or 0) / c:,.0f} B" for r, c in zip(runs, counts, strict=True))
+            total, _ = at_million([(c, r.serialized or 0) for r, c in zip(runs, counts, strict=True)])
+            ser_m = f"{total / MIB:,.0f}{mark}"
+        lines.append(f"| {row.what} | {heap_per} | {heap_m / MIB:,.0f}{mark} | {ser_per} | {ser_m} |")
+    return lines
 
 
 def machine() -> str:
@@ -334,9 +383,14 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.platform()}"
 
 
-def format_section(
-    viewers: int, videos: int, devices: int, vrun: ViewerRun, drun: DeviceRun, *, date: str, command: str
-) -> str:
+def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, date: str, command: str) -> str:
+    big = vruns[-1]
+    per_video = big.viewers // big.videos
+    viewer_counts = [r.viewers for r in vruns]
+    device_counts = [r.devices for r in druns]
+    extrapolated = MILLION not in viewer_counts or MILLION not in device_counts
+    vsizes = ", ".join(f"{r.viewers:,} viewers over {r.videos:,} videos ({r.seconds:,.0f} s)" for r in vruns)
+    dsizes = ", ".join(f"{r.devices:,} ({r.seconds:,.0f} s)" for r in druns)
     lines = [
         SECTION_HEADING,
         "",
@@ -344,85 +398,109 @@ def format_section(
         "",
         f"- Machine: {machine()}; peak RSS of the run {peak_rss_mib():,.0f} MiB (tracemalloc's own bookkeeping "
         "included).",
-        "- Policy: the defaults (WINDOW_S 3600, GRACE_S 300, QUALIFY_ONCE_S = DEDUPE_S = 86400, "
-        "ENGAGEMENT_LOOKBACK 86400, DEVICE_BURST_SPAN 60 s). Ids shaped like the simulator's: event_id 32 hex "
-        "digits, viewer_id `u-xxxxxx-0000000` (16 chars), device_id 17 chars, video_id 16 chars.",
-        f"- Viewers: {viewers:,} distinct viewers, one qualifying view each, spread evenly over one hour and "
-        f"{videos:,} videos ({viewers // videos:,} viewers per video), fed through `PartitionScorer.on_event` + "
-        f"`flush` in batches of {BATCH:,} ({vrun.seconds:,.0f} s). Each view is remembered in the window's "
-        "viewers set, `qualified_at`, `recent` (with its event, for clawback), `rules.view_ids`, "
-        "`rules.accepted_views`, and for the last 600 s / 60 s in `rules.repeats` / `rules.velocity`. Expiry: one "
-        "more view and interaction per video 27 h after the window start (a day + window + grace after its last "
-        "view) move the watermark; the window settles and `VideoLedger.expire` runs. Expiry runs when one of a "
-        "video's windows settles, so this is the figure for a video that stays active.",
-        f"- Devices: {devices:,} distinct devices, one view each, judged by `rules.check_device_burst` and kept as "
-        f"`streaming/devices.py` keeps them: device_id -> DeviceState (its cache) and the device-state table "
-        f"(key + JSON value) ({drun.seconds:,.0f} s). Expiry: `rules.expire_device` at a watermark "
-        "DEVICE_BURST_SPAN + GRACE_S past the newest view, for every device (the wiring calls it when a device "
-        "is touched).",
+        "- Policy: the defaults (WINDOW_S 3600, GRACE_S 300, QUALIFY_ONCE_S = DEDUPE_S = ENGAGEMENT_LOOKBACK = "
+        "86400 s, DEVICE_BURST_SPAN 60 s). Ids shaped like the simulator's: event_id 32 hex digits, viewer_id "
+        "`u-xxxxxx-0000000` (16 characters), device_id 17, video_id 16.",
+        f"- Viewers: {vsizes}. Each viewer views one video once (a qualifying view), {per_video:,} viewers per "
+        "video, views spread evenly over one hour, fed through `PartitionScorer.on_event` + `flush` in batches "
+        f"of {BATCH:,}. A viewer is remembered in the window's viewers set, `qualified_at`, `recent` (for "
+        "clawback), `rules.view_ids`, `rules.accepted_views`, and for the last 600 s / 60 s in `rules.repeats` / "
+        "`rules.velocity`. Expiry: one more view and one like per video 27 h after the window start (a day + "
+        "window + grace after its last view) move the watermark: the window settles and `VideoLedger.expire` "
+        "runs. The scorer expires a ledger only when one of its windows settles, so these are the figures for "
+        "videos that stay active; a video with no later event keeps its memories.",
+        f"- Devices: {dsizes} distinct devices, one view each (within 360 s), judged by "
+        "`rules.check_device_burst` in batches of 500 and kept as "
+        "`streaming/devices.py` keeps them: device_id -> DeviceState (its cache) and the device-state table "
+        "(key + JSON value), with `rules.expire_device` at the newest ts after each batch. Expiry: "
+        "`rules.expire_device` for every device at a watermark DEVICE_BURST_SPAN + GRACE_S past the newest view "
+        "(the wiring calls it only for devices it touches).",
         "- Heap: `tracemalloc` current size after `gc.collect()`, relative to just before the data was made "
-        "(Python objects only: no allocator slack, no RocksDB). Serialized: sum over keys of key bytes + "
-        "`jsoncodec.dumps(x.to_dict())`, i.e. what a RocksDB store and the compacted changelog hold (latest "
-        "record per key). Per-video costs (1,000 ledgers) are included in the per-viewer figures.",
-        "",
-        "| what | count | heap per item | heap per million (MiB) | serialized per item | "
-        "serialized per million (MiB) | heap total (MiB) | serialized total (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "(Python objects as allocated: no allocator slack, nothing outside Python such as RocksDB). Restored: "
+        "the same state rebuilt with `from_dict(jsoncodec.loads(value))`, as a worker holds it after a restart or "
+        "a rebalance. Serialized: key bytes + `jsoncodec.dumps(x.to_dict())` summed over keys, what RocksDB and "
+        "the compacted changelog hold (latest record per key). Per-video costs are included in the per-viewer "
+        "figures.",
     ]
-    for row in vrun.rows + drun.rows:
+    if extrapolated:
         lines.append(
-            f"| {row.what} | {row.note} | {_per(row.heap, row.count)} | {_mib_per_million(row.heap, row.count)} "
-            f"| {_per(row.serialized, row.count)} | {_mib_per_million(row.serialized, row.count)} "
-            f"| {_mib(row.heap)} | {_mib(row.serialized)} |"
+            "- Per million: measured at the sizes shown and extrapolated linearly to 1,000,000 (marked *; the line "
+            "through the two largest runs). Ledgers are per video and the runs keep viewers per video fixed, so "
+            "the viewer figures scale with the number of videos (`--viewers 1000000 --devices 1000000` measures "
+            "1,000,000 directly: minutes and gigabytes under tracemalloc)."
         )
+    lines += ["", *_table("viewer", viewer_counts, [r.rows for r in vruns]), ""]
+    lines += [*_table("device", device_counts, [r.rows for r in druns]), ""]
     lines += [
-        "",
-        "Where a viewer's serialized bytes go (sum over the ledgers before expiry):",
+        f"Where a viewer's serialized bytes go ({big.viewers:,} viewers, before expiry):",
         "",
         "| part of the ledger | serialized per viewer | share |",
         "|---|---:|---:|",
     ]
-    total = sum(vrun.breakdown.values())
-    for name, size in sorted(vrun.breakdown.items(), key=lambda item: -item[1]):
-        lines.append(f"| {name} | {size / viewers:,.1f} B | {size * 100 / total:.1f} % |")
+    total = sum(big.breakdown.values())
+    for name, size in sorted(big.breakdown.items(), key=lambda item: -item[1]):
+        lines.append(f"| {name} | {size / big.viewers:,.1f} B | {size * 100 / total:.1f} % |")
     lines += [
         "",
-        "Entries held, over all ledgers, before and after expiry:",
+        f"Entries held over all {big.videos:,} ledgers ({big.viewers:,} viewers), before and after expiry:",
         "",
         "| memory | before | after |",
         "|---|---:|---:|",
     ]
-    for name, count in vrun.entries_before.items():
-        lines.append(f"| {name} | {count:,} | {vrun.entries_after[name]:,} |")
+    for name, count in big.entries_before.items():
+        lines.append(f"| {name} | {count:,} | {big.entries_after[name]:,} |")
     lines += [
         "",
-        f"After expiry every per-viewer memory holds only the one view per video sent to move the watermark, and "
-        f"{drun.left_after:,} DeviceStates are left; what remains is per-video state (totals, the settled window "
-        "kept for CLAWBACK_HORIZON_S, the open window of the later view), independent of how many viewers came.",
+        "After expiry the per-viewer memories hold only the view per video sent to move the watermark, and "
+        f"{druns[-1].left_after:,} DeviceStates are left. What stays is per video (totals, the settled window kept "
+        "for CLAWBACK_HORIZON_S, the later view's open window): a live ledger also keeps the capacity its dicts "
+        "grew to (CPython does not shrink a dict on deletion; the next insertions that resize it do), which a "
+        "ledger restored from its table value does not. `jsoncodec.dumps` (orjson) returns a small document in "
+        "a buffer of about 4 KiB: a memory:// table that keeps those bytes pays that per key, an exact-size copy "
+        "does not.",
         "",
     ]
     return "\n".join(lines)
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part.replace("_", "")) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive counts, got {text!r}")
+    return sizes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--viewers", type=int, default=1_000_000, help="distinct viewers (default 1,000,000)")
-    parser.add_argument("--videos", type=int, default=1_000, help="videos they spread over (default 1,000)")
-    parser.add_argument("--devices", type=int, default=1_000_000, help="distinct devices (default 1,000,000)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--viewers", type=_sizes, default=[100_000, 200_000], help="distinct viewers, comma-separated sizes to run"
+    )
+    parser.add_argument("--viewers-per-video", type=int, default=1_000, help="viewers per video (default 1,000)")
+    parser.add_argument(
+        "--devices", type=_sizes, default=[100_000, 200_000], help="distinct devices, comma-separated sizes to run"
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file ('## State memory')")
     args = parser.parse_args(argv)
-    if args.viewers < args.videos or args.videos < 1 or args.devices < 1:
-        parser.error("need --videos >= 1, --viewers >= --videos and --devices >= 1")
+    per_video = args.viewers_per_video
+    if per_video < 1 or any(n % per_video for n in args.viewers):
+        parser.error("--viewers must be multiples of --viewers-per-video (>= 1)")
     policy = Policy()
     tracemalloc.start(1)
-    vrun = run_viewers(policy, args.viewers, args.videos)
-    print(f"viewers: {vrun.seconds:.0f} s", file=sys.stderr)
-    drun = run_devices(policy, args.devices)
-    print(f"devices: {drun.seconds:.0f} s", file=sys.stderr)
+    vruns = []
+    for n in args.viewers:
+        vruns.append(run_viewers(policy, n, n // per_video))
+        print(f"{n:,} viewers: {vruns[-1].seconds:.0f} s", file=sys.stderr)
+    druns = []
+    for n in args.devices:
+        druns.append(run_devices(policy, n))
+        print(f"{n:,} devices: {druns[-1].seconds:.0f} s", file=sys.stderr)
     tracemalloc.stop()
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python bench/state_memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    section = format_section(args.viewers, args.videos, args.devices, vrun, drun, date=date, command=command.strip())
+    command = " ".join(["python bench/state_memory.py", *(sys.argv[1:] if argv is None else argv)])
+    section = format_section(vruns, druns, date=date, command=command)
     print(section)
     existing = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,8 @@ EVENT_TOPICS = (VIEWS, INTERACTIONS)
 # Settlement records sent shortly before a crash may not have reached the broker; after an assignment, those of
 # windows settled within this span are sent again (a restart or failover normally takes seconds to a minute).
 RESEND_SETTLEMENTS_MS = 600_000
+# How often (wall clock) the memories of videos with no open window are expired.
+QUIET_SWEEP_MS = 60_000
 REASON_LATE = "late"
 REASON_FUTURE = "future_timestamp"
 
@@ -97,6 +99,7 @@ class PartitionScorer:
         self._next_due: int | None = None  # a lower bound of those deadlines: no scan before the watermark reaches it
         self._dirty: set[str] = set()  # changed, but emitted less than EMIT_INTERVAL_S ago
         self._last_emit: dict[str, int] = {}
+        self._last_sweep_ms = now_ms
         self.pending_interactions = 0
         self.provisional_micros = 0  # base micros of open windows of currently eligible creators
         self._provisional_before: dict[str, int] = {}
@@ -303,6 +306,27 @@ class PartitionScorer:
             t: self.caught_up[t] and self.idle_since[t] is not None and now_ms - self.idle_since[t] >= limit  # type: ignore[operator]
             for t in EVENT_TOPICS
         }
+
+    def sweep_quiet_videos(self, now_ms: int, interval_ms: int = QUIET_SWEEP_MS) -> int:
+        """Expire the memories of videos with no open window (a video that went quiet is otherwise never
+        visited again: expiry runs when a video settles). At most once per `interval_ms`; returns how many
+        ledgers were trimmed (they are written at the next flush)."""
+        wm = self.watermark
+        if wm is None or now_ms - self._last_sweep_ms < interval_ms:
+            return 0
+        self._last_sweep_ms = now_ms
+        trimmed = 0
+        for video_id in [v for v in self.store.video_ids() if v not in self._open]:
+            ledger = self.ledger(video_id)
+            if ledger is None:
+                continue
+            before = ledger.memory_entries()
+            if not before:
+                continue
+            self._touch(ledger)
+            ledger.expire(self.policy, wm)
+            trimmed += ledger.memory_entries() != before
+        return trimmed
 
     def settle_due(self, now_ms: int, effects: Effects, *, profiles_ready: bool = True) -> None:
         candidate = partition_watermark(self.latest_ts, self.idle(now_ms), now_ms)

@@ -373,6 +373,10 @@ class VideoLedger:
 
     # ---- expiry ----
 
+    def memory_entries(self) -> int:
+        """How many per-viewer and per-event memories this ledger holds (its size beyond the totals)."""
+        return len(self.qualified_at) + len(self.recent) + self.rules.entry_count()
+
     def expire(self, policy: pol.Policy, watermark_ms: int) -> None:
         """Forget what no rule can need any more, so state stays bounded."""
         horizon_k = window_index(max(0, watermark_ms - policy.clawback_horizon_s * 1000), policy.window_s)

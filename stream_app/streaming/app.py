@@ -113,7 +113,8 @@ class ScorerApp:
         self.ticks = _raw_topic(self.faust, self.tick_topic_name)
         self.device_flags_name = s.internal_topic("device-flags")
         self.device_flags = _raw_topic(self.faust, self.device_flags_name)
-        self.device_views = _raw_topic(self.faust, s.internal_topic("device-views"))
+        self.device_views_name = s.internal_topic("device-views")
+        self.device_views = _raw_topic(self.faust, self.device_views_name)
         # views, interactions, ticks and device flags are co-partitioned: one agent sees them all for a partition
         self.topics = ScorerTopics(
             events=_raw_topic(

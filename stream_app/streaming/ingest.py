@@ -7,10 +7,9 @@ DLQ, because Faust acks a message whose agent raised and would otherwise lose it
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import PolicyMismatchError
@@ -21,6 +20,7 @@ from stream_app.domain.scoring import ACCEPTED, CLAWBACK, SUSPICIOUS, Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.kafka_client import client_kwargs, partition_counts
 from stream_app.edges.partitioner import partition_for
+from stream_app.streaming.sending import fail_stop, send_grouped
 from stream_app.streaming.tables import PartitionStateStore, TableLedgerStore, writing_for
 
 if TYPE_CHECKING:
@@ -29,15 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME_INVALID = "invalid"
-
-
-def fail_stop(what: str, code: int = 70) -> NoReturn:
-    """Stop the process at once, before Faust acks the batch: an exception in an agent would ack (and later
-    commit) the batch and Faust would restart the agent past it, losing its effects. A restart replays it."""
-    log.critical("%s: stopping the worker so the batch is replayed after a restart", what, exc_info=True)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(code)
 
 
 def _now_ms() -> int:
@@ -65,7 +56,12 @@ class IngestProcessor:
         if not self._partition_counts:
             self._partition_counts = await partition_counts(
                 self.settings.kafka_bootstrap,
-                [*self._input_topics, self.app.tick_topic_name, self.app.device_flags_name],
+                [
+                    *self._input_topics,
+                    self.app.tick_topic_name,
+                    self.app.device_flags_name,
+                    self.app.device_views_name,
+                ],
                 client_kwargs(self.settings.env),
             )
 
@@ -143,11 +139,10 @@ class IngestProcessor:
                     await self._on_tick(message.partition, now_ms, touched)
                     continue
                 if message.topic == self.app.device_flags_name:
-                    flag = jsoncodec.loads(message.value)
                     effects = touched.setdefault(message.partition, Effects())
-                    self.scorer_for(message.partition, message.topic).on_device_flag(
-                        flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects
-                    )
+                    flagged = self.scorer_for(message.partition, message.topic)
+                    for flag in jsoncodec.loads(message.value):
+                        flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
                     continue
                 await self._process_record(message, now_ms, touched)
             except Exception as exc:  # one bad record must never stop the worker or vanish
@@ -213,6 +208,7 @@ class IngestProcessor:
         if effects is None:
             effects = touched[partition] = Effects()
         scorer.settle_due(now_ms, effects, profiles_ready=self.app.profile_reader.caught_up.is_set())
+        scorer.sweep_quiet_videos(now_ms)
 
     # ---- effects ----
 
@@ -248,8 +244,13 @@ class IngestProcessor:
             await self.app.topics.settlements.send(
                 key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement), force=True
             )
-        for view in effects.device_views:
-            await self.app.device_views.send(key=view["device_id"].encode(), value=jsoncodec.dumps(view), force=True)
+        if effects.device_views:
+            await send_grouped(
+                self.app.device_views,
+                effects.device_views,
+                "device_id",
+                self.partition_count(self.app.device_views_name),
+            )
         for accrual in effects.accruals:
             await self.app.topics.accruals.send(
                 key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True

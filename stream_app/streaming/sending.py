@@ -1,0 +1,31 @@
+"""Output helpers of the Faust wiring: grouped sends of internal records, and stopping on a failed batch."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, NoReturn
+
+from stream_app.domain import jsoncodec
+from stream_app.edges.partitioner import partition_for
+
+log = logging.getLogger(__name__)
+
+
+async def send_grouped(topic: Any, records: list[dict[str, Any]], key_field: str, partition_count: int) -> None:
+    """Send internal records as one JSON array per target partition (the partition their key maps to): one send
+    per partition and batch instead of one per record."""
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        by_partition.setdefault(partition_for(record[key_field].encode(), partition_count), []).append(record)
+    for partition, group in sorted(by_partition.items()):
+        await topic.send(key=None, value=jsoncodec.dumps(group), partition=partition, force=True)
+
+
+def fail_stop(what: str, code: int = 70) -> NoReturn:
+    """Stop the process at once, before Faust acks the batch: an exception in an agent would ack (and later
+    commit) the batch and Faust would restart the agent past it, losing its effects. A restart replays it."""
+    log.critical("%s: stopping the worker so the batch is replayed after a restart", what, exc_info=True)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)
