@@ -407,14 +407,13 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
         "clawback), `rules.view_ids`, `rules.accepted_views`, and for the last 600 s / 60 s in `rules.repeats` / "
         "`rules.velocity`. Expiry: one more view and one like per video 27 h after the window start (a day + "
         "window + grace after its last view) move the watermark: the window settles and `VideoLedger.expire` "
-        "runs. The scorer expires a ledger only when one of its windows settles, so these are the figures for "
-        "videos that stay active; a video with no later event keeps its memories.",
+        "runs (a video with no open window is also expired by the scorer's once-a-minute sweep of quiet videos).",
         f"- Devices: {dsizes} distinct devices, one view each (within 360 s), judged by "
         "`rules.check_device_burst` in batches of 500 and kept as "
         "`streaming/devices.py` keeps them: device_id -> DeviceState (its cache) and the device-state table "
         "(key + JSON value), with `rules.expire_device` at the newest ts after each batch. Expiry: "
         "`rules.expire_device` for every device at a watermark DEVICE_BURST_SPAN + GRACE_S past the newest view "
-        "(the wiring calls it only for devices it touches).",
+        "(the wiring does so for the devices of each batch and, once a minute, for every other device).",
         "- Heap: `tracemalloc` current size after `gc.collect()`, relative to just before the data was made "
         "(Python objects as allocated: no allocator slack, nothing outside Python such as RocksDB). Restored: "
         "the same state rebuilt with `from_dict(jsoncodec.loads(value))`, as a worker holds it after a restart or "
