@@ -268,6 +268,10 @@ class VideoLedger:
         settled = self.settled.get(recent.window)
         if settled is None or not recent.qualifying:
             return 0, recent
+        if settled.base_micros:
+            # it was a qualified view of the settled window: the accrual's total no longer counts it, whichever
+            # came first, the flag or the settlement (SPEC §7 holds qualified_views to that)
+            self.settled_qualified_views -= 1
         before = pol.clawback_micros(
             settled.settled_micros, settled.base_micros, settled.clawed_base_micros, settled.multiplier_bps
         )

@@ -218,3 +218,33 @@ def test_rejected_events_do_not_move_the_watermark(harness: Harness) -> None:
     assert harness.scorer.latest_ts == {"video-views": 1_000, "video-interactions": 50_000}
     effects = harness.send(view(3, "vid1", "c", 5_000))
     assert outcomes(effects) == [("video-views", "accepted", "")]
+
+
+def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: Harness) -> None:
+    harness.send(
+        view(1, "vid1", "a", 1_000),
+        view(2, "vid1", "b", 2_000, region="GB"),
+        interaction(1, "vid1", "a", 3_000, "like"),
+    )
+    effects = harness.send(view(3, "vid1", "c", 12_000), interaction(2, "vid1", "c", 12_000, "like"))
+    [settlement] = effects.settlements
+    # base 1_000 + 800 = 1_800; 1 like over 2 views: rate 5_000 -> 2x; settled 3_600
+    assert (settlement["base_micros"], settlement["multiplier_bps"], settlement["settled_micros"]) == (
+        1_800,
+        20_000,
+        3_600,
+    )
+    effects = Effects()
+    harness.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, effects)  # the GB view, already settled
+    harness.scorer.flush(NOW, effects)
+    [clawback] = effects.settlements
+    # 3_600 - (1_800 - 800) * 20_000 // 10_000 = 1_600
+    assert (clawback["kind"], clawback["clawback_micros"], clawback["clawed_base_micros"]) == ("clawback", 1_600, 800)
+    assert [(o.outcome, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
+    accrual = effects.accruals[-1]
+    assert (accrual["settled_micros"], accrual["clawback_micros"], accrual["qualified_views"]) == (3_600, 1_600, 2)
+    # 2 = 1 settled qualified view left + the open window's qualifying view by "c"
+    # a second flag for the same view changes nothing
+    again = Effects()
+    harness.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, again)
+    assert again.outcomes == [] and again.settlements == []

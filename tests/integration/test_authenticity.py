@@ -551,8 +551,8 @@ EXPECTED_SETTLEMENTS_2 = {
 }
 EXPECTED_ACCRUALS_2 = {
     # video: (settled, clawback, provisional, qualified_views, views, suspicious_views, windows_settled, eligible)
-    # M: qualified_views stays what its settlement fixed (7): a settled window's clawback changes money only
-    M: (M_SETTLED, 2_570, 0, 7, 7, 3, 1, True),
+    # M: its settlement fixed 7 qualified views; 3 of them were clawed back afterwards: the total counts 4
+    M: (M_SETTLED, 2_570, 0, 4, 7, 3, 1, True),
     ZB: (2_000, 0, 0, 1, 1, 0, 1, True),
     F0: (3_600, 0, 0, 2, 18, 16, 1, True),  # 16 farm views clawed back before settling, 2 authentic ones
     F1: (0, 0, 0, 0, 16, 16, 0, True),  # open windows: the clawed-back views left qualified views and provisional
