@@ -31,9 +31,11 @@ from stream_app.streaming.profile_reader import ProfileReader
 log = logging.getLogger(__name__)
 
 # Events are handed to the domain in batches: the per-event cost of a table write and a send is what limits a
-# Faust agent, so each batch writes a key and an output record once (see README, "Throughput").
-BATCH_MAX_EVENTS = 500
-BATCH_WITHIN_S = 0.05
+# Faust agent, so each batch writes a key and an output record once (see README, "Throughput"). Measured on the
+# domain alone (simulated organic traffic): batches of 2,000 score about 1.7x the
+# events/s of batches of 500, since a hot video's ledger is serialized once per batch.
+BATCH_MAX_EVENTS = 2000
+BATCH_WITHIN_S = 0.1
 # How often each worker sends a tick to the partitions it owns: idle settlement and trailing emits ride on ticks,
 # since Faust tables can only be written while processing an event.
 TICK_INTERVAL_S = 1.0
