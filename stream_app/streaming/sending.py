@@ -11,6 +11,10 @@ from stream_app.edges.partitioner import partition_for
 
 log = logging.getLogger(__name__)
 
+# Internal records are small dicts of ids (at most ~2.5 KB with 128-code-point ids): 200 per Kafka record stays
+# under 512 KiB, well inside the default 1 MB record size.
+RECORDS_PER_SEND = 200
+
 
 async def send_grouped(topic: Any, records: list[dict[str, Any]], key_field: str, partition_count: int) -> None:
     """Send internal records as one JSON array per target partition (the partition their key maps to): one send
@@ -19,7 +23,9 @@ async def send_grouped(topic: Any, records: list[dict[str, Any]], key_field: str
     for record in records:
         by_partition.setdefault(partition_for(record[key_field].encode(), partition_count), []).append(record)
     for partition, group in sorted(by_partition.items()):
-        await topic.send(key=None, value=jsoncodec.dumps(group), partition=partition, force=True)
+        for start in range(0, len(group), RECORDS_PER_SEND):
+            value = jsoncodec.dumps(group[start : start + RECORDS_PER_SEND])
+            await topic.send(key=None, value=value, partition=partition, force=True)
 
 
 def fail_stop(what: str, code: int = 70) -> NoReturn:

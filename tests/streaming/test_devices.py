@@ -90,3 +90,13 @@ async def test_a_device_that_stops_viewing_is_swept_from_the_table(monkeypatch: 
     monkeypatch.setattr(devices, "SWEEP_INTERVAL_S", 0.0)
     await judge.process_batch(batch_of(later))
     assert list(app.device_state) == [other.encode()]
+
+
+async def test_grouped_sends_stay_under_the_record_size() -> None:
+    from stream_app.streaming.sending import RECORDS_PER_SEND, send_grouped
+
+    topic = FakeTopic()
+    records = [{"device_id": "d" * 128, "video_id": "v" * 128, "event_id": f"{n:0128d}"} for n in range(450)]
+    await send_grouped(topic, records, "device_id", PARTITIONS)
+    assert [len(group) for _, group in topic.sent] == [RECORDS_PER_SEND, RECORDS_PER_SEND, 50]
+    assert all(len(jsoncodec.dumps(group)) < 512 * 1024 for _, group in topic.sent)
