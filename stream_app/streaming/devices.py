@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # How often (wall clock) devices that stopped viewing are expired from the device table.
 SWEEP_INTERVAL_S = 60.0
+# A quiet device is forgotten once the partition's newest ts is this far past its span (see _write).
+SWEEP_SKEW_MS = 3_600_000
 
 
 class DeviceJudge:
@@ -117,8 +119,14 @@ class DeviceJudge:
         for device_id, partition in (touched | idle).items():
             state = self._devices[device_id]
             before = len(state)
+            # A device seen in this batch already forgot what lies behind its own newest view (check_device_burst
+            # does); the partition's newest ts must not be used for it: the video partitions feeding this one
+            # run at different event times (minutes apart in a catch-up), and a farm's views from a partition
+            # that is behind would be forgotten before they add up to a burst. Quiet devices are swept against
+            # the partition's newest ts less that skew allowance.
+            horizon = state.max_ts if device_id in touched else self._newest_ts[partition] - SWEEP_SKEW_MS
             with writing_for(self._last_event[partition]):
-                if rules.expire_device(self.policy, state, self._newest_ts[partition]):
+                if rules.expire_device(self.policy, state, horizon):
                     self._devices.pop(device_id, None)
                     if self.app.device_state.get(device_id.encode()) is not None:
                         del self.app.device_state[device_id.encode()]
