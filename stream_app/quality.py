@@ -41,6 +41,7 @@ import datetime as dt
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,7 @@ SLOWEST_EVENTS_PER_S = 300.0
 STOP_TIMEOUT_S = 30.0
 _DURATION_TRIES = 4
 SAMPLES = 200
+_FAILURE_CHARS = 600
 
 # Targets of issue 4 item 5.
 TARGET_RECALL = 0.95
@@ -178,6 +180,7 @@ class SeedResult:
     # flag (late included) up to SAMPLES organic events given it: what a diagnosis starts from (JSON output only).
     missed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     false_positives: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    logs: str | None = None  # where the worker logs and the label file were kept (None: removed)
 
     @property
     def fp_rate(self) -> float:
@@ -255,23 +258,30 @@ def run_quality(argv: list[str] | None = None) -> int:
     command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results: list[SeedResult] = []
+    failures: dict[int, str] = {}
     # SIGTERM ends the run like Ctrl-C: the worker and the embedded broker are stopped on the way out.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         for seed in seeds:
-            results.append(measure_seed(seed, events=args.events, rate=args.rate, bootstrap=args.bootstrap))
+            try:
+                results.append(measure_seed(seed, events=args.events, rate=args.rate, bootstrap=args.bootstrap))
+            except StreamAppError as exc:  # the other seeds still run, and the report says what failed
+                failures[seed] = str(exc)
+                print(f"quality: {exc}", file=sys.stderr)
+                continue
             log.info(format_summary(results[-1]))
-    except StreamAppError as exc:
-        print(f"quality: {exc}", file=sys.stderr)
-        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
-    section = format_section(results, date=date, command=command.strip(), events=args.events)
+    section = format_section(
+        results, date=date, command=command.strip(), events=args.events, rate=args.rate, failures=failures
+    )
     write_section(args.output, section)
     if args.json is not None:
         args.json.write_bytes(jsoncodec.dumps([r.as_dict() for r in results]))
     print(section)
     print(f"results written to {args.output} ({SECTION_HEADING})")
+    if failures:
+        return 2
     return 0 if all_targets_met(results, args.events) else 1
 
 
@@ -325,9 +335,10 @@ def measure_seed(seed: int, *, events: int, rate: float = DEFAULT_RATE, bootstra
     organic = [event for event in stream if event.label == ORGANIC]
     log.info("seed %d: %d events (%d organic), %.0f s of event time", seed, len(stream), len(organic),
              config.duration_s)  # fmt: skip
+    # The workers run (and log) in a scratch directory, kept when a run failed, missed a target or saw late events.
     workdir = Path(tempfile.mkdtemp(prefix="stream-app-quality-"))
     labels_path = workdir / "labels.jsonl"
-    keep = False
+    keep = True
     try:
         with _broker(bootstrap) as address:
             fraud = run_once("fraud", stream, address, workdir, config=config, labels_path=labels_path)
@@ -335,13 +346,17 @@ def measure_seed(seed: int, *, events: int, rate: float = DEFAULT_RATE, bootstra
         _check_labels(labels, stream)
         with _broker(bootstrap) as address:
             baseline = run_once("baseline", organic, address, workdir)
+        result = summarize(seed, config, stream, fraud, organic, baseline)
+        keep = not all(result.targets().values()) or any(run["late"] for run in result.runs.values())
+        if keep:
+            result.logs = str(workdir)
+            log.info("seed %d: worker logs and labels kept in %s", seed, workdir)
+        return result
     except StreamAppError as exc:
-        keep = True
         raise QualityError(f"seed {seed}: {exc} (worker logs kept in {workdir})") from None
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    return summarize(seed, config, stream, fraud, organic, baseline)
 
 
 def _check_labels(labels: list[dict[str, Any]], stream: list[SimEvent]) -> None:
@@ -546,10 +561,17 @@ def _progress(samples: Mapping[str, float], published: int) -> str:
 
 
 def _tail(path: Path, chars: int = 3_000) -> str:
+    """What stopped the worker, first (its first CRITICAL line and the last exception line of its log), then the
+    end of its log."""
     try:
-        return path.read_text(errors="replace")[-chars:]
+        text = path.read_text(errors="replace")
     except OSError as exc:
         return f"(log unreadable: {exc})"
+    lines = text.splitlines()
+    critical = next((line for line in lines if " CRITICAL " in line), None)
+    exception = next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)), None)
+    summary = " / ".join(line.strip() for line in (critical, exception) if line)
+    return (summary + "\n" if summary else "") + "--- log tail ---\n" + text[-chars:]
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -901,11 +923,20 @@ def format_summary(result: SeedResult) -> str:
     )
 
 
-def format_section(results: Sequence[SeedResult], *, date: str, command: str, events: int) -> str:
+def format_section(
+    results: Sequence[SeedResult],
+    *,
+    date: str,
+    command: str,
+    events: int,
+    rate: float = DEFAULT_RATE,
+    failures: Mapping[int, str] | None = None,
+) -> str:
     from stream_app.benchmark import machine_info
 
     machine = machine_info()
-    seeds = ", ".join(str(r.seed) for r in results)
+    seeds = ", ".join(str(seed) for seed in sorted([r.seed for r in results] + list(failures or {})))
+    fraud_share = SimulationConfig(seed=0, start_ms=0).fraud_share
     lines = [
         SECTION_HEADING,
         "",
@@ -913,9 +944,9 @@ def format_section(results: Sequence[SeedResult], *, date: str, command: str, ev
         "",
         f"- Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
         f"faust-streaming {machine['faust']}; load average (1, 5, 15 min) {machine['load_average']} at the end.",
-        f"- Seeds: {seeds}; at least {events:,} traffic events per run, at {results[0].config['rate_per_s']:g} "
+        f"- Seeds: {seeds}; at least {events:,} traffic events per run, at {rate:g} "
         "events/s of event time, every fraud scenario injected (fraud_share "
-        f"{results[0].config['fraud_share']:g}); each run on a fresh embedded tansu broker (unless one was given).",
+        f"{fraud_share:g}); each run on a fresh embedded tansu broker (unless one was given).",
         f"- Worker: `stream-app worker`, default policy (WINDOW_S 3600, GRACE_S 300, every rule threshold) except "
         f"IDLE_SETTLE_S={IDLE_SETTLE_S}; all input published first; event time ends a window + grace + "
         f"{SETTLE_MARGIN_S} s before the wall clock, so every window settles by idleness once the input is drained.",
@@ -970,12 +1001,15 @@ def format_section(results: Sequence[SeedResult], *, date: str, command: str, ev
             "- Targets: " + ", ".join(f"{name} {_yes(ok)}" for name, ok in r.targets().items()) + ".",
             "",
         ]
-    met = all_targets_met(results, events)
+    for seed, failure in (failures or {}).items():
+        first_line = failure.strip().splitlines()[0] if failure.strip() else "unknown error"
+        lines += [f"### Seed {seed}", "", f"**The run failed**: {first_line[:_FAILURE_CHARS]}", ""]
+    met = all_targets_met(results, events) and not failures
     enough = events >= DEFAULT_EVENTS and len(results) >= 2
     lines += [
         f"**Overall: {'every target met' if met else 'targets missed'}** (recall >= {TARGET_RECALL} for every "
         f"scenario, organic FP < {TARGET_FP_RATE * 100:g} %, money within {TARGET_MONEY_DIFF * 100:g} %)"
-        + ("" if enough else f"; this run is smaller than the done criterion (2 seeds x {DEFAULT_EVENTS:,} events)")
+        + ("" if enough else f"; the done criterion needs 2 completed seeds of at least {DEFAULT_EVENTS:,} events")
         + ".",
         "",
     ]
