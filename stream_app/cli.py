@@ -94,6 +94,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from stream_app.edges.simulate_run import fast_start_ms, run_simulation
     from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
 
+    if args.report:
+        from stream_app.quality import run_quality
+
+        events = int(args.rate * args.duration)
+        return run_quality(["--events", str(events), "--seeds", str(args.seed), "--rate", str(args.rate)])
     settings = _settings()
     fraud = frozenset(FRAUD_SCENARIOS) if args.fraud == "all" else frozenset(filter(None, args.fraud.split(",")))
     config = SimulationConfig(
@@ -164,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--labels", help="write the labels (JSON lines) to this side file")
     simulate.add_argument("--realtime", action="store_true", help="pace to the wall clock (ts = now)")
     simulate.add_argument("--single", action="store_true", help="one record per event instead of envelopes")
+    simulate.add_argument(
+        "--report",
+        action="store_true",
+        help="run the scorer on this traffic (fresh embedded broker) and write the quality report to bench/RESULTS.md",
+    )
     simulate.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="embedded broker + worker + simulated traffic, accruals shown live")
