@@ -32,12 +32,10 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ import orjson
 
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
+from stream_app.edges.localhost import free_port, scrape_metrics
 
 log = logging.getLogger(__name__)
 
@@ -587,7 +586,7 @@ def _measure_scorer(
             cpu, broker_cpu = _cpu_seconds(worker.pid), _cpu_seconds(broker_pid)
             peak = _peak_rss_mib(worker.pid) or peak
             try:
-                now_processed = processed_events(_scrape(url))
+                now_processed = processed_events(scrape_metrics(url))
             except OSError:
                 now_processed = processed  # metrics server not up yet, or gone
             if now_processed == 0:
@@ -630,24 +629,7 @@ def processed_events(samples: Mapping[str, float]) -> int:
     return int(outcomes + samples.get("rewards_pending_interactions", 0.0))
 
 
-def _scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 # ---- subprocesses and /proc ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _worker_env(bootstrap: str, prefix: str, app_id: str) -> dict[str, str]:
@@ -658,7 +640,7 @@ def _worker_env(bootstrap: str, prefix: str, app_id: str) -> dict[str, str]:
         TOPIC_PREFIX=prefix,
         APP_ID=app_id,
         METRICS_HOST="127.0.0.1",
-        METRICS_PORT=str(_free_port()),
+        METRICS_PORT=str(free_port()),
         BROKER_SESSION_TIMEOUT="6",
         BROKER_HEARTBEAT_INTERVAL="2",
         LOG_LEVEL="WARNING",

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.domain import jsoncodec
 from stream_app.edges.broker import broker_from_env_or_embedded
+from stream_app.edges.localhost import free_port, scrape_metrics
 
 DEMO_POLICY = {"WINDOW_S": "20", "GRACE_S": "5", "IDLE_SETTLE_S": "5", "EMIT_INTERVAL_S": "1"}
 REFRESH_S = 2.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _usd(micros: int) -> str:
@@ -39,17 +31,11 @@ def _usd(micros: int) -> str:
 
 
 def _scrape(port: int) -> dict[str, float]:
-    samples: dict[str, float] = {}
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
+        samples = scrape_metrics(f"http://127.0.0.1:{port}/metrics", timeout_s=2)
     except OSError:
-        return samples
-    for line in text.splitlines():
-        if line.startswith("rewards_") and "_bucket" not in line:
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+        return {}
+    return {name: value for name, value in samples.items() if name.startswith("rewards_") and "_bucket" not in name}
 
 
 def render(accruals: dict[str, dict[str, Any]], metrics: dict[str, float], elapsed_s: float) -> str:
@@ -160,7 +146,7 @@ def run_demo(*, duration_s: float = 90.0, rate: float = 100.0, seed: int = 7) ->
             TOPIC_PREFIX=prefix,
             APP_ID=f"{prefix}scorer",
             METRICS_HOST="127.0.0.1",
-            METRICS_PORT=env.get("METRICS_PORT") or str(_free_port()),
+            METRICS_PORT=env.get("METRICS_PORT") or str(free_port()),
             BROKER_SESSION_TIMEOUT=env.get("BROKER_SESSION_TIMEOUT", "6"),
             BROKER_HEARTBEAT_INTERVAL=env.get("BROKER_HEARTBEAT_INTERVAL", "2"),
             LOG_LEVEL=env.get("LOG_LEVEL", "WARNING"),

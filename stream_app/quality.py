@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,6 +59,7 @@ from stream_app.domain import jsoncodec
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 from stream_app.domain.policy import Policy
+from stream_app.edges.localhost import free_port, scrape_metrics
 from stream_app.edges.simulator import (
     EXPECTED_REASONS,
     FRAUD_SCENARIOS,
@@ -396,7 +396,7 @@ def worker_env(bootstrap: str, prefix: str) -> dict[str, str]:
         TOPIC_PREFIX=prefix,
         APP_ID=f"{prefix}app",
         METRICS_HOST="127.0.0.1",
-        METRICS_PORT=str(_free_port()),
+        METRICS_PORT=str(free_port()),
         BROKER_SESSION_TIMEOUT="6",
         BROKER_HEARTBEAT_INTERVAL="2",
         IDLE_SETTLE_S=str(IDLE_SETTLE_S),
@@ -521,7 +521,7 @@ def _run_worker(env: dict[str, str], workdir: Path, name: str, published: int) -
                     f"{name} worker not done after {timeout:.0f} s: {_progress(samples, published)}; {_tail(log_path)}"
                 )
             with contextlib.suppress(OSError):
-                samples = _scrape(url)
+                samples = scrape_metrics(url)
             done = _outcomes(samples) == published and samples.get("rewards_pending_interactions", 1.0) == 0
             current = _signature(samples)
             now = time.monotonic()
@@ -572,25 +572,6 @@ def _tail(path: Path, chars: int = 3_000) -> str:
     exception = next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)), None)
     summary = " / ".join(line.strip() for line in (critical, exception) if line)
     return (summary + "\n" if summary else "") + "--- log tail ---\n" + text[-chars:]
-
-
-def _scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- reading the output and joining it -------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,14 +17,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.domain import jsoncodec
+from stream_app.edges.localhost import free_port, scrape_metrics
 
 STREAM_APP = [sys.executable, "-m", "stream_app.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -99,18 +93,7 @@ class WorkerProcess:
         self.stop()
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text -> {'name{labels}': value} (samples only)."""
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+scrape = scrape_metrics  # Prometheus text -> {'name{labels}': value}
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
