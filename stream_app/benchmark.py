@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Throughput of the scorer against a no-op Faust agent and the raw-consumer ceiling, in one run.",
     )
     parser.add_argument(
-        "--events", type=_positive_int, default=DEFAULT_EVENTS, help="view and interaction events to publish"
+        "--events", type=positive_int, default=DEFAULT_EVENTS, help="view and interaction events to publish"
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file for the results")
     parser.add_argument(
@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (underscores allowed)."""
     value = int(text.replace("_", ""))
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -411,7 +412,7 @@ def _measure_noop(
     bootstrap: str, prefix: str, expected: int, workdir: Path, broker_pid: int | None, timeout: float
 ) -> Measurement:
     progress_path = workdir / "noop-progress.json"
-    env = _worker_env(bootstrap, prefix, f"{prefix}noop")
+    env = worker_env(bootstrap, prefix, f"{prefix}noop")
     command = [sys.executable, "-m", "stream_app.benchmark", "noop-worker", str(progress_path), str(expected)]
     with _Subprocess(command, env, workdir, "noop") as worker:
         deadline = time.monotonic() + timeout
@@ -569,7 +570,7 @@ def _measure_scorer(
     bootstrap: str, prefix: str, expected: int, workdir: Path, broker_pid: int | None, timeout: float
 ) -> Measurement:
     """The scorer's throughput; if it dies or stalls, what it did until then, with the reason in `failure`."""
-    env = _worker_env(bootstrap, prefix, _scorer_app_id(prefix))
+    env = worker_env(bootstrap, prefix, _scorer_app_id(prefix))
     url = f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
     command = [sys.executable, "-m", "stream_app.cli", "worker"]
     failure: str | None = None
@@ -632,7 +633,7 @@ def processed_events(samples: Mapping[str, float]) -> int:
 # ---- subprocesses and /proc ------------------------------------------------------------------------------------
 
 
-def _worker_env(bootstrap: str, prefix: str, app_id: str) -> dict[str, str]:
+def worker_env(bootstrap: str, prefix: str, app_id: str) -> dict[str, str]:
     """A worker's environment as the integration tests give it: own topics and group, short tansu timeouts."""
     env = dict(os.environ)
     env.update(

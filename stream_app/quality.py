@@ -55,11 +55,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream_app.benchmark import positive_int
+from stream_app.benchmark import worker_env as bench_worker_env
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 from stream_app.domain.policy import Policy
-from stream_app.edges.localhost import free_port, scrape_metrics
+from stream_app.edges.localhost import scrape_metrics
 from stream_app.edges.simulator import (
     EXPECTED_REASONS,
     FRAUD_SCENARIOS,
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m stream_app.quality",
         description="Recall/precision per fraud scenario, organic false positives and money, on a real broker.",
     )
-    parser.add_argument("--events", type=_positive_int, default=DEFAULT_EVENTS, help="traffic events per run")
+    parser.add_argument("--events", type=positive_int, default=DEFAULT_EVENTS, help="traffic events per run")
     parser.add_argument("--seeds", default=DEFAULT_SEEDS, help="comma list of simulator seeds")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file ('## Quality' section)")
     parser.add_argument(
@@ -225,13 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="simulated events per second of event time")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text.replace("_", ""))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _seeds(text: str) -> list[int]:
@@ -390,18 +385,8 @@ def _broker(explicit: str | None) -> Iterator[str]:
 
 def worker_env(bootstrap: str, prefix: str) -> dict[str, str]:
     """The worker's environment: default policy except IDLE_SETTLE_S, own topics and group, tansu timeouts."""
-    env = {k: v for k, v in os.environ.items() if k not in _POLICY_ENV}
-    env.update(
-        KAFKA_BOOTSTRAP=bootstrap,
-        TOPIC_PREFIX=prefix,
-        APP_ID=f"{prefix}app",
-        METRICS_HOST="127.0.0.1",
-        METRICS_PORT=str(free_port()),
-        BROKER_SESSION_TIMEOUT="6",
-        BROKER_HEARTBEAT_INTERVAL="2",
-        IDLE_SETTLE_S=str(IDLE_SETTLE_S),
-        LOG_LEVEL="WARNING",
-    )
+    env = {k: v for k, v in bench_worker_env(bootstrap, prefix, f"{prefix}app").items() if k not in _POLICY_ENV}
+    env["IDLE_SETTLE_S"] = str(IDLE_SETTLE_S)
     return env
 
 
