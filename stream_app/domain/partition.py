@@ -79,6 +79,7 @@ class PartitionScorer:
         *,
         watermarks: Mapping[str, int | None] | None = None,
         now_ms: int = 0,
+        device_partitions: int = 0,
     ) -> None:
         self.policy = policy
         self.policy_id = policy_id
@@ -90,6 +91,10 @@ class PartitionScorer:
         if watermarks:
             self.latest_ts.update(watermarks)
         self.watermark: int | None = None
+        # device_burst judged elsewhere (device_partitions > 0): each device partition's acknowledged watermark;
+        # accepted views are kept for its flags until every one of them is past (on_device_ack)
+        self.device_partitions = device_partitions
+        self.device_acks: dict[int, int] = {}
         # idleness: when each topic-partition was last active (or first caught up after assignment)
         self.idle_since: dict[str, int | None] = {t: None for t in EVENT_TOPICS}
         self.caught_up: dict[str, bool] = {t: False for t in EVENT_TOPICS}
@@ -225,7 +230,7 @@ class PartitionScorer:
             ledger.suspicious_views += 1
             effects.outcomes.append(Outcome(VIEWS, SUSPICIOUS, verdict.reason, verdict.detail, event_dict, position))
             return False
-        ledger.accept_view(self.policy, view, event_dict, position)
+        ledger.accept_view(self.policy, view, event_dict, position, self.flag_safe_ms())
         effects.outcomes.append(Outcome(VIEWS, ACCEPTED, "", "", event_dict, position))
         effects.device_views.append(
             {
@@ -267,6 +272,23 @@ class PartitionScorer:
             ref = rules.ViewRef(video_id, event_id, recent.event["viewer_id"], recent.ts)
             rules.note_clawback(ledger.rules, ref)
             ledger.updated_at = now_ms
+
+    def on_device_ack(self, device_partition: int, watermark_ms: int) -> None:
+        """A device partition has judged every view up to its watermark (less GRACE_S) and sent its flags for
+        them, which came before this acknowledgement on the same partition."""
+        if watermark_ms > self.device_acks.get(device_partition, -1):
+            self.device_acks[device_partition] = watermark_ms
+
+    def flag_safe_ms(self) -> int | None:
+        """The ts through which no device flag can still come for this partition's views (None: device_burst is
+        not judged elsewhere; -1: some device partition has not acknowledged anything yet)."""
+        if not self.device_partitions:
+            return None
+        acks = [self.device_acks.get(q) for q in range(self.device_partitions)]
+        if None in acks:
+            return -1
+        span_ms = (self.policy.device_burst_span_s + self.policy.grace_s) * 1000
+        return min(a for a in acks if a is not None) - span_ms
 
     def claw_back(self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects) -> bool:
         """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback); False if it was not counted."""
@@ -324,7 +346,7 @@ class PartitionScorer:
             if not before:
                 continue
             self._touch(ledger)
-            ledger.expire(self.policy, wm)
+            ledger.expire(self.policy, wm, self.flag_safe_ms())
             trimmed += ledger.memory_entries() != before
         return trimmed
 
@@ -356,7 +378,7 @@ class PartitionScorer:
             effects.outcomes.extend(settlement.outcomes)
             effects.settlements.append(settlement.record | {"policy": self.policy_id})
             self._emit_now(ledger, now_ms, effects)
-        ledger.expire(self.policy, wm)
+        ledger.expire(self.policy, wm, self.flag_safe_ms())
         ledger.updated_at = now_ms
         self._index(ledger)
 

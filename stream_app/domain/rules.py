@@ -154,7 +154,9 @@ def check_viewer_repeat(policy: Policy, repeats: TimestampsByKey, viewer_id: str
     return earlier >= policy.viewer_repeat_max
 
 
-def check_device_burst(policy: Policy, device: DeviceState, view: ViewEvent) -> ViewJudgement:
+def check_device_burst(
+    policy: Policy, device: DeviceState, view: ViewEvent, *, forget_behind_newest: bool = True
+) -> ViewJudgement:
     """SPEC §6 device_burst: "a `device_id` with more than 60 views within 60 s across all videos: every view of
     that device in that span, the earlier ones by clawback, and its further views while it stays above the
     threshold".
@@ -163,10 +165,16 @@ def check_device_burst(policy: Policy, device: DeviceState, view: ViewEvent) -> 
     views; the spans that hold this view end at views with ts in ``[ts, ts + 60 s)`` (one span when views arrive
     in order). When any of them holds more than 60 views, this view is rejected and every earlier view in those
     spans not flagged before is returned for clawback. Every view counts, flagged ones too. Records the view.
+
+    `forget_behind_newest`: first forget the device's views more than span + GRACE_S behind its newest one
+    (right when the device's views arrive in ts order, give or take GRACE_S). A caller whose views come from
+    sources running at different event times passes False and expires with `expire_device` at the watermark
+    of its sources instead.
     """
     span_ms = policy.device_burst_span_s * 1000
     limit = policy.device_burst_max
-    device.drop_through(max(device.max_ts, view.ts) - span_ms - policy.grace_s * 1000)
+    if forget_behind_newest:
+        device.drop_through(max(device.max_ts, view.ts) - span_ms - policy.grace_s * 1000)
     i = device.insert(view.ts, view.video_id, view.event_id, view.viewer_id)
     times = device.ts
     flagged = device.flagged

@@ -30,10 +30,25 @@ CLAWBACK = "clawback"
 FLAG_LATENCY_ALLOWANCE_S = 600
 
 
+# While the device judge has not acknowledged a view's time (it lags, or its partition has no owner), accepted
+# views are kept for its flags; this far behind the video's newest view they are forgotten anyway (the bound on
+# what waiting for the device judge may hold).
+DEVICE_FLAG_HOLD_MS = 3_600_000
+
+
 def recent_views_keep_ms(policy: pol.Policy) -> int:
     """How far behind a video's newest accepted view a view can still be clawed back (event time)."""
     span_s = max(policy.device_burst_span_s, policy.velocity_span_s)
     return (span_s + FLAG_LATENCY_ALLOWANCE_S) * 1000
+
+
+def recent_views_cutoff(event_cutoff_ms: int, newest_ts: int, flag_safe_ms: int | None) -> int:
+    """The ts at or before which accepted views may be forgotten: `event_cutoff_ms` (the per-video rules are done
+    with them) but, when device flags come from elsewhere (`flag_safe_ms` not None), no later than the ts through
+    which the device judge can send no more flags, and at the latest DEVICE_FLAG_HOLD_MS behind `newest_ts`."""
+    if flag_safe_ms is None:
+        return event_cutoff_ms
+    return min(event_cutoff_ms, max(flag_safe_ms, newest_ts - DEVICE_FLAG_HOLD_MS))
 
 
 # A remembered view is stored as its field values in this order (the table value is rewritten every batch).
@@ -215,8 +230,16 @@ class VideoLedger:
 
     # ---- views ----
 
-    def accept_view(self, policy: pol.Policy, view: ViewEvent, event: dict[str, Any], position: Position) -> None:
-        """Count an accepted (authentic, on-time) view in its window and decide whether it qualifies."""
+    def accept_view(
+        self,
+        policy: pol.Policy,
+        view: ViewEvent,
+        event: dict[str, Any],
+        position: Position,
+        flag_safe_ms: int | None = None,
+    ) -> None:
+        """Count an accepted (authentic, on-time) view in its window and decide whether it qualifies.
+        `flag_safe_ms`: see recent_views_cutoff."""
         k = window_index(view.ts, policy.window_s)
         window = self.window(k)
         window.views += 1
@@ -233,7 +256,7 @@ class VideoLedger:
             window.qualifying_base_micros += base
             self.qualified_at.setdefault(view.viewer_id, []).append(view.ts)
         self.recent[view.event_id] = RecentView(list(event.values()), position.as_list(), k, qualifying, base)
-        self._forget_old_views(view.ts - recent_views_keep_ms(policy))
+        self._forget_old_views(recent_views_cutoff(view.ts - recent_views_keep_ms(policy), view.ts, flag_safe_ms))
 
     def _forget_old_views(self, cutoff_ts: int) -> None:
         """Views arrive roughly in ts order, so the oldest remembered ones are first: drop them from the front."""
@@ -381,8 +404,9 @@ class VideoLedger:
         """How many per-viewer and per-event memories this ledger holds (its size beyond the totals)."""
         return len(self.qualified_at) + len(self.recent) + self.rules.entry_count()
 
-    def expire(self, policy: pol.Policy, watermark_ms: int) -> None:
-        """Forget what no rule can need any more, so state stays bounded."""
+    def expire(self, policy: pol.Policy, watermark_ms: int, flag_safe_ms: int | None = None) -> None:
+        """Forget what no rule can need any more, so state stays bounded. `flag_safe_ms`: see
+        recent_views_cutoff (the watermark may be the wall clock, far ahead of the views device flags concern)."""
         horizon_k = window_index(max(0, watermark_ms - policy.clawback_horizon_s * 1000), policy.window_s)
         for k in [k for k in self.settled if k < horizon_k]:
             del self.settled[k]
@@ -393,7 +417,8 @@ class VideoLedger:
                 self.qualified_at[viewer] = kept
             else:
                 del self.qualified_at[viewer]
-        recent_cutoff = watermark_ms - recent_views_keep_ms(policy)
+        newest = max((r.ts for r in self.recent.values()), default=0)
+        recent_cutoff = recent_views_cutoff(watermark_ms - recent_views_keep_ms(policy), newest, flag_safe_ms)
         for event_id in [e for e, r in self.recent.items() if r.ts <= recent_cutoff]:
             del self.recent[event_id]
         rules.expire(policy, self.rules, watermark_ms)

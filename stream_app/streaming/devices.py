@@ -4,6 +4,15 @@ A device's views spread over every partition, so the events agent forwards each 
 device-views topic keyed by device_id; this agent keeps a DeviceState per device (table keyed by device_id) and
 sends a flag, keyed by video_id, to the device-flags topic for each view the rule rejects. Flags are
 co-partitioned with the event topics, so the video's own partition claws the view back (SPEC §5, §6).
+
+Event time across sources. Each device-views record says which event partition sent it (`source`) and the largest
+view ts that partition has accepted (`through_ts`); every event partition sends one to every device partition
+with each batch that accepted views. The device partition's watermark (`windows.SourceWatermark`: the slowest
+source, silent ones left out) decides when a device's views are forgotten, not the device's own newest view:
+during a catch-up the event partitions run minutes of event time apart, and a farm's views from a partition that
+is behind must still meet the ones that came first. After each batch the judge acknowledges its watermark to every
+event partition, on the device-flags topic after the flags: an event partition keeps its accepted views (for
+clawback) until every device partition has acknowledged past them (`PartitionScorer.flag_safe_ms`).
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream_app.domain import jsoncodec, rules
-from stream_app.domain.events import ViewEvent
+from stream_app.domain.events import InputTopic, ViewEvent
 from stream_app.domain.rules_state import DeviceState, ViewRef
+from stream_app.domain.windows import SourceWatermark
 from stream_app.edges.partitioner import partition_for
 from stream_app.streaming.sending import fail_stop, send_grouped
 from stream_app.streaming.tables import writing_for
@@ -27,8 +37,20 @@ log = logging.getLogger(__name__)
 
 # How often (wall clock) devices that stopped viewing are expired from the device table.
 SWEEP_INTERVAL_S = 60.0
-# A quiet device is forgotten once the partition's newest ts is this far past its span (see _write).
-SWEEP_SKEW_MS = 3_600_000
+# The device partition's watermark is never further than this behind its most advanced source (SourceWatermark):
+# the most event-time skew between event partitions that device_burst tolerates, and so what it may hold.
+MAX_SOURCE_SKEW_MS = 3_600_000
+
+
+async def send_device_views(scorer: ScorerApp, views: list[dict[str, Any]], source: int, through_ts: int) -> None:
+    """Forward an event partition's accepted views of one batch to the device partitions (one record to each)."""
+    await send_grouped(
+        scorer.device_views,
+        views,
+        "device_id",
+        scorer.ingest.partition_count(scorer.device_views_name),
+        header={"source": source, "through_ts": through_ts},
+    )
 
 
 class DeviceJudge:
@@ -36,14 +58,17 @@ class DeviceJudge:
         self.app = scorer
         self.policy = scorer.settings.policy
         self._devices: dict[str, DeviceState] = {}
-        self._newest_ts: dict[int, int] = {}  # per device-views partition: the newest view ts seen
+        self._clocks: dict[int, SourceWatermark] = {}  # per device-views partition: its sources' watermark
+        self._acked: dict[int, int] = {}  # per device-views partition: the watermark last acknowledged
         self._last_event: dict[int, Any] = {}  # per device-views partition: its latest record, for table writes
         self._last_sweep = time.monotonic()
 
     def forget(self) -> None:
-        """After a rebalance the table is the truth: drop the cache."""
+        """After a rebalance the table is the truth: drop the cache (and the watermarks, rebuilt from records)."""
         self._devices.clear()
         self._last_event.clear()
+        self._clocks.clear()
+        self._acked.clear()
 
     def _device(self, device_id: str) -> DeviceState:
         state = self._devices.get(device_id)
@@ -53,16 +78,31 @@ class DeviceJudge:
             self._devices[device_id] = state
         return state
 
+    def _clock(self, partition: int) -> SourceWatermark:
+        clock = self._clocks.get(partition)
+        if clock is None:
+            clock = self._clocks[partition] = SourceWatermark(
+                idle_settle_s=self.policy.idle_settle_s, max_skew_ms=MAX_SOURCE_SKEW_MS
+            )
+        return clock
+
     async def process_batch(self, batch: Sequence[Any]) -> None:
-        """Each record is a JSON array of accepted views whose devices all map to the record's partition."""
+        """Each record holds accepted views whose devices all map to the record's partition (`send_device_views`;
+        a bare JSON array, the format before `source`/`through_ts`, is still read)."""
         await self.app.ingest.load_partition_counts()
+        now_ms = time.time_ns() // 1_000_000
         flags: list[tuple[ViewRef, str]] = []
         touched: dict[str, int] = {}
         last_event: dict[int, Any] = {}  # per device-views partition: an event of it, for table writes
         for event in batch:
             message = event.message
             try:
-                views = jsoncodec.loads(message.value)
+                record = jsoncodec.loads(message.value)
+                if isinstance(record, dict):
+                    views = record["records"]
+                    self._clock(message.partition).observe(int(record["source"]), int(record["through_ts"]), now_ms)
+                else:
+                    views = record
             except Exception:  # internal records: a bad one is logged, never allowed to stop the agent
                 log.exception("bad device-views record at %s[%s]@%s", message.topic, message.partition, message.offset)
                 continue
@@ -83,14 +123,22 @@ class DeviceJudge:
                         "",
                         "",
                     ),
+                    forget_behind_newest=False,  # expired at the sources' watermark instead (_write)
                 )
-                self._newest_ts[message.partition] = max(self._newest_ts.get(message.partition, 0), view["ts"])
                 touched[view["device_id"]] = message.partition
                 detail = judgement.verdict.detail
                 if not judgement.verdict.passed:
                     flags.append((ViewRef(view["video_id"], view["event_id"], view["viewer_id"], view["ts"]), detail))
                 flags.extend((ref, detail) for ref in judgement.clawbacks)
         self._last_event.update(last_event)
+        watermarks: dict[int, int] = {}
+        sources = self.app.ingest.partition_count(self.app.settings.topic(InputTopic.VIEWS))
+        for partition in last_event:
+            position, highwater = await self.app.position_and_highwater(self.app.device_views_name, partition)
+            caught_up = position is not None and highwater is not None and position >= highwater
+            watermark = self._clock(partition).advance(sources, caught_up=caught_up, now_ms=now_ms)
+            if watermark is not None:
+                watermarks[partition] = watermark
         if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = time.monotonic()
             idle = self._idle_devices(touched)
@@ -98,6 +146,7 @@ class DeviceJudge:
             idle = {}
         try:
             await self._write(touched, idle, flags)
+            await self._acknowledge(watermarks)
         except Exception:
             fail_stop("could not write device state or flags")
 
@@ -109,7 +158,7 @@ class DeviceJudge:
         for key in list(self.app.device_state.keys()):
             device_id = key.decode()
             partition = partition_for(key, count)
-            if device_id not in busy and partition in self._last_event and partition in self._newest_ts:
+            if device_id not in busy and partition in self._last_event:
                 self._device(device_id)
                 idle[device_id] = partition
         return idle
@@ -119,14 +168,10 @@ class DeviceJudge:
         for device_id, partition in (touched | idle).items():
             state = self._devices[device_id]
             before = len(state)
-            # A device seen in this batch already forgot what lies behind its own newest view (check_device_burst
-            # does); the partition's newest ts must not be used for it: the video partitions feeding this one
-            # run at different event times (minutes apart in a catch-up), and a farm's views from a partition
-            # that is behind would be forgotten before they add up to a burst. Quiet devices are swept against
-            # the partition's newest ts less that skew allowance.
-            horizon = state.max_ts if device_id in touched else self._newest_ts[partition] - SWEEP_SKEW_MS
+            # Forget against the sources' watermark (module docstring); none yet: keep everything.
+            watermark = self._clock(partition).watermark
             with writing_for(self._last_event[partition]):
-                if rules.expire_device(self.policy, state, horizon):
+                if watermark is not None and rules.expire_device(self.policy, state, watermark):
                     self._devices.pop(device_id, None)
                     if self.app.device_state.get(device_id.encode()) is not None:
                         del self.app.device_state[device_id.encode()]
@@ -136,3 +181,19 @@ class DeviceJudge:
         await send_grouped(
             self.app.device_flags, records, "video_id", self.app.ingest.partition_count(self.app.device_flags_name)
         )
+
+    async def _acknowledge(self, watermarks: dict[int, int]) -> None:
+        """Tell every event partition how far each device partition has judged (after this batch's flags, on
+        the same partitions, so an event partition has applied them when it reads the acknowledgement)."""
+        acks = [
+            {"ack": partition, "watermark": watermark}
+            for partition, watermark in sorted(watermarks.items())
+            if watermark > self._acked.get(partition, -1)
+        ]
+        if not acks:
+            return
+        value = jsoncodec.dumps(acks)
+        for partition in range(self.app.ingest.partition_count(self.app.device_flags_name)):
+            await self.app.device_flags.send(key=None, value=value, partition=partition, force=True)
+        for ack in acks:
+            self._acked[ack["ack"]] = ack["watermark"]

@@ -20,7 +20,8 @@ from stream_app.domain.scoring import ACCEPTED, CLAWBACK, SUSPICIOUS, Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.kafka_client import client_kwargs, partition_counts
 from stream_app.edges.partitioner import partition_for
-from stream_app.streaming.sending import fail_stop, send_grouped
+from stream_app.streaming.devices import send_device_views
+from stream_app.streaming.sending import fail_stop
 from stream_app.streaming.tables import PartitionStateStore, TableLedgerStore, writing_for
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class IngestProcessor:
                 self.app.profiles,
                 watermarks=saved.get("latest_ts"),
                 now_ms=_now_ms(),
+                device_partitions=self.partition_count(self.app.device_views_name),
             )
             self.partitions[partition] = scorer
             self._republish.add(partition)
@@ -142,7 +144,10 @@ class IngestProcessor:
                     effects = touched.setdefault(message.partition, Effects())
                     flagged = self.scorer_for(message.partition, message.topic)
                     for flag in jsoncodec.loads(message.value):
-                        flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
+                        if "ack" in flag:  # the device partition judged everything up to its watermark
+                            flagged.on_device_ack(flag["ack"], flag["watermark"])
+                        else:
+                            flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
                     continue
                 await self._process_record(message, now_ms, touched)
             except Exception as exc:  # one bad record must never stop the worker or vanish
@@ -160,6 +165,10 @@ class IngestProcessor:
                         partition, {"latest_ts": scorer.latest_ts, "policy": self.app.policy_id}
                     )
                 await self._apply(effects)
+                if effects.device_views:
+                    await send_device_views(
+                        self.app, effects.device_views, partition, scorer.latest_ts[InputTopic.VIEWS.value] or 0
+                    )
         except Exception:
             fail_stop("could not write the state or outputs of a batch")
         await self._republish_assigned()
@@ -243,13 +252,6 @@ class IngestProcessor:
                 self.metrics.add_clawback(settlement["clawback_micros"])
             await self.app.topics.settlements.send(
                 key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement), force=True
-            )
-        if effects.device_views:
-            await send_grouped(
-                self.app.device_views,
-                effects.device_views,
-                "device_id",
-                self.partition_count(self.app.device_views_name),
             )
         for accrual in effects.accruals:
             await self.app.topics.accruals.send(

@@ -16,15 +16,29 @@ log = logging.getLogger(__name__)
 RECORDS_PER_SEND = 200
 
 
-async def send_grouped(topic: Any, records: list[dict[str, Any]], key_field: str, partition_count: int) -> None:
+async def send_grouped(
+    topic: Any,
+    records: list[dict[str, Any]],
+    key_field: str,
+    partition_count: int,
+    header: dict[str, Any] | None = None,
+) -> None:
     """Send internal records as one JSON array per target partition (the partition their key maps to): one send
-    per partition and batch instead of one per record."""
+    per partition and batch instead of one per record.
+
+    With a `header`, each value is the object `{**header, "records": [...]}` instead, and every partition gets
+    one, an empty list where no record maps to it (the header reaches every partition)."""
     by_partition: dict[int, list[dict[str, Any]]] = {}
+    if header is not None:
+        by_partition = {partition: [] for partition in range(partition_count)}
     for record in records:
         by_partition.setdefault(partition_for(record[key_field].encode(), partition_count), []).append(record)
     for partition, group in sorted(by_partition.items()):
-        for start in range(0, len(group), RECORDS_PER_SEND):
-            value = jsoncodec.dumps(group[start : start + RECORDS_PER_SEND])
+        for start in range(0, max(len(group), 1), RECORDS_PER_SEND):
+            chunk = group[start : start + RECORDS_PER_SEND]
+            if not chunk and header is None:
+                continue
+            value = jsoncodec.dumps(chunk if header is None else header | {"records": chunk})
             await topic.send(key=None, value=value, partition=partition, force=True)
 
 

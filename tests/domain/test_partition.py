@@ -248,3 +248,58 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
     again = Effects()
     harness.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, again)
     assert again.outcomes == [] and again.settlements == []
+
+
+def _settled_by_the_wall_clock(device_partitions: int) -> PartitionScorer:
+    """One accepted view at ts 1_000, then both event topics idle: the wall clock (far ahead of event time, as in a
+    catch-up) stands in for the watermark and settles window 0."""
+    scorer = PartitionScorer(
+        POLICY, policy_hash(POLICY), 0, DictStore(), ProfileHistory(POLICY), device_partitions=device_partitions
+    )
+    effects = Effects()
+    event = view(1, "vid1", "a", 1_000)
+    scorer.on_event("video-views", event, event_to_dict(event), Position(0, 0, -1), event.ts, NOW, effects)
+    for topic in ("video-views", "video-interactions"):
+        scorer.observe_position(topic, True, NOW)
+    scorer.settle_due(NOW + 5_000, effects)
+    scorer.flush(NOW + 5_000, effects)
+    assert [s["kind"] for s in effects.settlements] == ["settlement"]
+    return scorer
+
+
+def test_a_device_flag_after_a_wall_clock_settlement_still_claws_back() -> None:
+    # device_burst judged on 2 device partitions that have acknowledged nothing: the view is kept for their flags
+    scorer = _settled_by_the_wall_clock(device_partitions=2)
+    effects = Effects()
+    scorer.on_device_flag("vid1", "v1", "device d-a burst", NOW, effects)
+    assert [(o.outcome, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
+
+
+def test_without_a_device_judge_elsewhere_the_settled_view_is_forgotten() -> None:
+    scorer = _settled_by_the_wall_clock(device_partitions=0)
+    effects = Effects()
+    scorer.on_device_flag("vid1", "v1", "device d-a burst", NOW, effects)
+    assert effects.outcomes == []
+
+
+def test_views_are_forgotten_once_every_device_partition_acknowledged_past_them() -> None:
+    scorer = _settled_by_the_wall_clock(device_partitions=2)
+    assert scorer.flag_safe_ms() == -1
+    past = 1_000 + (POLICY.device_burst_span_s + POLICY.grace_s) * 1000  # the view's spans, plus disorder
+    scorer.on_device_ack(0, past + 50_000)
+    scorer.on_device_ack(1, past)
+    scorer.on_device_ack(1, past - 5)  # acknowledgements never move back
+    assert scorer.flag_safe_ms() == 1_000
+    scorer.sweep_quiet_videos(NOW + 10_000, interval_ms=0)
+    ledger = scorer.ledger("vid1")
+    assert ledger is not None and ledger.recent == {}
+
+
+def test_one_device_partition_behind_keeps_the_views() -> None:
+    scorer = _settled_by_the_wall_clock(device_partitions=2)
+    past = 1_000 + (POLICY.device_burst_span_s + POLICY.grace_s) * 1000
+    scorer.on_device_ack(0, past + 50_000)
+    scorer.on_device_ack(1, past - 1)
+    scorer.sweep_quiet_videos(NOW + 10_000, interval_ms=0)
+    ledger = scorer.ledger("vid1")
+    assert ledger is not None and list(ledger.recent) == ["v1"]
