@@ -95,6 +95,7 @@ class PartitionScorer:
         # accepted views are kept for its flags until every one of them is past (on_device_ack)
         self.device_partitions = device_partitions
         self.device_acks: dict[int, int] = {}
+        self._flag_safe = self._compute_flag_safe()
         # idleness: when each topic-partition was last active (or first caught up after assignment)
         self.idle_since: dict[str, int | None] = {t: None for t in EVENT_TOPICS}
         self.caught_up: dict[str, bool] = {t: False for t in EVENT_TOPICS}
@@ -278,15 +279,21 @@ class PartitionScorer:
         them, which came before this acknowledgement on the same partition."""
         if watermark_ms > self.device_acks.get(device_partition, -1):
             self.device_acks[device_partition] = watermark_ms
+            self._flag_safe = self._compute_flag_safe()
 
     def flag_safe_ms(self) -> int | None:
         """The ts through which no device flag can still come for this partition's views (None: device_burst is
         not judged elsewhere; -1: some device partition has not acknowledged anything yet)."""
+        return self._flag_safe
+
+    def _compute_flag_safe(self) -> int | None:
         if not self.device_partitions:
             return None
         acks = [self.device_acks.get(q) for q in range(self.device_partitions)]
         if None in acks:
             return -1
+        # a view can still be clawed back by the device's views up to DEVICE_BURST_SPAN later, which a source
+        # may send up to GRACE_S out of order
         span_ms = (self.policy.device_burst_span_s + self.policy.grace_s) * 1000
         return min(a for a in acks if a is not None) - span_ms
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
+
 from stream_app.domain import rules
 from stream_app.domain.events import CreatorProfile, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, PartitionScorer
@@ -13,7 +15,15 @@ from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.records import event_to_dict
 from stream_app.domain.rules_state import SWEEP_DIVISOR, DeviceState
-from stream_app.domain.scoring import INTERACTIONS, VIEWS, Position, VideoLedger, recent_views_keep_ms
+from stream_app.domain.scoring import (
+    DEVICE_FLAG_HOLD_MS,
+    INTERACTIONS,
+    VIEWS,
+    Position,
+    VideoLedger,
+    recent_views_cutoff,
+    recent_views_keep_ms,
+)
 
 POLICY = Policy()  # the real horizons: WINDOW_S 3600, GRACE_S 300, a day for QUALIFY_ONCE_S / DEDUPE_S / lookback
 W_MS = POLICY.window_s * 1000
@@ -197,3 +207,17 @@ def test_a_device_keeps_only_its_span_plus_grace_and_then_empties() -> None:
     assert rules.expire_device(POLICY, device, last + keep_ms - 1) is False and len(device) == 1
     assert rules.expire_device(POLICY, device, last + keep_ms) is True and len(device) == 0
     assert device.to_dict()["ts"] == [] and device.event_ids == [] and device.video_ids == []
+
+
+@pytest.mark.parametrize(
+    ("event_cutoff", "newest", "flag_safe", "expected"),
+    [
+        (1_000, 2_000, None, 1_000),  # device_burst judged here: only the per-video rules decide
+        (1_000, 2_000, 500, 500),  # the device judge has acknowledged less: keep for its flags
+        (1_000, 2_000, 5_000, 1_000),  # acknowledged more: the per-video rules still need the views
+        (1_000, 2_000, -1, -1),  # nothing acknowledged yet: keep everything ...
+        (9_000_000, 9_000_000, -1, 9_000_000 - DEVICE_FLAG_HOLD_MS),  # ... up to the hold behind the newest view
+    ],
+)
+def test_recent_views_cutoff(event_cutoff: int, newest: int, flag_safe: int | None, expected: int) -> None:
+    assert recent_views_cutoff(event_cutoff, newest, flag_safe) == expected
