@@ -134,8 +134,7 @@ class DeviceJudge:
         watermarks: dict[int, int] = {}
         sources = self.app.ingest.partition_count(self.app.settings.topic(InputTopic.VIEWS))
         for partition in last_event:
-            position, highwater = await self.app.position_and_highwater(self.app.device_views_name, partition)
-            caught_up = position is not None and highwater is not None and position >= highwater
+            caught_up = await self.app.caught_up_on(self.app.device_views_name, partition)
             watermark = self._clock(partition).advance(sources, caught_up=caught_up, now_ms=now_ms)
             if watermark is not None:
                 watermarks[partition] = watermark
