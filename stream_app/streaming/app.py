@@ -209,11 +209,7 @@ class ScorerApp:
         return position, highwater
 
     async def caught_up(self, topic: InputTopic, partition: int) -> bool:
-        return await self.caught_up_on(self.settings.topic(topic), partition)
-
-    async def caught_up_on(self, topic: str, partition: int) -> bool:
-        """Whether this worker's position on a topic-partition (by full name) is at its high watermark."""
-        position, highwater = await self.position_and_highwater(topic, partition)
+        position, highwater = await self.position_and_highwater(self.settings.topic(topic), partition)
         return position is not None and highwater is not None and position >= highwater
 
     async def _measure_lag(self) -> None:

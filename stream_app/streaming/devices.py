@@ -8,11 +8,12 @@ co-partitioned with the event topics, so the video's own partition claws the vie
 Event time across sources. Each device-views record says which event partition sent it (`source`) and the largest
 view ts that partition has accepted (`through_ts`); every event partition sends one to every device partition
 with each batch that accepted views. The device partition's watermark (`windows.SourceWatermark`: the slowest
-source, silent ones left out) decides when a device's views are forgotten, not the device's own newest view:
-during a catch-up the event partitions run minutes of event time apart, and a farm's views from a partition that
-is behind must still meet the ones that came first. After each batch the judge acknowledges its watermark to every
-event partition, on the device-flags topic after the flags: an event partition keeps its accepted views (for
-clawback) until every device partition has acknowledged past them (`PartitionScorer.flag_safe_ms`).
+source, any that sent nothing for IDLE_SETTLE_S left out) decides when a device's views are forgotten, not the
+device's own newest view: during a catch-up the event partitions run minutes of event time apart, and a farm's
+views from a partition that is behind must still meet the ones that came first. After each batch the judge
+acknowledges its watermark to every event partition, on the device-flags topic after the flags: an event
+partition keeps its accepted views (for clawback) until every device partition has acknowledged past them
+(`PartitionScorer.flag_safe_ms`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ class DeviceJudge:
         """Each record holds accepted views whose devices all map to the record's partition (`send_device_views`;
         a bare JSON array, the format before `source`/`through_ts`, is still read)."""
         await self.app.ingest.load_partition_counts()
-        now_ms = time.time_ns() // 1_000_000
         flags: list[tuple[ViewRef, str]] = []
         touched: dict[str, int] = {}
         last_event: dict[int, Any] = {}  # per device-views partition: an event of it, for table writes
@@ -100,7 +100,8 @@ class DeviceJudge:
                 record = jsoncodec.loads(message.value)
                 if isinstance(record, dict):
                     views = record["records"]
-                    self._clock(message.partition).observe(int(record["source"]), int(record["through_ts"]), now_ms)
+                    sent_ms = round(message.timestamp * 1000)  # Faust gives seconds as a float
+                    self._clock(message.partition).observe(int(record["source"]), int(record["through_ts"]), sent_ms)
                 else:
                     views = record
             except Exception:  # internal records: a bad one is logged, never allowed to stop the agent
@@ -134,8 +135,7 @@ class DeviceJudge:
         watermarks: dict[int, int] = {}
         sources = self.app.ingest.partition_count(self.app.settings.topic(InputTopic.VIEWS))
         for partition in last_event:
-            caught_up = await self.app.caught_up_on(self.app.device_views_name, partition)
-            watermark = self._clock(partition).advance(sources, caught_up=caught_up, now_ms=now_ms)
+            watermark = self._clock(partition).advance(sources)
             if watermark is not None:
                 watermarks[partition] = watermark
         if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_S:

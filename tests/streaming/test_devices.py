@@ -22,6 +22,7 @@ class FakeMessage:
     partition: int
     offset: int
     value: bytes
+    timestamp: float = 1_800_000_000.0  # when it was sent (seconds, as Faust gives it)
 
 
 @dataclass
@@ -60,10 +61,6 @@ class FakeApp:
         self.device_flags_name = "flags"
         self.device_views_name = "device-views"
         self.ingest = FakeIngest()
-        self.caught_up = True
-
-    async def caught_up_on(self, topic: str, partition: int) -> bool:
-        return self.caught_up
 
     def flags(self) -> list[dict[str, Any]]:
         return [f for _, group in self.device_flags.sent for f in group if "ack" not in f]
