@@ -96,6 +96,11 @@ class WorkerProcess:
 scrape = scrape_metrics  # Prometheus text -> {'name{labels}': value}
 
 
+def owns_partitions(worker: WorkerProcess) -> bool:
+    """True once the worker reports consumer lag for some input partition (it owns partitions)."""
+    return any(name.startswith("rewards_consumer_lag_messages{") for name in scrape(worker.metrics_url))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None

@@ -13,6 +13,7 @@ settled = base*mult // 10_000; clawback = settled - (base - clawed_base)*mult //
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import Counter
@@ -24,7 +25,17 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.edges.partitioner import partition_for
-from tests.integration.harness import WorkerProcess, jsonl, latest_by_key, read_topic, run_cli, scrape, wait_for
+from tests.integration.harness import (
+    WorkerProcess,
+    free_port,
+    jsonl,
+    latest_by_key,
+    owns_partitions,
+    read_topic,
+    run_cli,
+    scrape,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -562,38 +573,51 @@ EXPECTED_ACCRUALS_2 = {
 }
 
 
-def test_device_burst_claws_back_views_across_partitions_and_settled_money(scenario_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_device_burst_claws_back_views_across_partitions_and_settled_money(
+    scenario_env: dict[str, str], workers: int
+) -> None:
+    """With two workers the device partitions, and the event partitions their flags and acknowledgements go
+    back to, are split between the workers: the same numbers must come out."""
     env = dict(scenario_env, **SCENARIO)
     prefix = env["TOPIC_PREFIX"]
     assert {partition_for(v.encode(), 4) for v in FARM_VIDEOS} == {0, 1, 2, 3}
     started_ms = int(time.time() * 1000)
-    publish(env, device_phase_one())
-    with WorkerProcess(env) as worker:
+    with contextlib.ExitStack() as stack:
+        worker = stack.enter_context(WorkerProcess(env))
+        if workers == 2:
+            other = stack.enter_context(WorkerProcess(dict(env, METRICS_PORT=str(free_port()))))
+            # both own partitions before any input: no state moves, so no record is re-emitted by a rebalance
+            wait_for(lambda: owns_partitions(worker) and owns_partitions(other), 60, "both workers to own partitions")
+        publish(env, device_phase_one())
         first = read_settlements(env, 1)
         assert settlement_view(first) == {(M, 10_000): EXPECTED_SETTLEMENTS_2[(M, 10_000)]}
         # the farm's later views in the same 60 s span push it over 60: M's settled views are clawed back too
         publish(env, device_phase_two())
         read_audit(env, 65)
         publish(env, device_phase_three())
-        wait_for_metrics(
-            worker,
-            expected_metrics(
-                events={
-                    # M 7 + ZB 1 + farm 62 + F0 2 + Z2 1: a device_burst view keeps outcome accepted (SPEC §4)
-                    (VIEWS, "accepted"): 73,
-                    (INTERACTIONS, "accepted"): 3,  # M, ZB, F0 likes; Z2's is pending
-                    (PROFILES, "accepted"): 1,
-                },
-                suspicious={},  # device_burst is judged on the device-views repartition: it only claws back
-                clawed_back={"device_burst": 65},
-                settled=M_SETTLED + 2_000 + 3_600,
-                clawback=2_570,
-                windows=3,
-                provisional=1_000,
-                pending=1,
-            ),
-        )
         accruals = read_accruals(env, EXPECTED_ACCRUALS_2)
+        if workers == 2:  # each worker counts what it owns: its metrics are checked with one worker
+            assert owns_partitions(worker) and owns_partitions(other)  # no rebalance happened meanwhile
+        else:
+            wait_for_metrics(
+                worker,
+                expected_metrics(
+                    events={
+                        # M 7 + ZB 1 + farm 62 + F0 2 + Z2 1: a device_burst view keeps outcome accepted (SPEC §4)
+                        (VIEWS, "accepted"): 73,
+                        (INTERACTIONS, "accepted"): 3,  # M, ZB, F0 likes; Z2's is pending
+                        (PROFILES, "accepted"): 1,
+                    },
+                    suspicious={},  # device_burst is judged on the device-views repartition: it only claws back
+                    clawed_back={"device_burst": 65},
+                    settled=M_SETTLED + 2_000 + 3_600,
+                    clawback=2_570,
+                    windows=3,
+                    provisional=1_000,
+                    pending=1,
+                ),
+            )
         settlements = read_settlements(env, 3 + 3)
     assert accruals == EXPECTED_ACCRUALS_2
     assert settlement_view(settlements) == EXPECTED_SETTLEMENTS_2

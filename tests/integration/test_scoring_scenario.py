@@ -17,7 +17,15 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.edges.partitioner import partition_for
-from tests.integration.harness import WorkerProcess, free_port, latest_by_key, read_topic, scrape, wait_for
+from tests.integration.harness import (
+    WorkerProcess,
+    free_port,
+    latest_by_key,
+    owns_partitions,
+    read_topic,
+    scrape,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -271,16 +279,11 @@ def test_rebalance_to_two_workers_ends_in_the_same_numbers(scenario_env: dict[st
         read_topic(bootstrap, f"{prefix}reward-settlements", lambda r: len(settled_view(r)) >= 4, timeout=90)
         with WorkerProcess(second_env) as two:
             # both members own partitions once the group has rebalanced
-            wait_for(lambda: lag_series(one) and lag_series(two), 60, "both workers to own partitions")
+            wait_for(lambda: owns_partitions(one) and owns_partitions(two), 60, "both workers to own partitions")
             publish(bootstrap, prefix, second)
             accruals, settlements, _ = read_results(bootstrap, prefix)
     assert accruals == EXPECTED_ACCRUALS
     assert settlements == EXPECTED_SETTLEMENTS
-
-
-def lag_series(worker: WorkerProcess) -> bool:
-    """True once the worker reports consumer lag for some input partition (it owns partitions)."""
-    return any(name.startswith("rewards_consumer_lag_messages{") for name in scrape(worker.metrics_url))
 
 
 def test_rocksdb_store_restart_ends_in_the_same_numbers(scenario_env: dict[str, str], tmp_path: Path) -> None:
