@@ -274,6 +274,13 @@ class PartitionScorer:
             rules.note_clawback(ledger.rules, ref)
             ledger.updated_at = now_ms
 
+    def source_progress_ms(self) -> int | None:
+        """How far this partition has come, for the device judge: the largest accepted view ts, or the watermark
+        when that is further (views idle; the wall clock when both topics are). A view it accepts later may still
+        be older; the device judge keeps GRACE_S for that."""
+        values = [v for v in (self.latest_ts[VIEWS], self.watermark) if v is not None]
+        return max(values) if values else None
+
     def on_device_ack(self, device_partition: int, watermark_ms: int) -> None:
         """A device partition has judged every view up to its watermark (less GRACE_S) and sent its flags for
         them, which came before this acknowledgement on the same partition."""

@@ -87,55 +87,33 @@ class SourceWatermark:
     """The event-time progress of a partition fed by many source partitions: the device-views repartition, which
     every partition of the event topics feeds (SPEC §6 `device_burst`).
 
-    Each source reports, with each record it sends, the largest view ts it has accepted (`observe`, with the
-    record's timestamp: when it was sent). The watermark is computed like SPEC §5's: the minimum over the
-    sources, leaving out a source that is idle, i.e. sent nothing for IDLE_SETTLE_S. Idleness is measured in
-    the timestamps of the records read here (the newest one read is "now"), not the wall clock, so a partition
-    that lags behind its input does not take a source whose records are still in its backlog for silent. A
-    source never heard from counts from the first record read. Two bounds of our own: the watermark never moves
-    back, and it is never more than `max_skew_ms` behind the most advanced source (a source that is slow but not
-    silent would otherwise hold the device memory back without limit). Everything the sources sent up to the
-    watermark, less the disorder a source may still show (GRACE_S), has been seen here. None: nothing heard yet.
+    Each source reports its progress with the records it sends (`observe`): every batch that accepted views, and
+    every few seconds while it is idle (then its SPEC §5 watermark, the wall clock when idle). The watermark is
+    the minimum over all sources: nothing is inferred from silence, since a source may be silent only because
+    its worker is busy with other partitions. Two bounds of our own: it never moves back, and it is never more
+    than `max_skew_ms` behind the most advanced source, so a source that never reports (its partition has no
+    owner) or falls far behind cannot hold the device memory back without limit. Everything the sources sent up
+    to the watermark, less the disorder a source may still show (GRACE_S), has been seen here. None: nothing
+    heard yet.
     """
 
-    __slots__ = ("_first_sent", "_heard", "_latest", "_newest_sent", "idle_settle_s", "max_skew_ms", "watermark")
+    __slots__ = ("_latest", "max_skew_ms", "watermark")
 
-    def __init__(self, *, idle_settle_s: int, max_skew_ms: int) -> None:
-        self.idle_settle_s = idle_settle_s
+    def __init__(self, *, max_skew_ms: int) -> None:
         self.max_skew_ms = max_skew_ms
-        self._latest: dict[int, int] = {}  # source -> largest ts it reported
-        self._heard: dict[int, int] = {}  # source -> when its newest record was sent
-        self._first_sent: int | None = None  # when the first record read here was sent
-        self._newest_sent = 0  # when the newest record read here was sent
+        self._latest: dict[int, int] = {}  # source -> the largest progress it reported
         self.watermark: int | None = None
 
-    def observe(self, source: int, through_ts: int, sent_ms: int) -> None:
-        if through_ts > self._latest.get(source, through_ts - 1):
-            self._latest[source] = through_ts
-        if sent_ms > self._heard.get(source, sent_ms - 1):
-            self._heard[source] = sent_ms
-        if self._first_sent is None:
-            self._first_sent = sent_ms
-        self._newest_sent = max(self._newest_sent, sent_ms)
+    def observe(self, source: int, progress_ms: int) -> None:
+        if progress_ms > self._latest.get(source, progress_ms - 1):
+            self._latest[source] = progress_ms
 
     def advance(self, sources: int) -> int | None:
         """Recompute over sources 0..sources-1 and return the (monotonic) watermark."""
         if not self._latest:
             return self.watermark
-        now_ms = self._newest_sent
-        latest: dict[str, int | None] = {}
-        idle: dict[str, bool] = {}
-        for source in range(sources):
-            latest[str(source)] = self._latest.get(source)
-            idle[str(source)] = is_idle(
-                idle_since_ms=self._heard.get(source, self._first_sent),
-                caught_up=True,
-                now_ms=now_ms,
-                idle_settle_s=self.idle_settle_s,
-            )
-        # every source idle cannot happen (the newest record's source is not): no wall clock stands in here
-        candidate = partition_watermark(latest, idle, max(self._latest.values()))
+        reported = [self._latest.get(source) for source in range(sources)]
         floor = max(self._latest.values()) - self.max_skew_ms
-        candidate = floor if candidate is None else max(candidate, floor)
+        candidate = floor if None in reported else max(floor, min(r for r in reported if r is not None))
         self.watermark = advance_watermark(self.watermark, candidate)
         return self.watermark

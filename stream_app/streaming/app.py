@@ -153,6 +153,9 @@ class ScorerApp:
         self.profile_reader = ProfileReader(
             settings.kafka_bootstrap, s.topic(InputTopic.PROFILES), self.profiles, dict(client_kwargs(settings.env))
         )
+        # per input topic-partition: the offset after the last record processed (position_and_highwater)
+        self.processed_offsets: dict[tuple[str, int], int] = {}
+        self._start_offsets: dict[tuple[str, int], int] = {}
         self.ingest = IngestProcessor(self)
         self.devices = DeviceJudge(self)
         self.metrics_server: Any = None
@@ -200,12 +203,33 @@ class ScorerApp:
         self.metrics.set_eligible_creators(self.profiles.eligible_creators())
 
     async def position_and_highwater(self, topic: str, partition: int) -> tuple[int | None, int | None]:
+        """This worker's position on a topic-partition and the broker's high watermark.
+
+        The position is the offset after the last record the agent has *processed* (`processed_offsets`), not
+        what the consumer fetched or Faust handed to the stream's buffer: during a catch-up the buffer holds
+        many seconds of work, and a partition whose records wait there is not caught up (SPEC §5 idleness).
+        Before the first processed record it is where processing starts: the committed offset, else the earliest.
+        """
         consumer = self.faust.consumer
         tp = TP(topic, partition)
-        highwater = consumer.highwater(tp)
-        # Faust keeps the last offset it handed to a stream; it has no public accessor
-        read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
-        position = read + 1 if read is not None else await consumer.position(tp)
+        try:
+            highwater = consumer.highwater(tp)
+        except AssertionError:  # aiokafka: "Partition is not assigned" (revoked meanwhile); timers must not crash
+            return None, None
+        position = self.processed_offsets.get((topic, partition))
+        if position is None:
+            position = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+        if position is None:
+            start = self._start_offsets.get((topic, partition))
+            if start is None:
+                try:
+                    start = (await consumer.earliest_offsets(tp)).get(tp)
+                except Exception:  # revoked meanwhile (a rebalance): unknown, and a timer must not crash the app
+                    log.debug("no earliest offset for %s[%d]", topic, partition, exc_info=True)
+                    return None, highwater
+                if start is not None:
+                    self._start_offsets[(topic, partition)] = start
+            position = start
         return position, highwater
 
     async def caught_up(self, topic: InputTopic, partition: int) -> bool:
@@ -221,6 +245,9 @@ class ScorerApp:
                     self.metrics.set_consumer_lag(topic.value, partition, max(0, highwater - position))
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
+        for tp in revoked:
+            self.processed_offsets.pop((tp.topic, tp.partition), None)
+            self._start_offsets.pop((tp.topic, tp.partition), None)
         events_topic = self.settings.topic(InputTopic.VIEWS)
         self.ingest.forget({tp.partition for tp in revoked if tp.topic == events_topic})
         self.devices.forget()

@@ -5,14 +5,15 @@ device-views topic keyed by device_id; this agent keeps a DeviceState per device
 sends a flag, keyed by video_id, to the device-flags topic for each view the rule rejects. Flags are
 co-partitioned with the event topics, so the video's own partition claws the view back (SPEC §5, §6).
 
-Event time across sources. Each device-views record says which event partition sent it (`source`) and the largest
-view ts that partition has accepted (`through_ts`); every event partition sends one to every device partition
-with each batch that accepted views. The device partition's watermark (`windows.SourceWatermark`: the slowest
-source, any that sent nothing for IDLE_SETTLE_S left out) decides when a device's views are forgotten, not the
-device's own newest view: during a catch-up the event partitions run minutes of event time apart, and a farm's
-views from a partition that is behind must still meet the ones that came first. After each batch the judge
-acknowledges its watermark to every event partition, on the device-flags topic after the flags: an event
-partition keeps its accepted views (for clawback) until every device partition has acknowledged past them
+Event time across sources. Each device-views record says which event partition sent it (`source`) and how far
+that partition has come (`through_ts`: the largest view ts it accepted, or its SPEC §5 watermark when that is
+further); every event partition sends one to every device partition with each batch that accepted views, and an
+empty one every few seconds while it has no views to send. The device partition's watermark
+(`windows.SourceWatermark`: the slowest source) decides when a device's views are forgotten, not the device's own
+newest view: during a catch-up the event partitions run minutes of event time apart, and a farm's views from a
+partition that is behind must still meet the ones that came first. After each batch the judge acknowledges its
+watermark to every event partition, on the device-flags topic after the flags: an event partition keeps its
+accepted views (for clawback) until every device partition has acknowledged past them
 (`PartitionScorer.flag_safe_ms`).
 """
 
@@ -82,9 +83,7 @@ class DeviceJudge:
     def _clock(self, partition: int) -> SourceWatermark:
         clock = self._clocks.get(partition)
         if clock is None:
-            clock = self._clocks[partition] = SourceWatermark(
-                idle_settle_s=self.policy.idle_settle_s, max_skew_ms=MAX_SOURCE_SKEW_MS
-            )
+            clock = self._clocks[partition] = SourceWatermark(max_skew_ms=MAX_SOURCE_SKEW_MS)
         return clock
 
     async def process_batch(self, batch: Sequence[Any]) -> None:
@@ -100,8 +99,7 @@ class DeviceJudge:
                 record = jsoncodec.loads(message.value)
                 if isinstance(record, dict):
                     views = record["records"]
-                    sent_ms = round(message.timestamp * 1000)  # Faust gives seconds as a float
-                    self._clock(message.partition).observe(int(record["source"]), int(record["through_ts"]), sent_ms)
+                    self._clock(message.partition).observe(int(record["source"]), int(record["through_ts"]))
                 else:
                     views = record
             except Exception:  # internal records: a bad one is logged, never allowed to stop the agent

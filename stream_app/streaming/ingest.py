@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME_INVALID = "invalid"
+# How often a partition with no accepted views to forward still reports its progress to the device partitions.
+PROGRESS_INTERVAL_S = 5.0
 
 
 def _now_ms() -> int:
@@ -46,6 +48,9 @@ class IngestProcessor:
         self._input_topics = {self.settings.topic(t): t for t in InputTopic}
         self.partitions: dict[int, PartitionScorer] = {}
         self._republish: set[int] = set()
+        # per partition: the progress last reported to the device partitions, and when (send_device_views)
+        self._reported: dict[int, tuple[int, float]] = {}
+        self._progress_due: set[int] = set()
 
     # ---- partitions ----
 
@@ -104,6 +109,8 @@ class IngestProcessor:
         """Partitions revoked: drop their in-memory state (the tables keep the truth)."""
         for partition in partitions:
             self.partitions.pop(partition, None)
+            self._reported.pop(partition, None)
+            self._progress_due.discard(partition)
         self.metrics.set_pending_interactions(self.pending_interactions())
 
     def pending_interactions(self) -> int:
@@ -122,6 +129,7 @@ class IngestProcessor:
             except Exception as exc:  # one bad record must never stop the worker or vanish
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
                 await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
+            self.app.processed_offsets[(message.topic, message.partition)] = message.offset + 1
 
     async def process_batch(self, batch: Sequence[Any]) -> None:
         """views, interactions and ticks of the partitions this worker owns (one agent: no interleaving)."""
@@ -154,6 +162,8 @@ class IngestProcessor:
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
                 if message.topic in self._input_topics:
                     await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
+            if message.topic in self._input_topics:
+                self.app.processed_offsets[(message.topic, message.partition)] = message.offset + 1
         try:
             for partition, effects in touched.items():
                 scorer = self.partitions.get(partition)
@@ -165,10 +175,7 @@ class IngestProcessor:
                         partition, {"latest_ts": scorer.latest_ts, "policy": self.app.policy_id}
                     )
                 await self._apply(effects)
-                if effects.device_views:
-                    await send_device_views(
-                        self.app, effects.device_views, partition, scorer.latest_ts[InputTopic.VIEWS.value] or 0
-                    )
+                await self._report_progress(partition, scorer, effects)
         except Exception:
             fail_stop("could not write the state or outputs of a batch")
         await self._republish_assigned()
@@ -209,6 +216,24 @@ class IngestProcessor:
                 await self._send_dead_letter(message, dead_position.index_or_none, value, error)
             effects.dead_letters.clear()
 
+    async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects) -> None:
+        """Send this batch's accepted views to the device partitions with the partition's progress; with none,
+        the progress alone when a tick asked for it and PROGRESS_INTERVAL_S has passed since the last report (an
+        idle partition must not hold the device partitions' watermark back)."""
+        progress = scorer.source_progress_ms()
+        due = partition in self._progress_due
+        self._progress_due.discard(partition)
+        if progress is None:
+            return
+        last = self._reported.get(partition)
+        if not effects.device_views:
+            if not due:
+                return
+            if last is not None and (progress <= last[0] or time.monotonic() - last[1] < PROGRESS_INTERVAL_S):
+                return
+        await send_device_views(self.app, effects.device_views, partition, progress)
+        self._reported[partition] = (progress, time.monotonic())
+
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
         scorer = self.scorer_for(partition, self.app.tick_topic_name)
         for topic in (InputTopic.VIEWS, InputTopic.INTERACTIONS):
@@ -218,6 +243,7 @@ class IngestProcessor:
             effects = touched[partition] = Effects()
         scorer.settle_due(now_ms, effects, profiles_ready=self.app.profile_reader.caught_up.is_set())
         scorer.sweep_quiet_videos(now_ms)
+        self._progress_due.add(partition)
 
     # ---- effects ----
 

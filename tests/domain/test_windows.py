@@ -185,41 +185,31 @@ SKEW = 3_600_000
 
 
 def test_source_watermark_is_the_slowest_source() -> None:
-    clock = SourceWatermark(idle_settle_s=30, max_skew_ms=SKEW)
+    clock = SourceWatermark(max_skew_ms=SKEW)
     assert clock.advance(3) is None  # nothing heard yet
-    clock.observe(0, 600_000, sent_ms=0)
-    clock.observe(1, 50_000, sent_ms=0)
-    # source 2 not heard from, but the records read here span less than 30 s: no minimum, only the skew floor
+    clock.observe(0, 600_000)
+    clock.observe(1, 50_000)
+    # source 2 has not reported: it may still send anything, so only the skew floor
     assert clock.advance(3) == 600_000 - SKEW
-    clock.observe(2, 70_000, sent_ms=2_000)
+    clock.observe(2, 70_000)
     assert clock.advance(3) == 50_000
-    clock.observe(1, 90_000, sent_ms=3_000)
+    clock.observe(1, 90_000)
+    assert clock.advance(3) == 70_000
+    clock.observe(2, 60_000)  # a report never moves a source back
     assert clock.advance(3) == 70_000
 
 
-def test_source_watermark_leaves_out_sources_that_sent_nothing_for_idle_settle_s() -> None:
-    clock = SourceWatermark(idle_settle_s=30, max_skew_ms=SKEW)
-    clock.observe(0, 500_000, sent_ms=0)
-    clock.observe(1, 100_000, sent_ms=0)
-    clock.observe(0, 510_000, sent_ms=29_999)
-    assert clock.advance(2) == 100_000
-    # idleness is in the records' send times, not in when they are read: however late this partition reads
-    # them, source 1 is left out only once source 0's records show 30 s without one from source 1
-    clock.observe(0, 520_000, sent_ms=30_000)
-    assert clock.advance(2) == 520_000
-    # a source never heard from counts from the first record read
-    fresh = SourceWatermark(idle_settle_s=30, max_skew_ms=SKEW)
-    fresh.observe(0, 500_000, sent_ms=10_000)
-    assert fresh.advance(2) == 500_000 - SKEW
-    fresh.observe(0, 510_000, sent_ms=40_000)
-    assert fresh.advance(2) == 510_000
-    # it never moves back, even when a silent source wakes up behind
-    clock.observe(1, 120_000, sent_ms=30_001)
-    assert clock.advance(2) == 520_000
+def test_source_watermark_never_moves_back() -> None:
+    clock = SourceWatermark(max_skew_ms=SKEW)
+    clock.observe(0, 500_000)
+    assert clock.advance(1) == 500_000
+    # a new source appears (the topic got partitions) behind: the watermark stays
+    clock.observe(1, 100_000)
+    assert clock.advance(2) == 500_000
 
 
 def test_source_watermark_stays_within_the_skew_of_the_most_advanced_source() -> None:
-    clock = SourceWatermark(idle_settle_s=30, max_skew_ms=60_000)
-    clock.observe(0, 1_000_000, sent_ms=0)
-    clock.observe(1, 10_000, sent_ms=0)  # slow but not silent
+    clock = SourceWatermark(max_skew_ms=60_000)
+    clock.observe(0, 1_000_000)
+    clock.observe(1, 10_000)  # slow, or its partition has no owner
     assert clock.advance(2) == 1_000_000 - 60_000

@@ -22,7 +22,6 @@ class FakeMessage:
     partition: int
     offset: int
     value: bytes
-    timestamp: float = 1_800_000_000.0  # when it was sent (seconds, as Faust gives it)
 
 
 @dataclass
