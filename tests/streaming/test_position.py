@@ -1,0 +1,69 @@
+"""ScorerApp.position_and_highwater: the position is after the last record *processed* (SPEC §5 "caught up"), not
+what the consumer fetched into Faust's stream buffer; before any, where processing starts. A partition revoked
+meanwhile gives no answer instead of crashing the timer that asked."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from stream_app.streaming.app import ScorerApp
+
+TOPIC = "video-views"
+
+
+class FakeConsumer:
+    def __init__(self, highwater: int, committed: int | None = None, earliest: int = 0) -> None:
+        self._highwater = highwater
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._committed_offset[TP(TOPIC, 0)] = committed
+        self.earliest = earliest
+        self.earliest_calls = 0
+        self.assigned = True
+
+    def highwater(self, tp: TP) -> int:
+        assert self.assigned, "Partition is not assigned"
+        return self._highwater
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        self.earliest_calls += 1
+        if not self.assigned:
+            raise AssertionError("Partition is not assigned")
+        return {tp: self.earliest for tp in tps}
+
+
+def app_with(consumer: FakeConsumer, processed: dict[tuple[str, int], int] | None = None) -> Any:
+    return SimpleNamespace(
+        faust=SimpleNamespace(consumer=consumer), processed_offsets=processed or {}, _start_offsets={}
+    )
+
+
+async def position(app: Any) -> tuple[int | None, int | None]:
+    return await ScorerApp.position_and_highwater(app, TOPIC, 0)
+
+
+async def test_the_position_is_after_the_last_processed_record() -> None:
+    # the consumer may have fetched up to 100 already; the agent processed up to offset 41
+    app = app_with(FakeConsumer(highwater=100, committed=10), {(TOPIC, 0): 42})
+    assert await position(app) == (42, 100)
+
+
+async def test_before_any_processed_record_it_is_the_committed_offset() -> None:
+    assert await position(app_with(FakeConsumer(highwater=100, committed=10))) == (10, 100)
+
+
+async def test_with_no_commit_it_is_the_earliest_offset_asked_once() -> None:
+    consumer = FakeConsumer(highwater=100, committed=None, earliest=3)
+    app = app_with(consumer)
+    assert await position(app) == (3, 100)
+    assert await position(app) == (3, 100)
+    assert consumer.earliest_calls == 1
+
+
+async def test_a_revoked_partition_gives_no_answer() -> None:
+    consumer = FakeConsumer(highwater=100, committed=None)
+    consumer.assigned = False
+    assert await position(app_with(consumer)) == (None, None)
