@@ -209,6 +209,7 @@ class ScorerApp:
         what the consumer fetched or Faust handed to the stream's buffer: during a catch-up the buffer holds
         many seconds of work, and a partition whose records wait there is not caught up (SPEC §5 idleness).
         Before the first processed record it is where processing starts: the committed offset, else the earliest.
+        The high watermark is at least the fetched position (below).
         """
         consumer = self.faust.consumer
         tp = TP(topic, partition)
@@ -216,6 +217,12 @@ class ScorerApp:
             highwater = consumer.highwater(tp)
         except AssertionError:  # aiokafka: "Partition is not assigned" (revoked meanwhile); timers must not crash
             return None, None
+        # Every record fetched (handed to the stream's buffer) is below the end: tansu reports the high watermark
+        # as the last batch's base offset + 1, too low after a multi-record batch, and a fetch returns whole
+        # batches, so the fetched position shows the true end (a no-op on Apache Kafka).
+        read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+        if read is not None and (highwater is None or read + 1 > highwater):
+            highwater = read + 1
         position = self.processed_offsets.get((topic, partition))
         if position is None:
             position = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor

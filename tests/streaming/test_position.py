@@ -23,6 +23,7 @@ class FakeConsumer:
         self.earliest = earliest
         self.earliest_calls = 0
         self.assigned = True
+        self._read_offset: dict[TP, int] = {}  # the last offset Faust handed to the stream's buffer
 
     def highwater(self, tp: TP) -> int:
         assert self.assigned, "Partition is not assigned"
@@ -67,3 +68,11 @@ async def test_a_revoked_partition_gives_no_answer() -> None:
     consumer = FakeConsumer(highwater=100, committed=None)
     consumer.assigned = False
     assert await position(app_with(consumer)) == (None, None)
+
+
+async def test_the_high_watermark_is_at_least_what_was_fetched() -> None:
+    # tansu reports the last batch's base offset + 1 (here 90) though records up to 99 exist and were fetched:
+    # processing up to 90 is not caught up
+    consumer = FakeConsumer(highwater=90, committed=10)
+    consumer._read_offset[TP(TOPIC, 0)] = 99
+    assert await position(app_with(consumer, {(TOPIC, 0): 90})) == (90, 100)
