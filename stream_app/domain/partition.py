@@ -275,11 +275,12 @@ class PartitionScorer:
             ledger.updated_at = now_ms
 
     def source_progress_ms(self) -> int | None:
-        """How far this partition has come, for the device judge: the largest accepted view ts, or the watermark
-        when that is further (views idle; the wall clock when both topics are). A view it accepts later may still
-        be older; the device judge keeps GRACE_S for that."""
-        values = [v for v in (self.latest_ts[VIEWS], self.watermark) if v is not None]
-        return max(values) if values else None
+        """How far this partition has come, for the device judge: the largest view ts it accepted. Never the
+        watermark: an idle partition's watermark is the wall clock, which says nothing of the event time of views
+        still to come (in a catch-up it runs far ahead of them) and would pull the device partitions' skew bound
+        past views still being judged (measured: a farm's 250 views missed in a quality run). A view it accepts
+        later may still be older; the device judge keeps GRACE_S for that."""
+        return self.latest_ts[VIEWS]
 
     def on_device_ack(self, device_partition: int, watermark_ms: int) -> None:
         """A device partition has judged every view up to its watermark (less GRACE_S) and sent its flags for

@@ -87,14 +87,13 @@ class SourceWatermark:
     """The event-time progress of a partition fed by many source partitions: the device-views repartition, which
     every partition of the event topics feeds (SPEC §6 `device_burst`).
 
-    Each source reports its progress with the records it sends (`observe`): every batch that accepted views, and
-    every few seconds while it is idle (then its SPEC §5 watermark, the wall clock when idle). The watermark is
-    the minimum over all sources: nothing is inferred from silence, since a source may be silent only because
-    its worker is busy with other partitions. Two bounds of our own: it never moves back, and it is never more
-    than `max_skew_ms` behind the most advanced source, so a source that never reports (its partition has no
-    owner) or falls far behind cannot hold the device memory back without limit. Everything the sources sent up
-    to the watermark, less the disorder a source may still show (GRACE_S), has been seen here. None: nothing
-    heard yet.
+    Each source reports its progress (the largest view ts it accepted) with the records it sends (`observe`).
+    The watermark is the minimum over all sources: nothing is inferred from silence, since a source may be
+    silent only because its worker is busy with other partitions. Two bounds of our own: it never moves back,
+    and it is never more than `max_skew_ms` behind the most advanced source, so a source that never reports (its
+    partition has no owner) or falls far behind cannot hold the device memory back without limit. Everything the
+    sources sent up to the watermark, less the disorder a source may still show (GRACE_S), has been seen here.
+    None: nothing heard yet.
     """
 
     __slots__ = ("_latest", "max_skew_ms", "watermark")

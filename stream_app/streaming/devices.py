@@ -6,9 +6,9 @@ sends a flag, keyed by video_id, to the device-flags topic for each view the rul
 co-partitioned with the event topics, so the video's own partition claws the view back (SPEC §5, §6).
 
 Event time across sources. Each device-views record says which event partition sent it (`source`) and how far
-that partition has come (`through_ts`: the largest view ts it accepted, or its SPEC §5 watermark when that is
-further); every event partition sends one to every device partition with each batch that accepted views, and an
-empty one every few seconds while it has no views to send. The device partition's watermark
+that partition has come (`through_ts`: the largest view ts it accepted); every event partition sends one to every
+device partition with each batch that accepted views, and (after a restart, say) an empty one on a tick when it
+has not reported its progress yet. The device partition's watermark
 (`windows.SourceWatermark`: the slowest source) decides when a device's views are forgotten, not the device's own
 newest view: during a catch-up the event partitions run minutes of event time apart, and a farm's views from a
 partition that is behind must still meet the ones that came first. After each batch the judge acknowledges its

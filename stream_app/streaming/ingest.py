@@ -218,8 +218,8 @@ class IngestProcessor:
 
     async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects) -> None:
         """Send this batch's accepted views to the device partitions with the partition's progress; with none,
-        the progress alone when a tick asked for it and PROGRESS_INTERVAL_S has passed since the last report (an
-        idle partition must not hold the device partitions' watermark back)."""
+        the progress alone when a tick asked for it, it moved, and PROGRESS_INTERVAL_S has passed since the last
+        report (after an assignment a partition reports where it stands before it accepts a new view)."""
         progress = scorer.source_progress_ms()
         due = partition in self._progress_due
         self._progress_due.discard(partition)
