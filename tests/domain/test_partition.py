@@ -303,3 +303,11 @@ def test_one_device_partition_behind_keeps_the_views() -> None:
     scorer.sweep_quiet_videos(NOW + 10_000, interval_ms=0)
     ledger = scorer.ledger("vid1")
     assert ledger is not None and list(ledger.recent) == ["v1"]
+
+
+def test_source_progress_is_the_newest_view_not_the_wall_clock_watermark() -> None:
+    # idle: the watermark is the wall clock, far ahead of any view still to come in a catch-up; the device judge
+    # is told how far the views have come (1_000), not that
+    scorer = _settled_by_the_wall_clock(device_partitions=2)
+    assert scorer.watermark is not None and scorer.watermark > 1_000
+    assert scorer.source_progress_ms() == 1_000
