@@ -675,29 +675,29 @@ async def _collect(
         topic = str(record["source_topic"])
         return topic.removeprefix(prefix), int(record["partition"]), int(record["offset"]), record["index"]
 
-    audits: dict[tuple[Position, str, str], str] = {}
-    for *_, value in await read_all(bootstrap, prefix + "suspicious-events", security):
-        record = jsoncodec.loads(value or b"null")
-        audits[(position(record), str(record["outcome"]), str(record["reason"]))] = str(record.get("detail"))
     details: dict[int, list[str]] = {}
-    for (where, outcome, reason), detail in audits.items():
+
+    def join(where: Position, flag: Flag, detail: str) -> None:
+        nonlocal unjoined
         index = positions.get(where)
         if index is None:
             unjoined += 1
         else:
-            flags.setdefault(index, set()).add((outcome, reason))
-            details.setdefault(index, []).append(f"{outcome}:{reason}: {detail}")
+            flags.setdefault(index, set()).add(flag)
+            details.setdefault(index, []).append(detail)
+
+    audits: dict[tuple[Position, str, str], str] = {}
+    for *_, value in await read_all(bootstrap, prefix + "suspicious-events", security):
+        record = jsoncodec.loads(value or b"null")
+        audits[(position(record), str(record["outcome"]), str(record["reason"]))] = str(record.get("detail"))
+    for (where, outcome, reason), detail in audits.items():
+        join(where, (outcome, reason), f"{outcome}:{reason}: {detail}")
     dead: dict[Position, str] = {}
     for *_, value in await read_all(bootstrap, prefix + "events-dlq", security):
         record = jsoncodec.loads(value or b"null")
         dead[position(record)] = str(record.get("error"))
     for where, error in dead.items():
-        index = positions.get(where)
-        if index is None:
-            unjoined += 1
-        else:
-            flags.setdefault(index, set()).add((INVALID, INVALID))
-            details.setdefault(index, []).append(f"invalid: {error}")
+        join(where, (INVALID, INVALID), f"invalid: {error}")
     newest: dict[str, dict[str, Any]] = {}
     for *_, value in await read_all(bootstrap, prefix + "reward-accruals", security):
         if value is None:

@@ -302,8 +302,7 @@ class PartitionScorer:
             return -1
         # a view can still be clawed back by the device's views up to DEVICE_BURST_SPAN later, which a source
         # may send up to GRACE_S out of order
-        span_ms = (self.policy.device_burst_span_s + self.policy.grace_s) * 1000
-        return min(a for a in acks if a is not None) - span_ms
+        return min(a for a in acks if a is not None) - rules.device_memory_ms(self.policy)
 
     def claw_back(self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects) -> bool:
         """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback); False if it was not counted."""

@@ -39,6 +39,7 @@ __all__ = [
     "check_impossible_watch",
     "check_velocity_burst",
     "check_viewer_repeat",
+    "device_memory_ms",
     "expire",
     "expire_device",
     "has_supporting_view",
@@ -174,7 +175,7 @@ def check_device_burst(
     span_ms = policy.device_burst_span_s * 1000
     limit = policy.device_burst_max
     if forget_behind_newest:
-        device.drop_through(max(device.max_ts, view.ts) - span_ms - policy.grace_s * 1000)
+        device.drop_through(max(device.max_ts, view.ts) - device_memory_ms(policy))
     i = device.insert(view.ts, view.video_id, view.event_id, view.viewer_id)
     times = device.ts
     flagged = device.flagged
@@ -438,10 +439,16 @@ def expire(policy: Policy, state: VideoRulesState, watermark_ms: int) -> None:
             del state.interactions[kind]
 
 
+def device_memory_ms(policy: Policy) -> int:
+    """How far behind the newest view (or the device partition's watermark) a device's views still matter:
+    DEVICE_BURST_SPAN, plus GRACE_S for views that reach the device rule out of order."""
+    return (policy.device_burst_span_s + policy.grace_s) * 1000
+
+
 def expire_device(policy: Policy, device: DeviceState, now_ms: int) -> bool:
     """Forget a device's views at or before now_ms - (DEVICE_BURST_SPAN + GRACE_S); True when none is left (the
     wiring may then delete the device's key). now_ms: the device partition's event-time watermark (or the
     newest ts seen there); views that reach the device rule more than GRACE_S out of order may be judged against
     an incomplete span (a missed flag, never a false one)."""
-    device.drop_through(now_ms - (policy.device_burst_span_s + policy.grace_s) * 1000)
+    device.drop_through(now_ms - device_memory_ms(policy))
     return not device.ts

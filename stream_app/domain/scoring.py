@@ -417,7 +417,7 @@ class VideoLedger:
                 self.qualified_at[viewer] = kept
             else:
                 del self.qualified_at[viewer]
-        newest = max((r.ts for r in self.recent.values()), default=0)
+        newest = 0 if flag_safe_ms is None else max((r.ts for r in self.recent.values()), default=0)
         recent_cutoff = recent_views_cutoff(watermark_ms - recent_views_keep_ms(policy), newest, flag_safe_ms)
         for event_id in [e for e, r in self.recent.items() if r.ts <= recent_cutoff]:
             del self.recent[event_id]

@@ -36,8 +36,6 @@ async def send_grouped(
     for partition, group in sorted(by_partition.items()):
         for start in range(0, max(len(group), 1), RECORDS_PER_SEND):
             chunk = group[start : start + RECORDS_PER_SEND]
-            if not chunk and header is None:
-                continue
             value = jsoncodec.dumps(chunk if header is None else header | {"records": chunk})
             await topic.send(key=None, value=value, partition=partition, force=True)
 
