@@ -29,3 +29,7 @@ class TopicPlanError(StreamAppError):
 
 class PolicyMismatchError(StreamAppError):
     """Stored state was written under another reward policy than the one configured."""
+
+
+class StateFormatError(StreamAppError):
+    """Stored state was written in a layout this worker cannot read; the message says which."""

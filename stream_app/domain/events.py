@@ -23,6 +23,16 @@ class OutputTopic(enum.Enum):
     DLQ = "events-dlq"
 
 
+class Outcome(enum.StrEnum):
+    """An input event's outcome (SPEC §4), and `clawback` for an accepted view a rule later rejected."""
+
+    ACCEPTED = "accepted"
+    SUSPICIOUS = "suspicious"
+    LATE = "late"
+    INVALID = "invalid"
+    CLAWBACK = "clawback"
+
+
 KNOWN_SOURCES = frozenset({"for_you", "following", "search", "profile", "ad"})
 KNOWN_KINDS = frozenset({"like", "comment", "share", "follow"})
 STANDINGS = frozenset({"good", "restricted", "banned"})

@@ -1,69 +1,106 @@
 """One input partition's scoring: the watermark, settling, emit pacing and per-event outcomes (SPEC §4, §5, §7).
 
-`PartitionScorer` is pure: it reads and writes `VideoLedger`s through a small store, is told the wall clock,
-and collects what the wiring must do in `Effects` (count, audit, dead-letter, send accruals and settlements).
-Each touched ledger is written once per batch (`flush`), which is what lets the Faust agent keep up.
+`PartitionScorer` is pure: it keeps its videos' ledgers in memory, is told the wall clock, and collects what the
+wiring must do in `Effects`: count, audit, dead-letter, send accruals, settlements and device views, and at the
+end of a batch (`flush`) write its state (`StateWrite`). The wiring writes that state only once the broker has
+acknowledged the batch's outputs (SPEC §4: state that makes a replay skip an event is never durable before the
+event's output records are), and in the order StateWrite lists it (see domain/journal.py).
+
+Per event the work is a few dict and list operations whatever the state holds: the watermark is recomputed from
+two numbers, due settlements come off a heap, and memories forget through expiry indexes (domain/rules_state.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stream_app.domain import codec, journal, rules
 from stream_app.domain import policy as pol
-from stream_app.domain import rules
-from stream_app.domain.events import InteractionEvent, ViewEvent
+from stream_app.domain.codec import Kind
+from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.profiles import ProfileHistory
+from stream_app.domain.rules import Reason
+from stream_app.domain.rules_state import ExpiryIndex
 from stream_app.domain.scoring import (
-    ACCEPTED,
-    CLAWBACK,
-    INTERACTIONS,
-    LATE,
-    SUSPICIOUS,
-    VIEWS,
-    Outcome,
+    EventOutcome,
     Position,
     VideoLedger,
+    recent_views_cutoff,
+    recent_views_keep_ms,
 )
-from stream_app.domain.windows import (
-    advance_watermark,
-    partition_watermark,
-    settle_deadline_ms,
-    window_bounds,
-    window_index,
-)
+from stream_app.domain.windows import is_idle, settle_deadline_ms, window_bounds, window_index
 
+VIEWS = InputTopic.VIEWS
+INTERACTIONS = InputTopic.INTERACTIONS
 EVENT_TOPICS = (VIEWS, INTERACTIONS)
-# Settlement records sent shortly before a crash may not have reached the broker; after an assignment, those of
-# windows settled within this span are sent again (a restart or failover normally takes seconds to a minute).
-RESEND_SETTLEMENTS_MS = 600_000
-# How often (wall clock) the memories of videos with no open window are expired.
+# How often (wall clock) the memories of videos that went quiet are expired.
 QUIET_SWEEP_MS = 60_000
-REASON_LATE = "late"
-REASON_FUTURE = "future_timestamp"
 
 
-class LedgerStore(Protocol):
-    def load(self, video_id: str) -> VideoLedger | None: ...
+class StateSource(Protocol):
+    """A partition's stored state, as the wiring reads it back (bytes in codec format)."""
 
-    def save(self, ledger: VideoLedger) -> None: ...
+    def head(self, video_id: str) -> bytes | None: ...
 
-    def video_ids(self) -> Iterable[str]: ...
+    def segments(self) -> Iterable[bytes]: ...
+
+    def meta(self) -> bytes | None: ...
+
+
+@dataclass(slots=True)
+class StateWrite:
+    """A batch's state, to be written in this order once the batch's outputs are acknowledged: the new journal
+    segment (and orphan clean-ups), the heads it touched, the partition's meta, then the dropped segments."""
+
+    segments: list[tuple[int, bytes | None]] = field(default_factory=list)  # (seq, value; None deletes)
+    heads: list[tuple[str, bytes]] = field(default_factory=list)
+    meta: bytes | None = None
+    dropped: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.segments or self.heads or self.meta or self.dropped)
 
 
 @dataclass(slots=True)
 class Effects:
-    """What a batch asks the wiring to do, in order."""
+    """What a batch asks the wiring to do."""
 
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[EventOutcome] = field(default_factory=list)  # every outcome but `accepted`
+    accepted: dict[InputTopic, int] = field(default_factory=dict)  # accepted events, counted
     dead_letters: list[tuple[Position, str]] = field(default_factory=list)
     accruals: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
-    # accepted views for the device_burst rule, whose state is keyed by device (sent to the device topic)
-    device_views: list[dict[str, Any]] = field(default_factory=list)
+    # accepted views for the device rules, whose state is keyed by device (sent to the device topic)
+    device_views: list[ViewEvent] = field(default_factory=list)
     skipped_replays: int = 0
     pending_delta: int = 0
+    state: StateWrite = field(default_factory=StateWrite)
+
+
+@dataclass(slots=True)
+class PartitionMeta:
+    """What a partition keeps besides its videos: the largest ts accepted per event topic, the policy id its state
+    was written under, the device partitions' acknowledgements, the next journal segment number."""
+
+    latest_ts: dict[InputTopic, int | None] = field(default_factory=lambda: {t: None for t in EVENT_TOPICS})
+    policy_id: str | None = None
+    device_acks: dict[int, int] = field(default_factory=dict)
+    next_seq: int = 0
+
+    def to_bytes(self) -> bytes:
+        acks = sorted(self.device_acks.items())
+        payload = [self.latest_ts[VIEWS], self.latest_ts[INTERACTIONS], self.policy_id, self.next_seq, acks]
+        return codec.encode(Kind.META, payload)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> PartitionMeta:
+        if data is None:
+            return cls()
+        views, interactions, policy_id, next_seq, acks = codec.decode(Kind.META, data)
+        return cls({VIEWS: views, INTERACTIONS: interactions}, policy_id, {p: w for p, w in acks}, next_seq)
 
 
 class PartitionScorer:
@@ -74,205 +111,273 @@ class PartitionScorer:
         policy: pol.Policy,
         policy_id: str,
         partition: int,
-        store: LedgerStore,
+        source: StateSource,
         profiles: ProfileHistory,
         *,
-        watermarks: Mapping[str, int | None] | None = None,
         now_ms: int = 0,
         device_partitions: int = 0,
     ) -> None:
         self.policy = policy
         self.policy_id = policy_id
         self.partition = partition
-        self.store = store
+        self.source = source
         self.profiles = profiles
-        # largest ts accepted per event topic of this partition (persisted by the wiring)
-        self.latest_ts: dict[str, int | None] = {t: None for t in EVENT_TOPICS}
-        if watermarks:
-            self.latest_ts.update(watermarks)
+        meta = PartitionMeta.from_bytes(source.meta())
+        self.stored_policy_id = meta.policy_id
+        self.latest_ts: dict[InputTopic, int | None] = dict(meta.latest_ts)
         self.watermark: int | None = None
-        # device_burst judged elsewhere (device_partitions > 0): each device partition's acknowledged watermark;
+        # device rules judged elsewhere (device_partitions > 0): each device partition's acknowledged watermark;
         # accepted views are kept for its flags until every one of them is past (on_device_ack)
         self.device_partitions = device_partitions
-        self.device_acks: dict[int, int] = {}
+        self.device_acks: dict[int, int] = dict(meta.device_acks)
         self._flag_safe = self._compute_flag_safe()
         # idleness: when each topic-partition was last active (or first caught up after assignment)
-        self.idle_since: dict[str, int | None] = {t: None for t in EVENT_TOPICS}
-        self.caught_up: dict[str, bool] = {t: False for t in EVENT_TOPICS}
-        self._ledgers: dict[str, VideoLedger] = {}
-        self._touched: dict[str, dict[str, Any] | None] = {}  # video_id -> accrual content before the batch
-        self._open: dict[str, int] = {}  # video_id -> its earliest open window's settle deadline
-        self._next_due: int | None = None  # a lower bound of those deadlines: no scan before the watermark reaches it
-        self._dirty: set[str] = set()  # changed, but emitted less than EMIT_INTERVAL_S ago
+        self.idle_since: dict[InputTopic, int | None] = {t: None for t in EVENT_TOPICS}
+        self.caught_up: dict[InputTopic, bool] = {t: False for t in EVENT_TOPICS}
+        self._idle: dict[InputTopic, bool] = {t: False for t in EVENT_TOPICS}
+        self._ledgers: dict[str, VideoLedger] = {}  # the working set; other videos' heads are loaded on demand
+        self._touched: dict[str, tuple[int, ...] | None] = {}  # video_id -> accrual content before the batch
+        self._provisional_before: dict[str, int] = {}
+        self._deadlines: list[tuple[int, str]] = []  # heap of (settle deadline, video_id); stale entries skipped
+        # changed, but emitted less than EMIT_INTERVAL_S ago (a dict: emitted in the order they changed)
+        self._dirty: dict[str, None] = {}
         self._last_emit: dict[str, int] = {}
+        self._quiet = ExpiryIndex()  # videos by the event time they were last touched, for quiet sweeps
+        self._evict: list[str] = []  # videos left with nothing to remember: out of the working set after flush
         self._last_sweep_ms = now_ms
+        self.journal = journal.Journal(next_seq=meta.next_seq)
+        self._rewrites: list[tuple[int, bytes | None]] = []
         self.pending_interactions = 0
         self.provisional_micros = 0  # base micros of open windows of currently eligible creators
-        self._provisional_before: dict[str, int] = {}
-        for video_id in store.video_ids():
-            ledger = self.ledger(video_id)
-            if ledger is not None:
-                self._index(ledger)
-                self.pending_interactions += sum(len(w.pending) for w in ledger.windows.values())
-                self.provisional_micros += ledger.provisional_micros(ledger.eligible)
+        self._restore()
 
-    # ---- state access ----
+    # ---- restore: heads and the journal ----
+
+    def _restore(self) -> None:
+        """Rebuild the working set from the stored journal: each video's head, and its memories by replaying
+        the operations its head includes (domain/journal.py)."""
+        segments = sorted(
+            (journal.Segment.from_payload(codec.decode(Kind.SEGMENT, raw)) for raw in self.source.segments()),
+            key=lambda s: s.seq,
+        )
+        loaded: dict[str, VideoLedger | None] = {}
+        for segment in segments:
+            orphans = False
+            for op in segment.ops:
+                video_id = op[1]
+                if video_id in loaded:
+                    ledger = loaded[video_id]
+                else:
+                    ledger = loaded[video_id] = self._read_head(video_id)
+                if ledger is None or segment.seq > ledger.journal_seq:
+                    orphans = True
+                    continue
+                journal.replay(self.policy, ledger, op)
+            if orphans:
+                self._rewrites.append((segment.seq, self._without_orphans(segment, loaded)))
+            self.journal.live.append((segment.seq, segment.max_ts))
+            self.journal.next_seq = max(self.journal.next_seq, segment.seq + 1)
+        for ledger in loaded.values():
+            if ledger is not None:
+                self._adopt(ledger)
+
+    def _without_orphans(self, segment: journal.Segment, loaded: dict[str, VideoLedger | None]) -> bytes | None:
+        kept = []
+        for op in segment.ops:
+            ledger = loaded.get(op[1])
+            if ledger is not None and segment.seq <= ledger.journal_seq:
+                kept.append(op)
+        if not kept:
+            return None
+        return codec.encode(Kind.SEGMENT, journal.Segment(segment.seq, segment.max_ts, kept).to_payload())
+
+    def _read_head(self, video_id: str) -> VideoLedger | None:
+        raw = self.source.head(video_id)
+        return None if raw is None else VideoLedger.from_head(codec.decode(Kind.HEAD, raw))
+
+    def _adopt(self, ledger: VideoLedger) -> None:
+        """Put a stored ledger in the working set: index its open windows and count its pending interactions."""
+        self._ledgers[ledger.video_id] = ledger
+        for k in ledger.windows:
+            heapq.heappush(self._deadlines, (self._deadline(k), ledger.video_id))
+        self.pending_interactions += ledger.memory.pending_count()
+        self.provisional_micros += ledger.provisional_micros(ledger.eligible)
+        newest = ledger.memory.rules.accepted_views.max_ts
+        self._quiet.note(ledger.video_id, max(newest, 0))
 
     def ledger(self, video_id: str) -> VideoLedger | None:
         ledger = self._ledgers.get(video_id)
         if ledger is None:
-            ledger = self.store.load(video_id)
+            ledger = self._read_head(video_id)
             if ledger is not None:
-                self._ledgers[video_id] = ledger
+                self._adopt(ledger)
         return ledger
 
+    def ledgers(self) -> Iterable[VideoLedger]:
+        return self._ledgers.values()
+
+    def _deadline(self, k: int) -> int:
+        return settle_deadline_ms(k, self.policy.window_s, self.policy.grace_s)
+
     def _touch(self, ledger: VideoLedger) -> None:
-        if ledger.video_id not in self._touched:
-            self._touched[ledger.video_id] = self._content(ledger) if ledger.version else None
-            self._provisional_before[ledger.video_id] = ledger.provisional_micros(ledger.eligible)
+        video_id = ledger.video_id
+        if video_id not in self._touched:
+            self._touched[video_id] = ledger.content_key() if ledger.version else None
+            self._provisional_before[video_id] = ledger.provisional_micros(ledger.eligible)
 
-    def _content(self, ledger: VideoLedger) -> dict[str, Any]:
-        return ledger.accrual(self.policy_id, ledger.eligible)
-
-    def _index(self, ledger: VideoLedger) -> None:
-        deadline = ledger.next_deadline(self.policy)
-        if deadline is None:
-            self._open.pop(ledger.video_id, None)
-        else:
-            self._open[ledger.video_id] = deadline
-            if self._next_due is None or deadline < self._next_due:
-                self._next_due = deadline
+    def _open_window(self, ledger: VideoLedger, k: int) -> None:
+        """*head*: make sure window k exists; a new one is scheduled to settle."""
+        if k not in ledger.windows:
+            ledger.window(k)
+            heapq.heappush(self._deadlines, (self._deadline(k), ledger.video_id))
 
     # ---- events ----
 
-    def _future(self, ts: int, record_ts_ms: int) -> bool:
-        return ts > record_ts_ms + self.policy.max_clock_skew_s * 1000
-
-    def _ledger_for(
-        self, event: ViewEvent | InteractionEvent, position: Position, effects: Effects, now_ms: int
-    ) -> VideoLedger | None:
-        ledger = self.ledger(event.video_id)
-        if ledger is None:
-            ledger = VideoLedger(video_id=event.video_id, creator_id=event.creator_id)
-            self._ledgers[event.video_id] = ledger
-        elif ledger.creator_id != event.creator_id:
-            effects.dead_letters.append(
-                (
-                    position,
-                    f"creator_id: video {event.video_id!r} belongs to creator {ledger.creator_id!r}, "
-                    f"got {event.creator_id!r}",
-                )
-            )
-            return None
-        self._touch(ledger)
-        ledger.eligible = self.profiles.eligible_now(ledger.creator_id)
-        ledger.updated_at = now_ms
-        return ledger
-
     def on_event(
         self,
-        topic: str,
+        topic: InputTopic,
         event: ViewEvent | InteractionEvent,
-        event_dict: dict[str, Any],
         position: Position,
         record_ts_ms: int,
         now_ms: int,
         effects: Effects,
     ) -> None:
         """Decide one valid event's outcome and apply it (replays of applied input are skipped, SPEC §4)."""
-        existing = self.ledger(event.video_id)
-        if existing is not None and existing.already_applied(topic, position.offset, position.index):
+        video_id = event.video_id
+        ledger = self._ledgers.get(video_id) or self.ledger(video_id)
+        if ledger is None:
+            ledger = self._ledgers[video_id] = VideoLedger(video_id=video_id, creator_id=event.creator_id)
+        elif ledger.already_applied(topic, position.offset, position.index):
             effects.skipped_replays += 1
             return
-        ledger = self._ledger_for(event, position, effects, now_ms)
-        if ledger is None:
-            return
+        self._touch(ledger)
         ledger.mark_applied(topic, position.offset, position.index)
-        if self._future(event.ts, record_ts_ms):
-            skew = event.ts - record_ts_ms
+        ledger.updated_at = now_ms
+        if ledger.creator_id != event.creator_id:
+            effects.dead_letters.append(
+                (
+                    position,
+                    f"creator_id: video {video_id!r} belongs to creator {ledger.creator_id!r}, "
+                    f"got {event.creator_id!r}",
+                )
+            )
+            return
+        ledger.eligible = self.profiles.eligible_now(ledger.creator_id)
+        ts = event.ts
+        if ts > record_ts_ms + self.policy.max_clock_skew_s * 1000:  # rules.check_future_timestamp, inlined
             effects.outcomes.append(
-                Outcome(
+                EventOutcome(
                     topic,
-                    LATE,
-                    REASON_FUTURE,
-                    f"ts is {skew} ms ahead of the record timestamp",
-                    event_dict,
+                    Outcome.LATE,
+                    Reason.FUTURE_TIMESTAMP,
+                    f"ts is {ts - record_ts_ms} ms ahead of the record timestamp",
+                    event,
                     position,
                 )
             )
             return
-        if ledger.is_late(self.policy, event.ts, self.watermark):
-            k = window_index(event.ts, self.policy.window_s)
+        if ledger.is_late(self.policy, ts, self.watermark):
+            k = window_index(ts, self.policy.window_s)
             effects.outcomes.append(
-                Outcome(topic, LATE, REASON_LATE, f"window {k} already settled", event_dict, position)
+                EventOutcome(topic, Outcome.LATE, Reason.LATE, f"window {k} already settled", event, position)
             )
             return
-        if isinstance(event, ViewEvent):
-            accepted = self._on_view(ledger, event, event_dict, position, effects)
+        self._quiet.note(video_id, ts)
+        if type(event) is ViewEvent:
+            accepted = self._on_view(ledger, event, position, effects)
         else:
-            accepted = self._on_interaction(ledger, event, event_dict, position, effects)
-        self._index(ledger)
-        self._advance(topic, event.ts if accepted else None, now_ms, effects)
+            assert isinstance(event, InteractionEvent)
+            accepted = self._on_interaction(ledger, event, position, effects)
+        # SPEC §5: the largest ts *accepted*; a held interaction counts as accepted until its window settles
+        latest = self.latest_ts[topic]
+        if accepted and (latest is None or ts > latest):
+            self.latest_ts[topic] = ts
+        self.idle_since[topic] = now_ms
+        if self._idle[topic]:
+            self._idle[topic] = False
+        self._settle_if_due(now_ms, effects)
 
-    def _on_view(
-        self,
-        ledger: VideoLedger,
-        view: ViewEvent,
-        event_dict: dict[str, Any],
-        position: Position,
-        effects: Effects,
-    ) -> bool:
-        judgement = rules.judge_view(self.policy, ledger.rules, view)
+    def _on_view(self, ledger: VideoLedger, view: ViewEvent, position: Position, effects: Effects) -> bool:
+        self.journal.record(journal.view_op(view, position.offset, position.index), view.ts)
+        judgement = rules.judge_view(self.policy, ledger.memory.rules, view)
         verdict = judgement.verdict
         for ref in judgement.clawbacks:
             detail = f"{judgement.clawback_reason} recognised at view {view.event_id}: {verdict.detail}"
-            self.claw_back(ledger, ref.event_id, judgement.clawback_reason or "", detail, effects)
+            self._claw_back(ledger, ref.event_id, judgement.clawback_reason or "", detail, effects, elsewhere=False)
         if verdict.reason is not None:
             ledger.suspicious_views += 1
-            effects.outcomes.append(Outcome(VIEWS, SUSPICIOUS, verdict.reason, verdict.detail, event_dict, position))
+            effects.outcomes.append(
+                EventOutcome(VIEWS, Outcome.SUSPICIOUS, verdict.reason, verdict.detail, view, position)
+            )
             return False
-        ledger.accept_view(self.policy, view, event_dict, position, self.flag_safe_ms())
-        effects.outcomes.append(Outcome(VIEWS, ACCEPTED, "", "", event_dict, position))
-        effects.device_views.append(
-            {
-                "video_id": view.video_id,
-                "event_id": view.event_id,
-                "viewer_id": view.viewer_id,
-                "device_id": view.device_id,
-                "ts": view.ts,
-            }
-        )
+        recent = ledger.remember_view(self.policy, view, position.offset, position.index)
+        self._open_window(ledger, recent.window)
+        ledger.count_view(self.policy, recent)
+        effects.accepted[VIEWS] = effects.accepted.get(VIEWS, 0) + 1
+        effects.device_views.append(view)
         return True
 
     def _on_interaction(
-        self,
-        ledger: VideoLedger,
-        interaction: InteractionEvent,
-        event_dict: dict[str, Any],
-        position: Position,
-        effects: Effects,
+        self, ledger: VideoLedger, interaction: InteractionEvent, position: Position, effects: Effects
     ) -> bool:
-        verdict = rules.judge_interaction_on_arrival(self.policy, ledger.rules, interaction)
+        self.journal.record(journal.interaction_op(interaction, position.offset, position.index), interaction.ts)
+        verdict = rules.judge_interaction_on_arrival(self.policy, ledger.memory.rules, interaction)
         if verdict.reason is not None:
             effects.outcomes.append(
-                Outcome(INTERACTIONS, SUSPICIOUS, verdict.reason, verdict.detail, event_dict, position)
+                EventOutcome(INTERACTIONS, Outcome.SUSPICIOUS, verdict.reason, verdict.detail, interaction, position)
             )
             return False
-        ledger.hold_interaction(self.policy, interaction, event_dict, position)
+        ledger.hold_interaction(self.policy, interaction, position.offset, position.index)
+        self._open_window(ledger, window_index(interaction.ts, self.policy.window_s))
         self.pending_interactions += 1
         effects.pending_delta += 1
         return True
 
-    def on_device_flag(self, video_id: str, event_id: str, detail: str, now_ms: int, effects: Effects) -> None:
-        """device_burst (judged where device state lives) rejects an accepted view of a video here: claw it back."""
+    def on_device_flag(
+        self,
+        video_id: str,
+        event_id: str,
+        detail: str,
+        now_ms: int,
+        effects: Effects,
+        reason: str = Reason.DEVICE_BURST,
+    ) -> None:
+        """A device rule (judged where device state lives) rejects an accepted view of a video here: claw it
+        back."""
         ledger = self.ledger(video_id)
-        if ledger is None:
+        if ledger is None or event_id not in ledger.memory.recent:
             return
-        recent = ledger.recent.get(event_id)
-        if self.claw_back(ledger, event_id, rules.Reason.DEVICE_BURST, detail, effects) and recent is not None:
-            ref = rules.ViewRef(video_id, event_id, recent.event["viewer_id"], recent.ts)
-            rules.note_clawback(ledger.rules, ref)
+        self._touch(ledger)
+        self.journal.record([journal.OP_FLAG, video_id, event_id])
+        if self._claw_back(ledger, event_id, reason, detail, effects, elsewhere=True):
             ledger.updated_at = now_ms
+
+    def _claw_back(
+        self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects, *, elsewhere: bool
+    ) -> bool:
+        """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback); False if it was not
+        counted (forgotten, or clawed back already)."""
+        self._touch(ledger)
+        recent = ledger.forget_clawed(event_id, judged_elsewhere=elsewhere)
+        if recent is None:
+            return False
+        amount = ledger.uncount_view(self.policy, recent)
+        effects.outcomes.append(
+            EventOutcome(
+                VIEWS,
+                Outcome.CLAWBACK,
+                reason,
+                detail,
+                recent.event,
+                Position(self.partition, recent.offset, recent.index),
+            )
+        )
+        if amount:
+            effects.settlements.append(
+                ledger.clawback_record(self.policy, recent.window, amount) | {"policy": self.policy_id}
+            )
+        self._dirty[ledger.video_id] = None
+        return True
 
     def source_progress_ms(self) -> int | None:
         """How far this partition has come, for the device judge: the largest view ts it accepted. Never the
@@ -290,8 +395,8 @@ class PartitionScorer:
             self._flag_safe = self._compute_flag_safe()
 
     def flag_safe_ms(self) -> int | None:
-        """The ts through which no device flag can still come for this partition's views (None: device_burst is
-        not judged elsewhere; -1: some device partition has not acknowledged anything yet)."""
+        """The ts through which no device flag can still come for this partition's views (None: the device rules
+        are not judged elsewhere; -1: some device partition has not acknowledged anything yet)."""
         return self._flag_safe
 
     def _compute_flag_safe(self) -> int | None:
@@ -300,159 +405,249 @@ class PartitionScorer:
         acks = [self.device_acks.get(q) for q in range(self.device_partitions)]
         if None in acks:
             return -1
-        # a view can still be clawed back by the device's views up to DEVICE_BURST_SPAN later, which a source
+        # a view can still be clawed back by the device's views up to the device memory later, which a source
         # may send up to GRACE_S out of order
         return min(a for a in acks if a is not None) - rules.device_memory_ms(self.policy)
 
-    def claw_back(self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects) -> bool:
-        """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback); False if it was not counted."""
-        self._touch(ledger)
-        result = ledger.claw_back(self.policy, event_id)
-        if result is None:
-            return False
-        amount, recent = result
-        effects.outcomes.append(Outcome(VIEWS, CLAWBACK, reason, detail, recent.event, Position(*recent.position)))
-        if amount:
-            effects.settlements.append(
-                ledger.clawback_record(self.policy, recent.window, amount) | {"policy": self.policy_id}
-            )
-        self._dirty.add(ledger.video_id)
-        return True
-
     # ---- watermark and settling ----
 
-    def _advance(self, topic: str, accepted_ts: int | None, now_ms: int, effects: Effects) -> None:
-        """An event was processed on this topic-partition: it is active; an accepted one may move its watermark
-        (SPEC §5: the largest ts *accepted*; a held interaction counts as accepted until its window settles)."""
-        latest = self.latest_ts[topic]
-        if accepted_ts is not None and (latest is None or accepted_ts > latest):
-            self.latest_ts[topic] = accepted_ts
-        self.idle_since[topic] = now_ms
-        self.settle_due(now_ms, effects)
-
-    def observe_position(self, topic: str, caught_up: bool, now_ms: int) -> None:
+    def observe_position(self, topic: InputTopic, caught_up: bool, now_ms: int) -> None:
         """Tell the scorer whether a topic-partition is caught up (position >= high watermark)."""
         if caught_up and not self.caught_up[topic] and self.idle_since[topic] is None:
             self.idle_since[topic] = now_ms
         self.caught_up[topic] = caught_up
 
-    def idle(self, now_ms: int) -> dict[str, bool]:
-        limit = self.policy.idle_settle_s * 1000
-        return {
-            t: self.caught_up[t] and self.idle_since[t] is not None and now_ms - self.idle_since[t] >= limit  # type: ignore[operator]
-            for t in EVENT_TOPICS
-        }
+    def idle(self, now_ms: int) -> dict[InputTopic, bool]:
+        """Which topic-partitions count as idle now (SPEC §5; windows.is_idle), remembered until the next event."""
+        limit = self.policy.idle_settle_s
+        for topic in EVENT_TOPICS:
+            self._idle[topic] = is_idle(
+                idle_since_ms=self.idle_since[topic],
+                caught_up=self.caught_up[topic],
+                now_ms=now_ms,
+                idle_settle_s=limit,
+            )
+        return dict(self._idle)
+
+    def _settle_if_due(self, now_ms: int, effects: Effects, *, settle: bool = True) -> None:
+        """The watermark of SPEC §5 from the two topics' latest ts and idleness (no clock read), and the windows
+        it makes due. Called per event: two comparisons unless a deadline is passed."""
+        lowest: int | None = None
+        waiting = False
+        for topic in EVENT_TOPICS:
+            if self._idle[topic]:
+                continue
+            latest = self.latest_ts[topic]
+            if latest is None:
+                waiting = True
+                break
+            if lowest is None or latest < lowest:
+                lowest = latest
+        if not waiting:
+            candidate = now_ms if lowest is None else lowest
+            if self.watermark is None or candidate > self.watermark:
+                self.watermark = candidate
+        deadlines = self._deadlines
+        if settle and deadlines and self.watermark is not None and deadlines[0][0] <= self.watermark:
+            self._settle_due_videos(now_ms, effects)
+
+    def settle_due(self, now_ms: int, effects: Effects, *, profiles_ready: bool = True) -> None:
+        """On a tick: recompute idleness at the wall clock, then settle what the watermark makes due (without the
+        profile history no settlement may be decided; the watermark still moves)."""
+        self.idle(now_ms)
+        self._settle_if_due(now_ms, effects, settle=profiles_ready)
+
+    def _settle_due_videos(self, now_ms: int, effects: Effects) -> None:
+        wm = self.watermark
+        assert wm is not None
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= wm:
+            _, video_id = heapq.heappop(deadlines)
+            ledger = self._ledgers.get(video_id)
+            if ledger is not None and ledger.windows and self._deadline(min(ledger.windows)) <= wm:
+                self._settle_video(ledger, wm, now_ms, effects)
+
+    def _settle_video(self, ledger: VideoLedger, wm: int, now_ms: int, effects: Effects) -> None:
+        self._touch(ledger)
+        video_id = ledger.video_id
+        for k in sorted(ledger.windows):
+            if self._deadline(k) > wm:
+                break
+            _start_ms, end_ms = window_bounds(k, self.policy.window_s)
+            eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
+            self.journal.record([journal.OP_SETTLE, video_id, k])
+            judged = ledger.judge_pending(self.policy, k)
+            settlement = ledger.settle(self.policy, k, eligible, judged, now_ms)
+            self.pending_interactions -= len(judged)
+            effects.pending_delta -= len(judged)
+            position = Position(self.partition, 0, 0)
+            for item in judged:
+                position = Position(self.partition, item.offset, item.index)
+                verdict = item.verdict
+                if verdict.reason is None:
+                    effects.accepted[INTERACTIONS] = effects.accepted.get(INTERACTIONS, 0) + 1
+                else:
+                    effects.outcomes.append(
+                        EventOutcome(
+                            INTERACTIONS, Outcome.SUSPICIOUS, verdict.reason, verdict.detail, item.event, position
+                        )
+                    )
+            effects.settlements.append(settlement.record | {"policy": self.policy_id})
+            self._emit_now(ledger, now_ms, effects)
+        self._expire(ledger, wm)
+        ledger.updated_at = now_ms
+        if ledger.windows:
+            heapq.heappush(self._deadlines, (self._deadline(min(ledger.windows)), video_id))
+
+    def _expire(self, ledger: VideoLedger, wm: int) -> None:
+        flag_safe = self.flag_safe_ms()
+        self.journal.record([journal.OP_EXPIRE, ledger.video_id, wm, flag_safe])
+        ledger.expire_memory(self.policy, wm, flag_safe)
+        ledger.expire_head(self.policy, wm)
 
     def sweep_quiet_videos(self, now_ms: int, interval_ms: int = QUIET_SWEEP_MS) -> int:
-        """Expire the memories of videos with no open window (a video that went quiet is otherwise never
-        visited again: expiry runs when a video settles). At most once per `interval_ms`; returns how many
-        ledgers were trimmed (they are written at the next flush)."""
+        """Expire the memories of videos not touched for a window and its grace (expiry otherwise runs when a
+        video settles), and drop from the working set those left with nothing to remember. At most once per
+        `interval_ms`; costs what it visits (an expiry index by last touch), not the working set's size."""
         wm = self.watermark
         if wm is None or now_ms - self._last_sweep_ms < interval_ms:
             return 0
         self._last_sweep_ms = now_ms
-        trimmed = 0
-        for video_id in [v for v in self.store.video_ids() if v not in self._open]:
-            ledger = self.ledger(video_id)
-            if ledger is None:
+        quiet_ms = (self.policy.window_s + self.policy.grace_s) * 1000 + recent_views_keep_ms(self.policy)
+        visited = 0
+        again: list[str] = []
+        for video_id in dict.fromkeys(self._quiet.due(wm - quiet_ms)):
+            ledger = self._ledgers.get(video_id)
+            if ledger is None or ledger.windows or video_id in self._touched:
                 continue
-            before = ledger.memory_entries()
-            if not before:
-                continue
+            visited += 1
             self._touch(ledger)
-            ledger.expire(self.policy, wm, self.flag_safe_ms())
-            trimmed += ledger.memory_entries() != before
-        return trimmed
-
-    def settle_due(self, now_ms: int, effects: Effects, *, profiles_ready: bool = True) -> None:
-        candidate = partition_watermark(self.latest_ts, self.idle(now_ms), now_ms)
-        self.watermark = advance_watermark(self.watermark, candidate)
-        wm = self.watermark
-        if wm is None or not profiles_ready or self._next_due is None or wm < self._next_due:
-            return
-        due = [video_id for video_id, deadline in self._open.items() if deadline <= wm]
-        for video_id in due:
-            ledger = self.ledger(video_id)
-            if ledger is not None:
-                self._settle_video(ledger, wm, now_ms, effects)
-        self._next_due = min(self._open.values(), default=None)
-
-    def _settle_video(self, ledger: VideoLedger, wm: int, now_ms: int, effects: Effects) -> None:
-        self._touch(ledger)
-        while ledger.windows:
-            k = min(ledger.windows)
-            _start_ms, end_ms = window_bounds(k, self.policy.window_s)
-            if settle_deadline_ms(k, self.policy.window_s, self.policy.grace_s) > wm:
-                break
-            eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
-            settled_pending = len(ledger.windows[k].pending)
-            settlement = ledger.settle(self.policy, k, eligible, now_ms)
-            self.pending_interactions -= settled_pending
-            effects.pending_delta -= settled_pending
-            effects.outcomes.extend(settlement.outcomes)
-            effects.settlements.append(settlement.record | {"policy": self.policy_id})
-            self._emit_now(ledger, now_ms, effects)
-        ledger.expire(self.policy, wm, self.flag_safe_ms())
-        ledger.updated_at = now_ms
-        self._index(ledger)
+            self._expire(ledger, wm)
+            if ledger.memory.is_empty() and not ledger.settled and video_id not in self._dirty:
+                self._evict.append(video_id)
+            else:
+                again.append(video_id)
+        for video_id in again:
+            self._quiet.note(video_id, wm)
+        return visited
 
     # ---- output ----
 
     def _emit_now(self, ledger: VideoLedger, now_ms: int, effects: Effects) -> None:
-        self._bump_version(ledger)
-        effects.accruals.append(self.accrual_record(ledger))
-        self._last_emit[ledger.video_id] = now_ms
-        self._dirty.discard(ledger.video_id)
-
-    def _bump_version(self, ledger: VideoLedger) -> None:
         before = self._touched.get(ledger.video_id)
-        content = self._content(ledger)
+        content = ledger.content_key()
         if ledger.version == 0 or content != before:
             ledger.version += 1
         self._touched[ledger.video_id] = content
+        self._emit(ledger, now_ms, effects)
 
-    def accrual_record(self, ledger: VideoLedger) -> dict[str, Any]:
-        record = self._content(ledger)
-        record["version"] = ledger.version
-        record["updated_at"] = ledger.updated_at
-        return record
+    def _emit(self, ledger: VideoLedger, now_ms: int, effects: Effects) -> None:
+        effects.accruals.append(ledger.accrual(self.policy_id))
+        ledger.published_version = ledger.version  # the wiring writes this head only once the broker acked it
+        self._last_emit[ledger.video_id] = now_ms
+        self._dirty.pop(ledger.video_id, None)
 
-    def flush(self, now_ms: int, effects: Effects) -> list[VideoLedger]:
-        """End of a batch: version changed records, emit what is due, return the ledgers to write (each once)."""
+    def flush(self, now_ms: int, effects: Effects) -> StateWrite:
+        """End of a batch: version changed records, emit what is due, and collect the state to write."""
         interval_ms = int(self.policy.emit_interval_s * 1000)
-        changed: list[VideoLedger] = []
+        state = effects.state
+        ledgers = self._ledgers
+        flag_safe = self.flag_safe_ms()
+        keep_ms = recent_views_keep_ms(self.policy)
+        changed: dict[str, VideoLedger] = {}
         for video_id, before in self._touched.items():
-            ledger = self._ledgers[video_id]
-            content = self._content(ledger)
-            if before is None or content != before:
+            ledger = ledgers[video_id]
+            if before is None or ledger.content_key() != before:
                 ledger.version += 1
-                self._dirty.add(video_id)
-            changed.append(ledger)
+                self._dirty[video_id] = None
             self.provisional_micros += ledger.provisional_micros(ledger.eligible) - self._provisional_before.pop(
                 video_id, 0
             )
+            newest = ledger.memory.rules.accepted_views.max_ts
+            cutoff = recent_views_cutoff(self.policy, newest - keep_ms, newest, flag_safe)
+            if ledger.recent_trim_due(cutoff) and ledger.trim_recent(cutoff):
+                self.journal.record([journal.OP_TRIM, video_id, cutoff])
+            changed[video_id] = ledger
         self._touched.clear()
         for video_id in list(self._dirty):
             if now_ms - self._last_emit.get(video_id, -interval_ms) >= interval_ms:
-                ledger = self._ledgers[video_id]
-                effects.accruals.append(self.accrual_record(ledger))
-                self._last_emit[video_id] = now_ms
-                self._dirty.discard(video_id)
-        for ledger in changed:
-            self.store.save(ledger)
-        return changed
+                ledger = ledgers[video_id]
+                self._emit(ledger, now_ms, effects)
+                changed[video_id] = ledger
+        segment = self.journal.seal(self.watermark)
+        state.segments.extend(self._rewrites)
+        self._rewrites.clear()
+        if segment is not None:
+            state.segments.append((segment.seq, codec.encode(Kind.SEGMENT, segment.to_payload())))
+            seq = segment.seq
+        else:
+            seq = self.journal.next_seq - 1
+        for ledger in changed.values():
+            if segment is not None:
+                ledger.journal_seq = seq
+            state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
+        state.meta = self.meta().to_bytes()
+        if self.watermark is not None:
+            state.dropped.extend(self.journal.droppable(self._journal_cutoff()))
+        for video_id in self._evict:
+            if video_id not in self._touched and video_id not in self._dirty:
+                ledgers.pop(video_id, None)
+                self._last_emit.pop(video_id, None)
+        self._evict.clear()
+        return state
 
-    def republish(self, now_ms: int, resend_settlements_ms: int = RESEND_SETTLEMENTS_MS) -> Effects:
-        """After an assignment: the current record of every video, unchanged, and the settlement records of the
-        windows settled within `resend_settlements_ms` before now (SPEC §7: nothing lost between a state write
-        and a crash; readers de-duplicate settlements on (video_id, window_start, kind))."""
+    def _journal_cutoff(self) -> int:
+        """Segments whose entries are all at or before this ts hold nothing a memory keeps: the longest memory
+        horizon behind the watermark, and never past the start of a window still open."""
+        assert self.watermark is not None
+        cutoff = self.watermark - journal.memory_horizon_ms(self.policy)
+        if self._deadlines:
+            oldest_open = self._deadlines[0][0] - (2 * self.policy.window_s + self.policy.grace_s) * 1000
+            cutoff = min(cutoff, oldest_open)
+        return cutoff
+
+    def meta(self) -> PartitionMeta:
+        return PartitionMeta(dict(self.latest_ts), self.policy_id, dict(self.device_acks), self.journal.next_seq)
+
+    def republish(self, now_ms: int) -> Effects:
+        """After an assignment: the current record of every video whose newest version the broker may not have
+        (SPEC §7: nothing lost between a state write and a crash), unchanged."""
         effects = Effects()
-        for video_id in list(self.store.video_ids()):
-            ledger = self.ledger(video_id)
-            if ledger is None or ledger.version == 0:
-                continue
-            effects.accruals.append(self.accrual_record(ledger))
-            for k, settled in sorted(ledger.settled.items()):
-                if settled.settled_at >= now_ms - resend_settlements_ms:
-                    effects.settlements.append(ledger.settlement_record(self.policy, k) | {"policy": self.policy_id})
+        for ledger in self._ledgers.values():
+            if ledger.version and ledger.published_version < ledger.version:
+                self._emit(ledger, now_ms, effects)
+                effects.state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
         return effects
+
+
+class MemoryState:
+    """A partition's stored state in a dict: the StateSource of tests, benchmarks and `stream-app replay`."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, bytes] = {}
+        self.segment_values: dict[int, bytes] = {}
+        self.meta_value: bytes | None = None
+        self.writes = 0
+
+    def head(self, video_id: str) -> bytes | None:
+        return self.heads.get(video_id)
+
+    def segments(self) -> Iterable[bytes]:
+        return list(self.segment_values.values())
+
+    def meta(self) -> bytes | None:
+        return self.meta_value
+
+    def apply(self, write: StateWrite) -> None:
+        self.writes += 1
+        for seq, value in write.segments:
+            if value is None:
+                self.segment_values.pop(seq, None)
+            else:
+                self.segment_values[seq] = value
+        for video_id, value in write.heads:
+            self.heads[video_id] = value
+        if write.meta is not None:
+            self.meta_value = write.meta
+        for seq in write.dropped:
+            self.segment_values.pop(seq, None)

@@ -61,6 +61,8 @@ class Policy:
     target_rate_bps: int = 1_000
     min_multiplier_bps: int = 5_000
     max_multiplier_bps: int = 20_000
+    # Watch time in engagement (SPEC §5): 0 keeps policy v1's money; policies/v2.toml sets 2_000.
+    watch_weight_bps: int = 0
     # --- authenticity thresholds (SPEC §6) ---
     dedupe_s: int = 86_400
     impossible_watch_factor: int = 20
@@ -76,6 +78,13 @@ class Policy:
     engagement_lookback_s: int = 86_400
     # SPEC §6 duplicate_interaction: only likes and follows are one per viewer (comments, shares may repeat).
     duplicate_interaction_kinds: frozenset[str] = frozenset({"like", "follow"})
+    # --- how long a video keeps an accepted view for clawback (our choice; SPEC §5 Clawback, §6 device rules) ---
+    # Flags from the device rules reach a video's partition through the device topics a moment after the view:
+    # accepted views are kept this long past the longest burst span, in event time.
+    flag_latency_allowance_s: int = 600
+    # While the device judge has not acknowledged a view's time (it lags, or its partition has no owner), accepted
+    # views are kept for its flags, but at most this far behind the video's newest view.
+    device_flag_hold_s: int = 3_600
 
     def __post_init__(self) -> None:
         # Normalise once so equal policies have equal canonical JSON (and so equal hashes), and a caller's
@@ -110,6 +119,7 @@ _INT_MIN: Mapping[str, int] = MappingProxyType(
         "target_rate_bps": 1,  # a divisor
         "min_multiplier_bps": 0,
         "max_multiplier_bps": 0,
+        "watch_weight_bps": 0,
         "dedupe_s": 0,
         "impossible_watch_factor": 1,
         "viewer_repeat_max": 1,
@@ -122,6 +132,8 @@ _INT_MIN: Mapping[str, int] = MappingProxyType(
         "velocity_baseline_minutes": 1,  # a divisor (mean views per minute)
         "velocity_distinct_ratio_pct": 0,
         "engagement_lookback_s": 0,
+        "flag_latency_allowance_s": 0,
+        "device_flag_hold_s": 0,
     }
 )
 _INT_MAX: Mapping[str, int] = MappingProxyType({"velocity_distinct_ratio_pct": 100})
@@ -362,13 +374,20 @@ def engagement_score(policy: Policy, likes: int, comments: int, shares: int, fol
     )
 
 
-def multiplier_bps(policy: Policy, score: int, qualified_views: int) -> int:
+def mean_completion_bps(completion_bps_sum: int, qualified_views: int) -> int:
+    """completion_bps of a window: the mean over its qualified views of min(watch*10_000 // video, 10_000),
+    as the integer division of the sum by max(qv, 1) (SPEC §5)."""
+    return completion_bps_sum // max(qualified_views, 1)
+
+
+def multiplier_bps(policy: Policy, score: int, qualified_views: int, completion_bps: int = 0) -> int:
     """The engagement multiplier of a window, in basis points (10_000 = 1.0x).
 
-    rate_bps = score*10_000 // max(qv, 1); multiplier = clamp(rate_bps*10_000 // TARGET_RATE_BPS, min, max).
-    Both divisions round down (floor), as SPEC writes them.
+    rate_bps = score*10_000 // max(qv, 1) + completion_bps*WATCH_WEIGHT_BPS // 10_000;
+    multiplier = clamp(rate_bps*10_000 // TARGET_RATE_BPS, min, max). Every division rounds down (floor), as
+    SPEC writes them.
     """
-    rate_bps = score * BPS // max(qualified_views, 1)
+    rate_bps = score * BPS // max(qualified_views, 1) + completion_bps * policy.watch_weight_bps // BPS
     raw = rate_bps * BPS // policy.target_rate_bps
     return min(max(raw, policy.min_multiplier_bps), policy.max_multiplier_bps)
 
@@ -406,6 +425,7 @@ class WindowTotals:
     comments: int = 0
     shares: int = 0
     follows: int = 0
+    completion_bps_sum: int = 0  # over its qualifying views
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +437,7 @@ class Settled:
     score: int
     multiplier_bps: int
     settled_micros: int
+    completion_bps: int = 0
 
 
 def settle(policy: Policy, totals: WindowTotals, eligible: bool) -> Settled:
@@ -424,6 +445,7 @@ def settle(policy: Policy, totals: WindowTotals, eligible: bool) -> Settled:
     score is still reported and its multiplier follows the formula with 0 qualified views."""
     qualified = totals.qualified_views if eligible else 0
     base = totals.base_micros if eligible else 0
+    completion = mean_completion_bps(totals.completion_bps_sum if eligible else 0, qualified)
     score = engagement_score(policy, totals.likes, totals.comments, totals.shares, totals.follows)
-    mult = multiplier_bps(policy, score, qualified)
-    return Settled(qualified, base, score, mult, settled_micros(policy, base, mult))
+    mult = multiplier_bps(policy, score, qualified, completion)
+    return Settled(qualified, base, score, mult, settled_micros(policy, base, mult), completion)

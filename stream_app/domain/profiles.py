@@ -22,6 +22,7 @@ class ProfileHistory:
         self._policy = policy
         self._by_creator: dict[str, _History] = {}
         self._sequence = 0
+        self._eligible_now: dict[str, bool] = {}  # cache of eligible_now, per creator, until their next profile
 
     def __len__(self) -> int:
         return len(self._by_creator)
@@ -29,6 +30,7 @@ class ProfileHistory:
     def add(self, profile: CreatorProfile) -> None:
         """Record a profile; an older profile arriving after a newer one is kept for its own time only."""
         self._sequence += 1
+        self._eligible_now.pop(profile.creator_id, None)
         history = self._by_creator.setdefault(profile.creator_id, _History())
         bisect.insort(history.entries, (profile.ts, self._sequence, profile), key=lambda e: (e[0], e[1]))
 
@@ -51,8 +53,11 @@ class ProfileHistory:
 
     def eligible_now(self, creator_id: str) -> bool:
         """Eligibility under the newest profile by ts (the one in effect now)."""
-        profile = self.latest(creator_id)
-        return profile is not None and self.profile_eligible(profile)
+        eligible = self._eligible_now.get(creator_id)
+        if eligible is None:
+            profile = self.latest(creator_id)
+            eligible = self._eligible_now[creator_id] = profile is not None and self.profile_eligible(profile)
+        return eligible
 
     def profile_eligible(self, profile: CreatorProfile) -> bool:
         return is_eligible_creator(

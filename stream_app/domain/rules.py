@@ -112,12 +112,6 @@ def check_future_timestamp(policy: Policy, event_ts: int, record_ts_ms: int) -> 
 # --- §6, one function per reason, in SPEC order ----------------------------------------------------------------
 
 
-def _dedupe_horizon_ms(policy: Policy) -> int:
-    # An event that is not late can carry a ts up to WINDOW_S + GRACE_S behind the newest one, and must still find
-    # ids seen within DEDUPE_S of it: so the memory keeps ids that long behind the newest ts.
-    return (policy.dedupe_s + policy.window_s + policy.grace_s) * 1000
-
-
 def check_duplicate_event(policy: Policy, seen: DedupeMemory, event_id: str, ts: int) -> bool:
     """SPEC §6 duplicate_event: "a new record whose (topic, `event_id`) was already seen within `DEDUPE_S` 86400".
 
@@ -131,7 +125,7 @@ def check_duplicate_event(policy: Policy, seen: DedupeMemory, event_id: str, ts:
     if first_seen is not None and abs(ts - first_seen) < dedupe_ms:
         return True
     if dedupe_ms:  # DEDUPE_S 0 turns the rule off: nothing to remember
-        seen.remember(event_id, ts, _dedupe_horizon_ms(policy))
+        seen.remember(event_id, ts)
     return False
 
 
@@ -233,7 +227,8 @@ def check_velocity_burst(policy: Policy, velocity: VelocityState, view: ViewEven
     elif ts <= velocity.max_ts - span_ms:
         return PASS_JUDGEMENT
     i = velocity.insert(ts, view.viewer_id, view.event_id)
-    views = len(velocity.ts)
+    first = velocity.start
+    views = len(velocity.ts) - first
     distinct = len(velocity.viewer_counts)
     if views <= policy.velocity_min_views or distinct * 100 >= views * policy.velocity_distinct_ratio_pct:
         velocity.in_burst = False
@@ -246,13 +241,15 @@ def check_velocity_burst(policy: Policy, velocity: VelocityState, view: ViewEven
 
     clawbacks: list[ViewRef] = []
     flagged = velocity.flagged
-    if velocity.in_burst and i == views - 1:
+    if velocity.in_burst and i == len(velocity.ts) - 1:
         # In order, mid-burst: every earlier repeat of the span was flagged when it arrived; only this view is new.
         if velocity.viewer_counts[view.viewer_id] > 1:
             flagged[i] = 1
     else:
         first_seen: set[str] = set()
-        for k, viewer in enumerate(velocity.viewers):
+        span_viewers = velocity.viewers
+        for k in range(first, len(span_viewers)):
+            viewer = span_viewers[k]
             if viewer not in first_seen:
                 first_seen.add(viewer)
             elif not flagged[k]:

@@ -14,9 +14,9 @@ from stream_app.domain.errors import SerializationError, StreamAppError
 from stream_app.domain.events import InputTopic
 
 MINUTE_MS = 60_000
-# A memory sweeps all its keys once event time has moved 1/SWEEP_DIVISOR of its horizon since the last sweep: a
-# sweep costs O(keys), so this keeps it amortised while the memory never holds more than 9/8 of its horizon.
-SWEEP_DIVISOR = 8
+# Memories note the keys they touch per bucket of this much event time and forget a bucket at a time, so an entry
+# outlives its horizon by at most one bucket (see ExpiryIndex).
+EXPIRY_BUCKET_MS = 300_000
 # Bumped when the layout of to_dict() changes; from_dict() refuses other formats.
 STATE_FORMAT = 1
 # Above any event ts (< 2^53, SPEC §3): the "oldest" of an empty memory.
@@ -36,67 +36,108 @@ class ViewRef(NamedTuple):
     ts: int
 
 
+class ExpiryIndex:
+    """Which keys a memory touched in which span of event time: lets a memory forget in time proportional to
+    what it forgets, never by scanning everything it holds (a hot video remembers hundreds of thousands of ids).
+
+    Keys are noted per bucket of `bucket_ms` of event time (a key touched twice is noted twice); `due(cutoff)`
+    hands out the keys of every bucket that lies wholly at or before cutoff, once, and forgets those buckets.
+    The caller checks each key against its own data (a key touched again later is noted in a later bucket too).
+    """
+
+    __slots__ = ("bucket_ms", "buckets", "first")
+
+    def __init__(self, bucket_ms: int = EXPIRY_BUCKET_MS) -> None:
+        self.bucket_ms = bucket_ms
+        self.buckets: dict[int, list[str]] = {}
+        self.first = _NEVER  # the smallest bucket held (a lower bound)
+
+    def note(self, key: str, ts: int) -> None:
+        bucket = ts // self.bucket_ms
+        keys = self.buckets.get(bucket)
+        if keys is None:
+            self.buckets[bucket] = [key]
+            if bucket < self.first:
+                self.first = bucket
+        else:
+            keys.append(key)
+
+    def due(self, cutoff_ms: int) -> list[str]:
+        """Keys noted in buckets that end at or before cutoff_ms (each bucket handed out once)."""
+        last = (cutoff_ms + 1) // self.bucket_ms - 1
+        if last < self.first:
+            return []
+        buckets = self.buckets
+        keys: list[str] = []
+        for bucket in sorted(b for b in buckets if b <= last):
+            keys.extend(buckets.pop(bucket))
+        self.first = min(buckets, default=_NEVER)
+        return keys
+
+    def clear(self) -> None:
+        self.buckets.clear()
+        self.first = _NEVER
+
+
 class DedupeMemory:
     """event_id -> ts first seen, for one topic of one video (``duplicate_event``)."""
 
-    __slots__ = ("max_ts", "next_sweep", "oldest", "seen")
+    __slots__ = ("index", "max_ts", "seen")
 
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
         self.max_ts = -1
-        self.next_sweep = 0
-        # a lower bound of the ts held: lets expire() return at once when there is nothing to forget
-        self.oldest = _NEVER
+        self.index = ExpiryIndex()
 
     def first_seen(self, event_id: str) -> int | None:
         return self.seen.get(event_id)
 
-    def remember(self, event_id: str, ts: int, horizon_ms: int) -> None:
-        """Remember event_id at ts; sweep ids older than horizon_ms behind the newest ts seen, now and then."""
+    def remember(self, event_id: str, ts: int) -> None:
+        """Remember event_id at ts (rules.expire forgets it, against the watermark: an event that is not late
+        can carry a ts far behind the video's newest one, when the other event topic holds the watermark back)."""
         self.seen[event_id] = ts
-        if ts < self.oldest:
-            self.oldest = ts
+        self.index.note(event_id, ts)
         if ts > self.max_ts:
             self.max_ts = ts
-            if ts >= self.next_sweep:
-                self.expire(ts - horizon_ms)
-                self.next_sweep = ts + max(1, horizon_ms // SWEEP_DIVISOR)
 
     def expire(self, cutoff_ms: int) -> None:
-        """Forget ids first seen at or before cutoff_ms."""
-        if self.oldest > cutoff_ms:
-            return
+        """Forget ids first seen at or before cutoff_ms (those noted in buckets wholly before it; ids of the
+        bucket holding the cutoff wait for the next call)."""
         seen = self.seen
-        for event_id in [event_id for event_id, ts in seen.items() if ts <= cutoff_ms]:
-            del seen[event_id]
-        self.oldest = min(seen.values(), default=_NEVER)
+        for event_id in self.index.due(cutoff_ms):
+            ts = seen.get(event_id)
+            if ts is not None and ts <= cutoff_ms:
+                del seen[event_id]
 
     def __len__(self) -> int:
         return len(self.seen)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seen": self.seen, "max_ts": self.max_ts, "next_sweep": self.next_sweep}
+        return {"seen": self.seen, "max_ts": self.max_ts}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DedupeMemory:
         memory = cls()
-        memory.seen = dict(data["seen"])
+        for event_id, ts in data["seen"].items():
+            memory.seen[event_id] = ts
+            memory.index.note(event_id, ts)
         memory.max_ts = int(data["max_ts"])
-        memory.next_sweep = int(data["next_sweep"])
-        memory.oldest = min(memory.seen.values(), default=_NEVER)
         return memory
 
 
 class TimestampsByKey:
-    """key -> ascending event timestamps: the shape of every per-viewer memory."""
+    """key -> ascending event timestamps: the shape of every per-viewer memory.
 
-    __slots__ = ("by_key", "max_ts", "next_sweep", "oldest")
+    Forgetting goes through an ExpiryIndex of the keys touched per span of event time, so it costs what is
+    forgotten, not what is held.
+    """
+
+    __slots__ = ("by_key", "index", "max_ts")
 
     def __init__(self) -> None:
         self.by_key: dict[str, list[int]] = {}
         self.max_ts = -1
-        self.next_sweep = 0
-        self.oldest = _NEVER  # a lower bound of the ts held, as in DedupeMemory
+        self.index = ExpiryIndex()
 
     def add(self, key: str, ts: int) -> None:
         times = self.by_key.get(key)
@@ -106,10 +147,9 @@ class TimestampsByKey:
             times.append(ts)  # the common case: events arrive in ts order
         else:
             insort(times, ts)
+        self.index.note(key, ts)
         if ts > self.max_ts:
             self.max_ts = ts
-        if ts < self.oldest:
-            self.oldest = ts
 
     def count_in(self, key: str, first_ms: int, last_ms: int) -> int:
         """How many timestamps of key lie in [first_ms, last_ms] (both ends included)."""
@@ -136,50 +176,38 @@ class TimestampsByKey:
         times = self.by_key.get(key)
         if times is None:
             return
+        if times[0] > cutoff_ms:
+            return
         cut = bisect_right(times, cutoff_ms)
         if cut == len(times):
             del self.by_key[key]
-        elif cut:
+        else:
             del times[:cut]
 
     def maybe_sweep(self, horizon_ms: int) -> None:
-        """Sweep every key once event time has moved far enough since the last sweep."""
-        if self.max_ts >= self.next_sweep:
-            self.expire(self.max_ts - horizon_ms)
-            self.next_sweep = self.max_ts + max(1, horizon_ms // SWEEP_DIVISOR)
+        """Forget what lies more than horizon_ms behind the newest timestamp seen."""
+        self.expire(self.max_ts - horizon_ms)
 
     def expire(self, cutoff_ms: int) -> None:
-        """Drop every timestamp at or before cutoff_ms, and keys left with none."""
-        if self.oldest > cutoff_ms:
-            return
-        stale = []
-        oldest = _NEVER
-        for key, times in self.by_key.items():
-            if times[0] <= cutoff_ms:
-                cut = bisect_right(times, cutoff_ms)
-                if cut == len(times):
-                    stale.append(key)
-                    continue
-                del times[:cut]
-            if times[0] < oldest:
-                oldest = times[0]
-        for key in stale:
-            del self.by_key[key]
-        self.oldest = oldest
+        """Drop timestamps at or before cutoff_ms of the keys noted in buckets wholly before it (the others wait
+        for a later call), and keys left with none."""
+        for key in self.index.due(cutoff_ms):
+            self.prune_key(key, cutoff_ms)
 
     def __len__(self) -> int:
         return sum(len(times) for times in self.by_key.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"by_key": self.by_key, "max_ts": self.max_ts, "next_sweep": self.next_sweep}
+        return {"by_key": self.by_key, "max_ts": self.max_ts}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TimestampsByKey:
         memory = cls()
-        memory.by_key = {key: list(times) for key, times in data["by_key"].items()}
+        for key, times in data["by_key"].items():
+            memory.by_key[key] = list(times)
+            for ts in times:
+                memory.index.note(key, ts)
         memory.max_ts = int(data["max_ts"])
-        memory.next_sweep = int(data["next_sweep"])
-        memory.oldest = min((times[0] for times in memory.by_key.values()), default=_NEVER)
         return memory
 
 
@@ -191,6 +219,9 @@ class VelocityState:
     - the views of the *head span* ``(max_ts - span, max_ts]``, sorted by ts (ties in arrival order), with their
       viewers, event ids, a flag per view (already rejected or clawed back: never clawed back again), and the
       number of views per viewer in the span (distinct viewers = its length).
+
+    The span's views are the list entries from ``start`` on: leaving the span moves ``start``, and the lists are
+    cut only once the dead head is as long as the live part, so a hot video's span costs O(1) per view to slide.
     """
 
     __slots__ = (
@@ -200,6 +231,7 @@ class VelocityState:
         "in_burst",
         "max_ts",
         "minute_counts",
+        "start",
         "ts",
         "viewer_counts",
         "viewers",
@@ -207,6 +239,7 @@ class VelocityState:
 
     def __init__(self) -> None:
         self.max_ts = -1
+        self.start = 0
         self.ts: list[int] = []
         self.viewers: list[str] = []
         self.event_ids: list[str] = []
@@ -216,6 +249,10 @@ class VelocityState:
         self.in_burst = False
         self.minute_counts: dict[int, int] = {}
         self.flagged_minutes: set[int] = set()
+
+    @property
+    def span_views(self) -> int:
+        return len(self.ts) - self.start
 
     def count_minute(self, ts: int, baseline_minutes: int) -> None:
         minute = ts // MINUTE_MS
@@ -231,36 +268,50 @@ class VelocityState:
             self.forget_minutes_before(ts // MINUTE_MS - baseline_minutes)
 
     def drop_through(self, cutoff_ms: int) -> None:
-        cut = bisect_right(self.ts, cutoff_ms)
-        if not cut:
+        start = self.start
+        ts = self.ts
+        if start == len(ts) or ts[start] > cutoff_ms:
             return
+        cut = bisect_right(ts, cutoff_ms, start)
         counts = self.viewer_counts
-        for viewer in self.viewers[:cut]:
+        viewers = self.viewers
+        for k in range(start, cut):
+            viewer = viewers[k]
             left = counts[viewer] - 1
             if left:
                 counts[viewer] = left
             else:
                 del counts[viewer]
-        del self.ts[:cut]
-        del self.viewers[:cut]
-        del self.event_ids[:cut]
-        del self.flagged[:cut]
+        self.start = cut
+        if cut * 2 >= len(ts):
+            del ts[:cut]
+            del viewers[:cut]
+            del self.event_ids[:cut]
+            del self.flagged[:cut]
+            self.start = 0
 
     def forget_minutes_before(self, first_kept_minute: int) -> None:
-        if any(m < first_kept_minute for m in self.minute_counts):
-            self.minute_counts = {m: c for m, c in self.minute_counts.items() if m >= first_kept_minute}
-        if any(m < first_kept_minute for m in self.flagged_minutes):
+        counts = self.minute_counts
+        if counts and min(counts) < first_kept_minute:
+            for minute in [m for m in counts if m < first_kept_minute]:
+                del counts[minute]
+        if self.flagged_minutes and min(self.flagged_minutes) < first_kept_minute:
             self.flagged_minutes = {m for m in self.flagged_minutes if m >= first_kept_minute}
 
     def insert(self, ts: int, viewer_id: str, event_id: str) -> int:
-        """Add a view to the head span; return its index (after views with an equal ts: arrival order)."""
+        """Add a view to the head span; return its list index (after views with an equal ts: arrival order)."""
         i = len(self.ts)
-        if i and ts < self.ts[-1]:
-            i = bisect_right(self.ts, ts)
-        self.ts.insert(i, ts)
-        self.viewers.insert(i, viewer_id)
-        self.event_ids.insert(i, event_id)
-        self.flagged.insert(i, 0)
+        if i > self.start and ts < self.ts[-1]:
+            i = bisect_right(self.ts, ts, self.start)
+            self.ts.insert(i, ts)
+            self.viewers.insert(i, viewer_id)
+            self.event_ids.insert(i, event_id)
+            self.flagged.insert(i, 0)
+        else:
+            self.ts.append(ts)
+            self.viewers.append(viewer_id)
+            self.event_ids.append(event_id)
+            self.flagged.append(0)
         self.viewer_counts[viewer_id] = self.viewer_counts.get(viewer_id, 0) + 1
         return i
 
@@ -277,21 +328,22 @@ class VelocityState:
         return total, counted
 
     def index_of(self, event_id: str, ts: int) -> int | None:
-        for i in range(bisect_left(self.ts, ts), bisect_right(self.ts, ts)):
+        for i in range(bisect_left(self.ts, ts, self.start), bisect_right(self.ts, ts, self.start)):
             if self.event_ids[i] == event_id:
                 return i
         return None
 
     def __len__(self) -> int:
-        return len(self.ts) + len(self.minute_counts) + len(self.flagged_minutes)
+        return self.span_views + len(self.minute_counts) + len(self.flagged_minutes)
 
     def to_dict(self) -> dict[str, Any]:
+        s = self.start
         return {
             "max_ts": self.max_ts,
-            "ts": self.ts,
-            "viewers": self.viewers,
-            "event_ids": self.event_ids,
-            "flagged": list(self.flagged),
+            "ts": self.ts[s:],
+            "viewers": self.viewers[s:],
+            "event_ids": self.event_ids[s:],
+            "flagged": list(self.flagged[s:]),
             "in_burst": self.in_burst,
             # JSON object keys are strings: minutes travel as [minute, count] pairs
             "minute_counts": [[m, c] for m, c in self.minute_counts.items()],

@@ -1,59 +1,53 @@
-"""Per-video scoring state: tumbling windows, qualification, settlement, clawback and the running accrual (§5, §7).
+"""One video's state (SPEC §5, §7): windows, qualification, settlement, clawback and the running accrual.
 
-`VideoLedger` is one video's whole state, stored as one table value (JSON). It is pure: the wiring passes in
-events with their source positions, the authenticity verdicts, and creator eligibility, and gets back outcomes
-and output records to send.
+A `VideoLedger` has two parts, stored differently because they grow differently:
+
+- its **head**: totals, open windows' aggregates, settled windows that can still be clawed back, replay positions,
+  version. Small and bounded; written whole (codec.Kind.HEAD) at the end of every batch that changed it.
+- its **memories** (`VideoMemory`): what the rules and qualify-once remember about every viewer and event of the
+  last day, accepted views kept for clawback, interactions waiting for their window. They grow with traffic, so
+  they are never written whole: the partition's journal (domain/journal.py) records what changed them, and a
+  restarted worker rebuilds them by replaying it through the same functions the live path calls (the methods
+  marked *memory* below; the methods marked *head* are the live path's alone).
+
+Pure: the caller passes events with their positions, verdicts come from rules.py, eligibility from profiles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from stream_app.domain import policy as pol
 from stream_app.domain import rules
-from stream_app.domain.events import InteractionEvent, ViewEvent
-from stream_app.domain.rules_state import VideoRulesState
+from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
+from stream_app.domain.rules_state import ExpiryIndex, TimestampsByKey, VideoRulesState
 from stream_app.domain.windows import settle_deadline_ms, window_bounds, window_index
 
-VIEWS = "video-views"
-INTERACTIONS = "video-interactions"
-
-ACCEPTED = "accepted"
-SUSPICIOUS = "suspicious"
-LATE = "late"
-CLAWBACK = "clawback"
-
-
-# Flags from device_burst reach a video's partition through the device topics a moment after the view: accepted
-# views are kept (with their event, for the audit record) long enough for any burst rule to claw them back.
-FLAG_LATENCY_ALLOWANCE_S = 600
-
-
-# While the device judge has not acknowledged a view's time (it lags, or its partition has no owner), accepted
-# views are kept for its flags; this far behind the video's newest view they are forgotten anyway (the bound on
-# what waiting for the device judge may hold).
-DEVICE_FLAG_HOLD_MS = 3_600_000
+VIEWS = InputTopic.VIEWS
+INTERACTIONS = InputTopic.INTERACTIONS
+NOT_APPLIED = -1  # applied offset of a topic nothing was applied from yet
 
 
 def recent_views_keep_ms(policy: pol.Policy) -> int:
-    """How far behind a video's newest accepted view a view can still be clawed back (event time)."""
+    """How far behind a video's newest accepted view a view can still be clawed back by a per-video rule or a
+    device flag that arrives in time (event time)."""
     span_s = max(policy.device_burst_span_s, policy.velocity_span_s)
-    return (span_s + FLAG_LATENCY_ALLOWANCE_S) * 1000
+    return (span_s + policy.flag_latency_allowance_s) * 1000
 
 
-def recent_views_cutoff(event_cutoff_ms: int, newest_ts: int, flag_safe_ms: int | None) -> int:
+def recent_views_cutoff(policy: pol.Policy, event_cutoff_ms: int, newest_ts: int, flag_safe_ms: int | None) -> int:
     """The ts at or before which accepted views may be forgotten: `event_cutoff_ms` (the per-video rules are done
     with them) but, when device flags come from elsewhere (`flag_safe_ms` not None), no later than the ts through
-    which the device judge can send no more flags, and at the latest DEVICE_FLAG_HOLD_MS behind `newest_ts`."""
+    which the device judge can send no more flags, and at the latest DEVICE_FLAG_HOLD_S behind `newest_ts`."""
     if flag_safe_ms is None:
         return event_cutoff_ms
-    return min(event_cutoff_ms, max(flag_safe_ms, newest_ts - DEVICE_FLAG_HOLD_MS))
+    return min(event_cutoff_ms, max(flag_safe_ms, newest_ts - policy.device_flag_hold_s * 1000))
 
 
-# A remembered view is stored as its field values in this order (the table value is rewritten every batch).
-VIEW_FIELDS = tuple(f.name for f in fields(ViewEvent))
-_TS = VIEW_FIELDS.index("ts")
+def completion_bps(watch_ms: int, video_ms: int) -> int:
+    """How much of the video a view watched, in basis points, capped at the whole video (SPEC §5)."""
+    return min(watch_ms * pol.BPS // video_ms, pol.BPS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,63 +58,49 @@ class Position:
     offset: int
     index: int
 
-    def as_list(self) -> list[int]:
-        return [self.partition, self.offset, self.index]
-
     @property
     def index_or_none(self) -> int | None:
         return None if self.index < 0 else self.index
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class EventOutcome:
     """An event's outcome to count (and, unless accepted, to audit)."""
 
-    topic: str
-    outcome: str
+    topic: InputTopic
+    outcome: Outcome
     reason: str
     detail: str
-    event: dict[str, Any]
+    event: ViewEvent | InteractionEvent
     position: Position
 
 
 @dataclass(slots=True)
 class Window:
-    """One tumbling window of one video (SPEC §5)."""
+    """One open tumbling window of one video (SPEC §5). Interactions waiting for it are in the memories."""
 
     views: int = 0
     qualifying_views: int = 0
     qualifying_base_micros: int = 0
     watch_ms: int = 0
-    viewers: set[str] = field(default_factory=set)
-    # interactions wait here until the window settles: (event dict, position list)
-    pending: list[tuple[dict[str, Any], list[int]]] = field(default_factory=list)
+    completion_sum: int = 0  # sum of completion_bps over its qualifying views
+    viewers: int = 0  # distinct viewers with an accepted view in it
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "views": self.views,
-            "qv": self.qualifying_views,
-            "base": self.qualifying_base_micros,
-            "watch_ms": self.watch_ms,
-            "viewers": sorted(self.viewers),
-            "pending": [[e, p] for e, p in self.pending],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Window:
-        return cls(
-            views=data["views"],
-            qualifying_views=data["qv"],
-            qualifying_base_micros=data["base"],
-            watch_ms=data["watch_ms"],
-            viewers=set(data["viewers"]),
-            pending=[(e, p) for e, p in data["pending"]],
-        )
+    def to_list(self, k: int) -> list[int]:
+        return [
+            k,
+            self.views,
+            self.qualifying_views,
+            self.qualifying_base_micros,
+            self.watch_ms,
+            self.completion_sum,
+            self.viewers,
+        ]
 
 
 @dataclass(slots=True)
 class SettledWindow:
-    """What a settled window keeps within CLAWBACK_HORIZON_S: its settlement (to re-send) and clawbacks so far."""
+    """A settled window while views of it can still be clawed back: its settlement and the clawbacks so far."""
 
     base_micros: int
     multiplier_bps: int
@@ -129,9 +109,11 @@ class SettledWindow:
     qualified_views: int = 0
     score: int = 0
     settled_at: int = 0  # wall clock ms when it settled
+    completion_bps: int = 0
 
-    def to_list(self) -> list[int]:
+    def to_list(self, k: int) -> list[int]:
         return [
+            k,
             self.base_micros,
             self.multiplier_bps,
             self.settled_micros,
@@ -139,39 +121,66 @@ class SettledWindow:
             self.qualified_views,
             self.score,
             self.settled_at,
+            self.completion_bps,
         ]
-
-    @classmethod
-    def from_list(cls, data: list[int]) -> SettledWindow:
-        return cls(*data)
 
 
 @dataclass(slots=True)
 class RecentView:
-    """An accepted view remembered long enough to be clawed back: its field values (VIEW_FIELDS order), where it
-    came from, and what it counted for."""
+    """An accepted view remembered long enough to be clawed back: the event (for its audit record), where it came
+    from, and what it counted for."""
 
-    values: list[Any]
-    position: list[int]
+    event: ViewEvent
+    offset: int
+    index: int
     window: int
     qualifying: bool
     base_micros: int
+    completion: int
     clawed: bool = False
 
-    @property
-    def ts(self) -> int:
-        return int(self.values[_TS])
 
-    @property
-    def event(self) -> dict[str, Any]:
-        """The view as an event dict (for its audit record)."""
-        return dict(zip(VIEW_FIELDS, self.values, strict=True))
+# An interaction waiting for its window to settle: (event, offset, index).
+PendingInteraction = tuple[InteractionEvent, int, int]
+
+
+@dataclass(slots=True)
+class JudgedInteraction:
+    """An interaction of a settling window with its verdict (engagement_without_view, duplicate_interaction)."""
+
+    event: InteractionEvent
+    offset: int
+    index: int
+    verdict: rules.AuthenticityVerdict
+
+
+class VideoMemory:
+    """What one video remembers beyond its head (see the module docstring)."""
+
+    __slots__ = ("pending", "qualified", "recent", "recent_index", "recent_windows", "rules")
+
+    def __init__(self) -> None:
+        self.rules = VideoRulesState()
+        # viewer -> ts of their qualifying views within QUALIFY_ONCE_S (a view counts once per account)
+        self.qualified = TimestampsByKey()
+        # event_id -> accepted view kept for clawback, and which ones to forget when
+        self.recent: dict[str, RecentView] = {}
+        self.recent_index = ExpiryIndex()
+        self.recent_windows: dict[int, int] = {}  # window -> how many of its views `recent` holds
+        # window -> interactions waiting for it to settle, in arrival order
+        self.pending: dict[int, list[PendingInteraction]] = {}
+
+    def pending_count(self) -> int:
+        return sum(len(p) for p in self.pending.values())
+
+    def is_empty(self) -> bool:
+        return not (self.recent or self.pending or self.qualified.by_key) and self.rules.is_empty()
 
 
 @dataclass(slots=True)
 class Settlement:
     record: dict[str, Any]
-    outcomes: list[Outcome]
+    judged: list[JudgedInteraction]
 
 
 @dataclass(slots=True)
@@ -179,6 +188,7 @@ class VideoLedger:
     video_id: str
     creator_id: str
     version: int = 0
+    published_version: int = 0  # the newest version whose accrual the broker acknowledged
     views: int = 0
     suspicious_views: int = 0
     settled_micros: int = 0
@@ -188,27 +198,27 @@ class VideoLedger:
     last_settled_window: int | None = None
     updated_at: int = 0
     eligible: bool = False  # the creator's eligibility at the video's latest event
-    # replay positions (SPEC §4): per input topic, the last (offset, index) applied to this video
-    applied: dict[str, list[int]] = field(default_factory=dict)
+    # replay positions (SPEC §4): the last (offset, index) applied per input event topic
+    views_applied: tuple[int, int] = (NOT_APPLIED, 0)
+    interactions_applied: tuple[int, int] = (NOT_APPLIED, 0)
+    journal_seq: int = -1  # the newest journal segment whose operations on this video this head includes
     windows: dict[int, Window] = field(default_factory=dict)
     settled: dict[int, SettledWindow] = field(default_factory=dict)
-    # viewer -> ts of their qualifying views within QUALIFY_ONCE_S (a view counts once per account)
-    qualified_at: dict[str, list[int]] = field(default_factory=dict)
-    # event_id -> accepted view kept for clawback (bounded by the burst rules' spans plus flag latency)
-    recent: dict[str, RecentView] = field(default_factory=dict)
-    # what the authenticity rules remember about this video (SPEC §6)
-    rules: VideoRulesState = field(default_factory=VideoRulesState)
+    memory: VideoMemory = field(default_factory=VideoMemory)
 
-    # ---- replay (SPEC §4) ----
+    # ---- replay (SPEC §4) · head ----
 
-    def already_applied(self, topic: str, offset: int, index: int) -> bool:
-        done = self.applied.get(topic)
-        return done is not None and (offset, index) <= (done[0], done[1])
+    def already_applied(self, topic: InputTopic, offset: int, index: int) -> bool:
+        done = self.views_applied if topic is VIEWS else self.interactions_applied
+        return (offset, index) <= done
 
-    def mark_applied(self, topic: str, offset: int, index: int) -> None:
-        self.applied[topic] = [offset, index]
+    def mark_applied(self, topic: InputTopic, offset: int, index: int) -> None:
+        if topic is VIEWS:
+            self.views_applied = (offset, index)
+        else:
+            self.interactions_applied = (offset, index)
 
-    # ---- windows ----
+    # ---- windows · head ----
 
     def is_late(self, policy: pol.Policy, ts: int, watermark_ms: int | None) -> bool:
         """A window already settled for this video, or whose settle deadline the watermark has passed."""
@@ -230,67 +240,79 @@ class VideoLedger:
 
     # ---- views ----
 
-    def accept_view(
-        self,
-        policy: pol.Policy,
-        view: ViewEvent,
-        event: dict[str, Any],
-        position: Position,
-        flag_safe_ms: int | None = None,
-    ) -> None:
-        """Count an accepted (authentic, on-time) view in its window and decide whether it qualifies.
-        `flag_safe_ms`: see recent_views_cutoff."""
+    def remember_view(self, policy: pol.Policy, view: ViewEvent, offset: int, index: int) -> RecentView:
+        """*memory*: an accepted view (rules.judge_view passed it): decide whether it qualifies (once per viewer
+        within QUALIFY_ONCE_S) and keep it for clawback."""
+        memory = self.memory
         k = window_index(view.ts, policy.window_s)
-        window = self.window(k)
-        window.views += 1
-        window.watch_ms += view.watch_ms
-        window.viewers.add(view.viewer_id)
-        self.views += 1
         qualifying = pol.is_qualifying_view(
             policy, watch_ms=view.watch_ms, video_ms=view.video_ms, source=view.source
         ) and not self._qualified_recently(policy, view.viewer_id, view.ts)
         base = 0
+        completion = 0
         if qualifying:
             base = pol.base_rate_micros(policy, view.region)
-            window.qualifying_views += 1
-            window.qualifying_base_micros += base
-            self.qualified_at.setdefault(view.viewer_id, []).append(view.ts)
-        self.recent[view.event_id] = RecentView(list(event.values()), position.as_list(), k, qualifying, base)
-        self._forget_old_views(recent_views_cutoff(view.ts - recent_views_keep_ms(policy), view.ts, flag_safe_ms))
+            completion = completion_bps(view.watch_ms, view.video_ms)
+            memory.qualified.add(view.viewer_id, view.ts)
+        recent = RecentView(view, offset, index, k, qualifying, base, completion)
+        memory.recent[view.event_id] = recent
+        memory.recent_index.note(view.event_id, view.ts)
+        memory.recent_windows[k] = memory.recent_windows.get(k, 0) + 1
+        return recent
 
-    def _forget_old_views(self, cutoff_ts: int) -> None:
-        """Views arrive roughly in ts order, so the oldest remembered ones are first: drop them from the front."""
-        recent = self.recent
-        while recent:
-            event_id, first = next(iter(recent.items()))
-            if first.ts > cutoff_ts:
-                return
-            del recent[event_id]
+    def count_view(self, policy: pol.Policy, recent: RecentView) -> None:
+        """*head*: count a remembered accepted view in its window and the totals."""
+        view = recent.event
+        window = self.window(recent.window)
+        window.views += 1
+        window.watch_ms += view.watch_ms
+        if self._first_in_window(policy, view.viewer_id, recent.window):
+            window.viewers += 1
+        self.views += 1
+        if recent.qualifying:
+            window.qualifying_views += 1
+            window.qualifying_base_micros += recent.base_micros
+            window.completion_sum += recent.completion
+
+    def _first_in_window(self, policy: pol.Policy, viewer_id: str, k: int) -> bool:
+        # rules.judge_view has already remembered this view among the viewer's accepted views
+        start_ms, end_ms = window_bounds(k, policy.window_s)
+        return self.memory.rules.accepted_views.count_in(viewer_id, start_ms, end_ms - 1) == 1
 
     def _qualified_recently(self, policy: pol.Policy, viewer_id: str, ts: int) -> bool:
-        return any(pol.within_qualify_once(policy, ts, earlier) for earlier in self.qualified_at.get(viewer_id, ()))
+        span_ms = policy.qualify_once_s * 1000
+        return self.memory.qualified.count_in(viewer_id, ts - span_ms + 1, ts + span_ms - 1) > 0
 
-    def claw_back(self, policy: pol.Policy, event_id: str) -> tuple[int, RecentView] | None:
-        """Remove an accepted view that a rule now rejects; return (clawback micros, the view) or None.
-
-        In an open window the view simply stops counting; in a settled one the multiplier stays as settled and
-        the difference becomes `clawback_micros` (SPEC §5).
-        """
-        recent = self.recent.get(event_id)
+    def forget_clawed(self, event_id: str, *, judged_elsewhere: bool) -> RecentView | None:
+        """*memory*: an accepted view a rule now rejects stops counting; None when it is not remembered or was
+        clawed back already. `judged_elsewhere`: the rule's state is not this video's (a device rule), so the
+        video's own rules learn of it here (rules.judge_view handles velocity_burst's own)."""
+        recent = self.memory.recent.get(event_id)
         if recent is None or recent.clawed:
             return None
         recent.clawed = True
+        if judged_elsewhere:
+            view = recent.event
+            rules.note_clawback(self.memory.rules, rules.ViewRef(self.video_id, event_id, view.viewer_id, view.ts))
+        return recent
+
+    def uncount_view(self, policy: pol.Policy, recent: RecentView) -> int:
+        """*head*: remove a clawed-back view from its window or, once settled, claw back its money; returns the
+        clawback micros (SPEC §5: in an open window the view simply stops counting; in a settled one the
+        multiplier stays as settled)."""
         self.suspicious_views += 1
         window = self.windows.get(recent.window)
         if window is not None:
             window.views -= 1
+            window.watch_ms -= recent.event.watch_ms
             if recent.qualifying:
                 window.qualifying_views -= 1
                 window.qualifying_base_micros -= recent.base_micros
-            return 0, recent
+                window.completion_sum -= recent.completion
+            return 0
         settled = self.settled.get(recent.window)
         if settled is None or not recent.qualifying:
-            return 0, recent
+            return 0
         if settled.base_micros:
             # it was a qualified view of the settled window: the accrual's total no longer counts it, whichever
             # came first, the flag or the settlement (SPEC §7 holds qualified_views to that)
@@ -299,54 +321,59 @@ class VideoLedger:
             settled.settled_micros, settled.base_micros, settled.clawed_base_micros, settled.multiplier_bps
         )
         settled.clawed_base_micros += recent.base_micros
-        amount = (
-            pol.clawback_micros(
-                settled.settled_micros,
-                settled.base_micros,
-                settled.clawed_base_micros,
-                settled.multiplier_bps,
-            )
-            - before
+        after = pol.clawback_micros(
+            settled.settled_micros, settled.base_micros, settled.clawed_base_micros, settled.multiplier_bps
         )
-        self.clawback_micros += amount
-        return amount, recent
+        self.clawback_micros += after - before
+        return after - before
 
     # ---- interactions ----
 
-    def hold_interaction(
-        self, policy: pol.Policy, interaction: InteractionEvent, event: dict[str, Any], position: Position
-    ) -> None:
-        """Interactions are judged when their window settles (SPEC §4, §6)."""
-        self.window(window_index(interaction.ts, policy.window_s)).pending.append((event, position.as_list()))
+    def hold_interaction(self, policy: pol.Policy, interaction: InteractionEvent, offset: int, index: int) -> None:
+        """*memory*: interactions are judged when their window settles (SPEC §4, §6)."""
+        k = window_index(interaction.ts, policy.window_s)
+        self.memory.pending.setdefault(k, []).append((interaction, offset, index))
 
-    # ---- settlement ----
-
-    def settle(self, policy: pol.Policy, k: int, eligible: bool, now_ms: int = 0) -> Settlement:
-        """Settle window k: judge its interactions (SPEC §6, in (ts, arrival) order), fix its money, and write
-        the settlement record."""
-        window = self.windows.pop(k)
+    def judge_pending(self, policy: pol.Policy, k: int) -> list[JudgedInteraction]:
+        """*memory*: judge window k's interactions (SPEC §6, in (ts, arrival) order) as it settles."""
         _, end_ms = window_bounds(k, policy.window_s)
-        outcomes: list[Outcome] = []
-        counts = {"like": 0, "comment": 0, "share": 0, "follow": 0}
+        state = self.memory.rules
+        judged = []
+        for event, offset, index in sorted(self.memory.pending.pop(k, ()), key=lambda p: p[0].ts):
+            verdict = rules.judge_interaction_at_settlement(policy, state, event, end_ms)
+            judged.append(JudgedInteraction(event, offset, index, verdict))
+        return judged
+
+    # ---- settlement · head ----
+
+    def settle(
+        self, policy: pol.Policy, k: int, eligible: bool, judged: list[JudgedInteraction], now_ms: int = 0
+    ) -> Settlement:
+        """Fix window k's money from its counts and its judged interactions, and write the settlement record."""
+        window = self.windows.pop(k, None) or Window()
         accepted_interactions = 0
-        for event, position in sorted(window.pending, key=lambda pending: pending[0]["ts"]):
-            verdict = rules.judge_interaction_at_settlement(policy, self.rules, InteractionEvent(**event), end_ms)
-            reason, detail = verdict.reason, verdict.detail
-            pos = Position(*position)
-            if reason is None:
-                accepted_interactions += 1
-                if event["kind"] in counts:
-                    counts[event["kind"]] += 1
-                outcomes.append(Outcome(INTERACTIONS, ACCEPTED, "", "", event, pos))
-            else:
-                outcomes.append(Outcome(INTERACTIONS, SUSPICIOUS, reason, detail, event, pos))
+        likes = comments = shares = follows = 0
+        for item in judged:
+            if item.verdict.reason is not None:
+                continue
+            accepted_interactions += 1
+            kind = item.event.kind
+            if kind == "like":
+                likes += 1
+            elif kind == "comment":
+                comments += 1
+            elif kind == "share":
+                shares += 1
+            elif kind == "follow":
+                follows += 1
         totals = pol.WindowTotals(
             qualified_views=window.qualifying_views,
             base_micros=window.qualifying_base_micros,
-            likes=counts["like"],
-            comments=counts["comment"],
-            shares=counts["share"],
-            follows=counts["follow"],
+            likes=likes,
+            comments=comments,
+            shares=shares,
+            follows=follows,
+            completion_bps_sum=window.completion_sum,
         )
         settled = pol.settle(policy, totals, eligible)
         self.settled[k] = SettledWindow(
@@ -356,6 +383,7 @@ class VideoLedger:
             qualified_views=settled.qualified_views,
             score=settled.score,
             settled_at=now_ms,
+            completion_bps=settled.completion_bps,
         )
         self.settled_micros += settled.settled_micros
         self.settled_qualified_views += settled.qualified_views
@@ -363,7 +391,7 @@ class VideoLedger:
             self.windows_settled += 1
         if self.last_settled_window is None or k > self.last_settled_window:
             self.last_settled_window = k
-        return Settlement(self.settlement_record(policy, k), outcomes)
+        return Settlement(self.settlement_record(policy, k), judged)
 
     def settlement_record(self, policy: pol.Policy, k: int) -> dict[str, Any]:
         """The `kind: "settlement"` record of settled window k (SPEC §5), without `policy`."""
@@ -378,6 +406,7 @@ class VideoLedger:
             "qualified_views": settled.qualified_views,
             "base_micros": settled.base_micros,
             "score": settled.score,
+            "completion_bps": settled.completion_bps,
             "multiplier_bps": settled.multiplier_bps,
             "settled_micros": settled.settled_micros,
         }
@@ -400,103 +429,156 @@ class VideoLedger:
 
     # ---- expiry ----
 
-    def memory_entries(self) -> int:
-        """How many per-viewer and per-event memories this ledger holds (its size beyond the totals)."""
-        return len(self.qualified_at) + len(self.recent) + self.rules.entry_count()
-
-    def expire(self, policy: pol.Policy, watermark_ms: int, flag_safe_ms: int | None = None) -> None:
-        """Forget what no rule can need any more, so state stays bounded. `flag_safe_ms`: see
+    def expire_memory(self, policy: pol.Policy, watermark_ms: int, flag_safe_ms: int | None) -> None:
+        """*memory*: forget what no rule can need any more at this watermark. `flag_safe_ms`: see
         recent_views_cutoff (the watermark may be the wall clock, far ahead of the views device flags concern)."""
+        memory = self.memory
+        memory.qualified.expire(watermark_ms - (policy.qualify_once_s + policy.window_s + policy.grace_s) * 1000)
+        newest = memory.rules.accepted_views.max_ts
+        self.trim_recent(recent_views_cutoff(policy, watermark_ms - recent_views_keep_ms(policy), newest, flag_safe_ms))
+        rules.expire(policy, memory.rules, watermark_ms)
+
+    def trim_recent(self, cutoff_ms: int) -> bool:
+        """*memory*: forget accepted views at or before cutoff_ms; True when some were forgotten."""
+        memory = self.memory
+        recent = memory.recent
+        windows = memory.recent_windows
+        before = len(recent)
+        for event_id in memory.recent_index.due(cutoff_ms):
+            view = recent.get(event_id)
+            if view is not None and view.event.ts <= cutoff_ms:
+                del recent[event_id]
+                left = windows[view.window] - 1
+                if left:
+                    windows[view.window] = left
+                else:
+                    del windows[view.window]
+        return len(recent) != before
+
+    def recent_trim_due(self, cutoff_ms: int) -> bool:
+        """Whether trim_recent(cutoff_ms) would look at anything (cheap: no scan)."""
+        index = self.memory.recent_index
+        return (cutoff_ms + 1) // index.bucket_ms - 1 >= index.first
+
+    def expire_head(self, policy: pol.Policy, watermark_ms: int) -> None:
+        """*head*: settled windows are kept while a view of theirs can still be clawed back: within
+        CLAWBACK_HORIZON_S and while the memories still hold an accepted view of theirs."""
+        if not self.settled:
+            return
         horizon_k = window_index(max(0, watermark_ms - policy.clawback_horizon_s * 1000), policy.window_s)
-        for k in [k for k in self.settled if k < horizon_k]:
+        recent_windows = self.memory.recent_windows
+        for k in [k for k in self.settled if k < horizon_k or k not in recent_windows]:
             del self.settled[k]
-        cutoff = watermark_ms - (policy.qualify_once_s + policy.window_s + policy.grace_s) * 1000
-        for viewer in list(self.qualified_at):
-            kept = [ts for ts in self.qualified_at[viewer] if ts > cutoff]
-            if kept:
-                self.qualified_at[viewer] = kept
-            else:
-                del self.qualified_at[viewer]
-        newest = 0 if flag_safe_ms is None else max((r.ts for r in self.recent.values()), default=0)
-        recent_cutoff = recent_views_cutoff(watermark_ms - recent_views_keep_ms(policy), newest, flag_safe_ms)
-        for event_id in [e for e, r in self.recent.items() if r.ts <= recent_cutoff]:
-            del self.recent[event_id]
-        rules.expire(policy, self.rules, watermark_ms)
 
     # ---- output ----
 
     def provisional_micros(self, eligible_now: bool) -> int:
         if not eligible_now:
             return 0
-        return sum(w.qualifying_base_micros for w in self.windows.values())
+        return sum(pol.provisional_micros(w.qualifying_base_micros, True) for w in self.windows.values())
 
     def open_qualified_views(self, eligible_now: bool) -> int:
         if not eligible_now:
             return 0
         return sum(w.qualifying_views for w in self.windows.values())
 
-    def accrual(self, policy_id: str, eligible_now: bool) -> dict[str, Any]:
-        """The Accrual content (SPEC §7) without `version` and `updated_at`."""
+    def content_key(self) -> tuple[int, ...]:
+        """What the accrual says (SPEC §7, besides version and updated_at): a change here is a new version."""
+        eligible = self.eligible
+        return (
+            self.settled_micros,
+            self.clawback_micros,
+            self.provisional_micros(eligible),
+            self.settled_qualified_views + self.open_qualified_views(eligible),
+            self.views,
+            self.suspicious_views,
+            self.windows_settled,
+            int(eligible),
+        )
+
+    def accrual(self, policy_id: str) -> dict[str, Any]:
+        """The Accrual record (SPEC §7)."""
+        eligible = self.eligible
         return {
             "video_id": self.video_id,
             "creator_id": self.creator_id,
             "currency": "USD",
             "policy": policy_id,
-            "settled_micros": self.settled_micros,
-            "clawback_micros": self.clawback_micros,
-            "provisional_micros": self.provisional_micros(eligible_now),
-            "qualified_views": self.settled_qualified_views + self.open_qualified_views(eligible_now),
-            "views": self.views,
-            "suspicious_views": self.suspicious_views,
-            "windows_settled": self.windows_settled,
-            "eligible": eligible_now,
-        }
-
-    # ---- storage ----
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "video_id": self.video_id,
-            "creator_id": self.creator_id,
             "version": self.version,
-            "views": self.views,
-            "suspicious_views": self.suspicious_views,
             "settled_micros": self.settled_micros,
             "clawback_micros": self.clawback_micros,
-            "settled_qv": self.settled_qualified_views,
+            "provisional_micros": self.provisional_micros(eligible),
+            "qualified_views": self.settled_qualified_views + self.open_qualified_views(eligible),
+            "views": self.views,
+            "suspicious_views": self.suspicious_views,
             "windows_settled": self.windows_settled,
-            "last_settled_window": self.last_settled_window,
+            "eligible": eligible,
             "updated_at": self.updated_at,
-            "eligible": self.eligible,
-            "applied": self.applied,
-            "windows": {str(k): w.to_dict() for k, w in self.windows.items()},
-            "settled": {str(k): s.to_list() for k, s in self.settled.items()},
-            "qualified_at": self.qualified_at,
-            "recent": [
-                [r.values, r.position, r.window, r.qualifying, r.base_micros, r.clawed] for r in self.recent.values()
-            ],
-            "rules": self.rules.to_dict(),
         }
+
+    # ---- the head as stored (codec.Kind.HEAD) ----
+
+    def head(self) -> list[Any]:
+        return [
+            self.video_id,
+            self.creator_id,
+            self.version,
+            self.published_version,
+            self.views,
+            self.suspicious_views,
+            self.settled_micros,
+            self.clawback_micros,
+            self.settled_qualified_views,
+            self.windows_settled,
+            self.last_settled_window,
+            self.updated_at,
+            self.eligible,
+            list(self.views_applied),
+            list(self.interactions_applied),
+            self.journal_seq,
+            [w.to_list(k) for k, w in self.windows.items()],
+            [s.to_list(k) for k, s in self.settled.items()],
+        ]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VideoLedger:
+    def from_head(cls, head: list[Any]) -> VideoLedger:
+        (
+            video_id,
+            creator_id,
+            version,
+            published_version,
+            views,
+            suspicious_views,
+            settled_micros,
+            clawback_micros,
+            settled_qv,
+            windows_settled,
+            last_settled_window,
+            updated_at,
+            eligible,
+            views_applied,
+            interactions_applied,
+            journal_seq,
+            windows,
+            settled,
+        ) = head
         return cls(
-            video_id=data["video_id"],
-            creator_id=data["creator_id"],
-            version=data["version"],
-            views=data["views"],
-            suspicious_views=data["suspicious_views"],
-            settled_micros=data["settled_micros"],
-            clawback_micros=data["clawback_micros"],
-            settled_qualified_views=data["settled_qv"],
-            windows_settled=data["windows_settled"],
-            last_settled_window=data["last_settled_window"],
-            updated_at=data["updated_at"],
-            eligible=data["eligible"],
-            applied=data["applied"],
-            windows={int(k): Window.from_dict(w) for k, w in data["windows"].items()},
-            settled={int(k): SettledWindow.from_list(s) for k, s in data["settled"].items()},
-            qualified_at=data["qualified_at"],
-            recent={values[0]: RecentView(values, *rest) for values, *rest in data["recent"]},
-            rules=VideoRulesState.from_dict(data["rules"]),
+            video_id=video_id,
+            creator_id=creator_id,
+            version=version,
+            published_version=published_version,
+            views=views,
+            suspicious_views=suspicious_views,
+            settled_micros=settled_micros,
+            clawback_micros=clawback_micros,
+            settled_qualified_views=settled_qv,
+            windows_settled=windows_settled,
+            last_settled_window=last_settled_window,
+            updated_at=updated_at,
+            eligible=eligible,
+            views_applied=(views_applied[0], views_applied[1]),
+            interactions_applied=(interactions_applied[0], interactions_applied[1]),
+            journal_seq=journal_seq,
+            windows={w[0]: Window(*w[1:]) for w in windows},
+            settled={s[0]: SettledWindow(*s[1:]) for s in settled},
         )

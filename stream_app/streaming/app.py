@@ -147,7 +147,6 @@ class ScorerApp:
             },
         )
         self.video_state = self._table("video-state")
-        self.partition_state = self._table("partition-state")
         self.device_state = self._table("device-state")
         self.profiles = ProfileHistory(settings.policy)
         self.profile_reader = ProfileReader(

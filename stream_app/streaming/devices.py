@@ -34,6 +34,7 @@ from stream_app.streaming.tables import writing_for
 
 if TYPE_CHECKING:
     from stream_app.streaming.app import ScorerApp
+    from stream_app.streaming.emitter import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,26 @@ SWEEP_INTERVAL_S = 60.0
 MAX_SOURCE_SKEW_MS = 3_600_000
 
 
-async def send_device_views(scorer: ScorerApp, views: list[dict[str, Any]], source: int, through_ts: int) -> None:
+async def send_device_views(
+    scorer: ScorerApp, views: list[ViewEvent], source: int, through_ts: int, outbox: Outbox | None = None
+) -> None:
     """Forward an event partition's accepted views of one batch to the device partitions (one record to each)."""
     await send_grouped(
         scorer.device_views,
-        views,
+        [
+            {
+                "video_id": v.video_id,
+                "event_id": v.event_id,
+                "viewer_id": v.viewer_id,
+                "device_id": v.device_id,
+                "ts": v.ts,
+            }
+            for v in views
+        ],
         "device_id",
         scorer.ingest.partition_count(scorer.device_views_name),
         header={"source": source, "through_ts": through_ts},
+        outbox=outbox,
     )
 
 

@@ -12,24 +12,24 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream_app.domain import jsoncodec
-from stream_app.domain.errors import PolicyMismatchError
-from stream_app.domain.events import InputTopic, InteractionEvent, ViewEvent
-from stream_app.domain.partition import Effects, PartitionScorer
-from stream_app.domain.records import audit_record, dead_letter, event_to_dict
-from stream_app.domain.scoring import ACCEPTED, CLAWBACK, SUSPICIOUS, Position
+from stream_app.domain.errors import PolicyMismatchError, StateFormatError
+from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
+from stream_app.domain.partition import Effects, PartitionMeta, PartitionScorer
+from stream_app.domain.records import event_to_dict
+from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.kafka_client import client_kwargs, partition_counts
 from stream_app.edges.partitioner import partition_for
 from stream_app.streaming.devices import send_device_views
+from stream_app.streaming.emitter import Emitter, Outbox
 from stream_app.streaming.sending import fail_stop
-from stream_app.streaming.tables import PartitionStateStore, TableLedgerStore, writing_for
+from stream_app.streaming.tables import TableState, writing_for
 
 if TYPE_CHECKING:
     from stream_app.streaming.app import ScorerApp
 
 log = logging.getLogger(__name__)
 
-OUTCOME_INVALID = "invalid"
 # How often a partition with no accepted views to forward still reports its progress to the device partitions.
 PROGRESS_INTERVAL_S = 5.0
 
@@ -44,6 +44,7 @@ class IngestProcessor:
         self.settings = scorer.settings
         self.policy = scorer.settings.policy
         self.metrics = scorer.metrics
+        self.emitter = Emitter(scorer.settings, scorer.metrics, scorer.topics)
         self._partition_counts: dict[str, int] = {}
         self._input_topics = {self.settings.topic(t): t for t in InputTopic}
         self.partitions: dict[int, PartitionScorer] = {}
@@ -73,22 +74,40 @@ class IngestProcessor:
 
     def scorer_for(self, partition: int, topic: str) -> PartitionScorer:
         """The scorer of a partition of the co-partitioned topics (`topic`: the one a record came from; all of
-        them have the partition count of video-views)."""
+        them have the partition count of video-views), restored from the table on first use."""
         scorer = self.partitions.get(partition)
         if scorer is None:
             count = self.partition_count(topic)
-            store = TableLedgerStore(self.app.video_state, partition, count)
-            saved = PartitionStateStore(self.app.partition_state, count).load(partition)
-            self._check_policy(partition, saved.get("policy"))
-            scorer = PartitionScorer(
-                self.policy,
-                self.app.policy_id,
+            state = TableState(self.app.video_state, partition, count)
+            try:
+                self._check_policy(partition, PartitionMeta.from_bytes(state.meta()).policy_id)
+                started = time.monotonic()
+                scorer = PartitionScorer(
+                    self.policy,
+                    self.app.policy_id,
+                    partition,
+                    state,
+                    self.app.profiles,
+                    now_ms=_now_ms(),
+                    device_partitions=self.partition_count(self.app.device_views_name),
+                )
+            except StateFormatError as exc:
+                log.critical(
+                    "partition %d of %s holds %s; this release keeps state as journal segments and video heads "
+                    "and cannot read it. Either keep running the previous release on this APP_ID, or run this one "
+                    "under a new APP_ID (its state is rebuilt from the retained input; accrual versions start "
+                    "again at 1, so readers of reward-accruals must drop what they hold for this app)",
+                    partition,
+                    self.app.settings.internal_topic("video-state-changelog"),
+                    exc,
+                )
+                fail_stop("state written by another layout", code=3)
+            log.info(
+                "partition %d restored in %.2f s: %d videos in memory, %d journal segments",
                 partition,
-                store,
-                self.app.profiles,
-                watermarks=saved.get("latest_ts"),
-                now_ms=_now_ms(),
-                device_partitions=self.partition_count(self.app.device_views_name),
+                time.monotonic() - started,
+                sum(1 for _ in scorer.ledgers()),
+                len(scorer.journal.live),
             )
             self.partitions[partition] = scorer
             self._republish.add(partition)
@@ -122,25 +141,35 @@ class IngestProcessor:
         """creator-profiles in the group: count outcomes and dead-letter the invalid (the ProfileReader, outside
         the group, builds every worker's profile history)."""
         await self.load_partition_counts()
+        outbox = Outbox()
+        now_ms = _now_ms()
         for event in batch:
             message = event.message
             try:
-                await self._process_record(message, _now_ms(), {})
+                await self._process_record(message, now_ms, {}, outbox)
             except Exception as exc:  # one bad record must never stop the worker or vanish
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
-                await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
+                await self.emitter.dead_letter(
+                    message, None, message.value or b"", f"internal error: {exc!r}", outbox, now_ms
+                )
             self.app.processed_offsets[(message.topic, message.partition)] = message.offset + 1
+        try:
+            await outbox.acknowledged()
+        except Exception:
+            fail_stop("the broker refused an output record")
 
     async def process_batch(self, batch: Sequence[Any]) -> None:
-        """views, interactions and ticks of the partitions this worker owns (one agent: no interleaving)."""
+        """views, interactions, ticks and device flags of the partitions this worker owns (one agent: no
+        interleaving). Outputs are sent and acknowledged before the batch's state is written (SPEC §4)."""
         # Eligibility "now" needs the profile history loaded: hold events until the profile reader caught up.
         await self.app.profile_reader.caught_up.wait()
         await self.load_partition_counts()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
         last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("batch of %d: %s", len(batch), sorted({(e.message.topic, e.message.partition) for e in batch}))
+        outbox = Outbox()
+        input_topics = self._input_topics
+        processed = self.app.processed_offsets
         for event in batch:
             message = event.message
             last_event[message.partition] = event
@@ -149,38 +178,54 @@ class IngestProcessor:
                     await self._on_tick(message.partition, now_ms, touched)
                     continue
                 if message.topic == self.app.device_flags_name:
-                    effects = touched.setdefault(message.partition, Effects())
-                    flagged = self.scorer_for(message.partition, message.topic)
-                    for flag in jsoncodec.loads(message.value):
-                        if "ack" in flag:  # the device partition judged everything up to its watermark
-                            flagged.on_device_ack(flag["ack"], flag["watermark"])
-                        else:
-                            flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
+                    self._on_device_flags(message, now_ms, touched)
                     continue
-                await self._process_record(message, now_ms, touched)
+                await self._process_record(message, now_ms, touched, outbox)
             except Exception as exc:  # one bad record must never stop the worker or vanish
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
-                if message.topic in self._input_topics:
-                    await self._send_dead_letter(message, None, message.value or b"", f"internal error: {exc!r}")
-            if message.topic in self._input_topics:
-                self.app.processed_offsets[(message.topic, message.partition)] = message.offset + 1
+                if message.topic in input_topics:
+                    await self.emitter.dead_letter(
+                        message, None, message.value or b"", f"internal error: {exc!r}", outbox, now_ms
+                    )
+            if message.topic in input_topics:
+                processed[(message.topic, message.partition)] = message.offset + 1
         try:
             for partition, effects in touched.items():
                 scorer = self.partitions.get(partition)
                 if scorer is None:
                     continue
-                with writing_for(last_event[partition]):
-                    scorer.flush(now_ms, effects)
-                    PartitionStateStore(self.app.partition_state, self.partition_count(self.app.tick_topic_name)).save(
-                        partition, {"latest_ts": scorer.latest_ts, "policy": self.app.policy_id}
-                    )
-                await self._apply(effects)
-                await self._report_progress(partition, scorer, effects)
+                scorer.flush(now_ms, effects)
+                await self.emitter.emit(effects, outbox, now_ms)
+                await self._report_progress(partition, scorer, effects, outbox)
+            republished = await self._republish_assigned(outbox, now_ms)
+            await outbox.acknowledged()
+            for partition, effects in [*touched.items(), *republished.items()]:
+                if effects.state and partition in self.partitions:
+                    with writing_for(last_event[partition]):
+                        TableState(
+                            self.app.video_state, partition, self.partition_count(self.app.tick_topic_name)
+                        ).write(effects.state)
+            self._publish_gauges(touched)
         except Exception:
-            fail_stop("could not write the state or outputs of a batch")
-        await self._republish_assigned()
+            fail_stop("could not send the outputs or write the state of a batch")
 
-    async def _process_record(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
+    def _on_device_flags(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
+        effects = touched.get(message.partition)
+        if effects is None:
+            effects = touched[message.partition] = Effects()
+        flagged = self.scorer_for(message.partition, message.topic)
+        for flag in jsoncodec.loads(message.value):
+            if "ack" in flag:  # the device partition judged everything up to its watermark
+                flagged.on_device_ack(flag["ack"], flag["watermark"])
+            else:
+                flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
+
+    def _publish_gauges(self, touched: dict[int, Effects]) -> None:
+        if any(effects.pending_delta for effects in touched.values()):
+            self.metrics.set_pending_interactions(self.pending_interactions())
+        self.metrics.set_provisional_micros(sum(s.provisional_micros for s in self.partitions.values()))
+
+    async def _process_record(self, message: Any, now_ms: int, touched: dict[int, Effects], outbox: Outbox) -> None:
         topic = self._input_topics[message.topic]
         decoded = decode_record(
             topic,
@@ -191,15 +236,16 @@ class IngestProcessor:
             partition_for=partition_for,
         )
         record_ts_ms = round(message.timestamp * 1000)  # Faust gives seconds as a float
+        metrics = self.metrics
         for item in decoded:
             if isinstance(item, InvalidEvent):
-                await self._send_dead_letter(message, item.index, item.value, item.error)
+                await self.emitter.dead_letter(message, item.index, item.value, item.error, outbox, now_ms)
                 continue
             event = item.event
             lag_s = max(0.0, now_ms / 1000 - event.ts / 1000)
             if topic is InputTopic.PROFILES:
-                self.metrics.observe_event_lag(topic.value, lag_s)
-                self.metrics.count_outcome(topic.value, ACCEPTED)
+                metrics.observe_event_lag(topic.value, lag_s)
+                metrics.count_outcome(topic.value, Outcome.ACCEPTED)
                 continue
             assert isinstance(event, ViewEvent | InteractionEvent)
             effects = touched.get(message.partition)
@@ -208,15 +254,16 @@ class IngestProcessor:
             position = Position(message.partition, message.offset, -1 if item.index is None else item.index)
             scorer = self.scorer_for(message.partition, message.topic)
             replays = effects.skipped_replays
-            scorer.on_event(topic.value, event, event_to_dict(event), position, record_ts_ms, now_ms, effects)
+            scorer.on_event(topic, event, position, record_ts_ms, now_ms, effects)
             if effects.skipped_replays == replays:  # a replay was observed when it was first processed
-                self.metrics.observe_event_lag(topic.value, lag_s)
-            for dead_position, error in effects.dead_letters:
-                value = message.value if item.index is None else jsoncodec.dumps(event_to_dict(event))
-                await self._send_dead_letter(message, dead_position.index_or_none, value, error)
-            effects.dead_letters.clear()
+                metrics.observe_event_lag(topic.value, lag_s)
+            if effects.dead_letters:
+                for dead_position, error in effects.dead_letters:
+                    value = message.value if item.index is None else jsoncodec.dumps(event_to_dict(event))
+                    await self.emitter.dead_letter(message, dead_position.index_or_none, value, error, outbox, now_ms)
+                effects.dead_letters.clear()
 
-    async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects) -> None:
+    async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects, outbox: Outbox) -> None:
         """Send this batch's accepted views to the device partitions with the partition's progress; with none,
         the progress alone when a tick asked for it, it moved, and PROGRESS_INTERVAL_S has passed since the last
         report (after an assignment a partition reports where it stands before it accepts a new view)."""
@@ -231,7 +278,7 @@ class IngestProcessor:
                 return
             if last is not None and (progress <= last[0] or time.monotonic() - last[1] < PROGRESS_INTERVAL_S):
                 return
-        await send_device_views(self.app, effects.device_views, partition, progress)
+        await send_device_views(self.app, effects.device_views, partition, progress, outbox)
         self._reported[partition] = (progress, time.monotonic())
 
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
@@ -245,78 +292,17 @@ class IngestProcessor:
         scorer.sweep_quiet_videos(now_ms)
         self._progress_due.add(partition)
 
-    # ---- effects ----
+    # ---- after an assignment ----
 
-    async def _apply(self, effects: Effects) -> None:
-        detected_at = _now_ms()
-        for outcome in effects.outcomes:
-            if outcome.outcome == CLAWBACK:
-                self.metrics.count_clawed_back(outcome.reason)
-            else:
-                self.metrics.count_outcome(outcome.topic, outcome.outcome)
-                if outcome.outcome == SUSPICIOUS:
-                    self.metrics.count_suspicious(outcome.reason)
-            if outcome.outcome != ACCEPTED:
-                record = audit_record(
-                    event=outcome.event,
-                    source_topic=self.settings.topic(outcome.topic),
-                    partition=outcome.position.partition,
-                    offset=outcome.position.offset,
-                    index=outcome.position.index_or_none,
-                    outcome=outcome.outcome,
-                    reason=outcome.reason,
-                    detail=outcome.detail,
-                    detected_at=detected_at,
-                )
-                key = str(outcome.event.get("video_id", "")).encode()
-                await self.app.topics.suspicious.send(key=key, value=jsoncodec.dumps(record), force=True)
-        for settlement in effects.settlements:
-            if settlement["kind"] == "settlement":
-                self.metrics.add_settled(settlement["settled_micros"])
-                self.metrics.count_windows_settled()
-            else:
-                self.metrics.add_clawback(settlement["clawback_micros"])
-            await self.app.topics.settlements.send(
-                key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement), force=True
-            )
-        for accrual in effects.accruals:
-            await self.app.topics.accruals.send(
-                key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True
-            )
-            self.metrics.count_accruals_emitted()
-        if effects.pending_delta:
-            self.metrics.set_pending_interactions(self.pending_interactions())
-        self.metrics.set_provisional_micros(sum(s.provisional_micros for s in self.partitions.values()))
-
-    async def _republish_assigned(self) -> None:
-        """After an assignment, re-emit every video's current record unchanged and recent settlements (SPEC §7).
-        Only the sends: the metrics counted these records when they were first decided."""
+    async def _republish_assigned(self, outbox: Outbox, now_ms: int) -> dict[int, Effects]:
+        """After an assignment, re-emit every video's current record the broker may not have (SPEC §7). Only the
+        sends: the metrics counted these records when they were first decided."""
+        republished: dict[int, Effects] = {}
         while self._republish:
             partition = self._republish.pop()
             scorer = self.partitions.get(partition)
             if scorer is None:
                 continue
-            effects = scorer.republish(_now_ms())
-            for settlement in effects.settlements:
-                await self.app.topics.settlements.send(
-                    key=settlement["video_id"].encode(), value=jsoncodec.dumps(settlement), force=True
-                )
-            for accrual in effects.accruals:
-                await self.app.topics.accruals.send(
-                    key=accrual["video_id"].encode(), value=jsoncodec.dumps(accrual), force=True
-                )
-                self.metrics.count_accruals_emitted()
-
-    async def _send_dead_letter(self, message: Any, index: int | None, value: bytes, error: str) -> None:
-        record = dead_letter(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            index=index,
-            key=message.key,
-            value=value,
-            error=error,
-            ts=_now_ms(),
-        )
-        await self.app.topics.dlq.send(key=message.key, value=jsoncodec.dumps(record), force=True)
-        self.metrics.count_outcome(self.settings.unprefixed(message.topic), OUTCOME_INVALID)
+            effects = republished[partition] = scorer.republish(now_ms)
+            await self.emitter.send_records(effects, outbox)
+        return republished

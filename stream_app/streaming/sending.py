@@ -22,6 +22,7 @@ async def send_grouped(
     key_field: str,
     partition_count: int,
     header: dict[str, Any] | None = None,
+    outbox: Any = None,
 ) -> None:
     """Send internal records as one JSON array per target partition (the partition their key maps to): one send
     per partition and batch instead of one per record.
@@ -37,7 +38,10 @@ async def send_grouped(
         for start in range(0, max(len(group), 1), RECORDS_PER_SEND):
             chunk = group[start : start + RECORDS_PER_SEND]
             value = jsoncodec.dumps(chunk if header is None else header | {"records": chunk})
-            await topic.send(key=None, value=value, partition=partition, force=True)
+            if outbox is None:
+                await topic.send(key=None, value=value, partition=partition, force=True)
+            else:
+                await outbox.send(topic, None, value, partition)
 
 
 def fail_stop(what: str, code: int = 70) -> NoReturn:

@@ -1,31 +1,39 @@
-"""Faust tables behind the domain's stores: one ledger per video, one small record per partition.
+"""The scoring state of each partition in one Faust table (changelog `{APP_ID}-video-state-changelog`).
+
+One table holds, per partition of the event topics, the journal segments, the video heads and the partition's
+meta (domain/partition.py StateWrite), so all of a batch's state goes to ONE changelog partition, in the order
+it is written: a head never reaches the broker before the segment it includes (domain/journal.py relies on it).
+
+Keys (the first byte, 0xFF, never starts a UTF-8 video id, so no key can be a bare video id of the previous
+layout, which keyed whole ledgers by video id):
+- ``0xFF h <video_id>``: a video's head, on the partition the video's events come from;
+- ``0xFF j <partition>:<seq>``: a journal segment;
+- ``0xFF m <partition>``: the partition's meta.
 
 Table writes happen inside `take_events` batches, where Faust has no current event of its own; `writing_for`
 makes an event of the partition being written the current one, so Faust sends the changelog record to that
-partition (and a RocksDB store writes to that partition's database). Keys are the raw record key bytes (the
-video_id): a video's state lands on the changelog partition its events come from, and recovery restores it to the
-worker that owns that partition. A ledger larger than one Kafka record allows is split into chunk keys
-(`video_id NUL index`), written to the same partition.
+partition (and a RocksDB store writes to that partition's database). Recovery restores a partition's keys to the
+worker that owns it.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 from faust.streams import _current_event
 
-from stream_app.domain import jsoncodec
-from stream_app.domain.scoring import VideoLedger
+from stream_app.domain import codec
+from stream_app.domain.errors import StateFormatError
+from stream_app.domain.partition import StateWrite
 from stream_app.edges.partitioner import partition_for
 
-# Kafka's default max.message.bytes is about 1 MB: ledgers above this size are written in chunks of it.
-CHUNK_BYTES = 512 * 1024
-_CHUNKED = b"\x00chunks:"  # header of a chunked ledger (a JSON document never starts with NUL)
-_SEPARATOR = b"\x00"
+_PREFIX = b"\xff"
+_HEAD = _PREFIX + b"h"
+_SEGMENT = _PREFIX + b"j"
+_META = _PREFIX + b"m"
 
 
 @contextmanager
@@ -38,71 +46,69 @@ def writing_for(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
-class TableLedgerStore:
-    """The `LedgerStore` of one partition over the video-state table (key: video_id bytes, value: JSON)."""
+def head_key(video_id: str) -> bytes:
+    return _HEAD + video_id.encode()
+
+
+def segment_key(partition: int, seq: int) -> bytes:
+    return _SEGMENT + b"%d:%d" % (partition, seq)
+
+
+def meta_key(partition: int) -> bytes:
+    return _META + b"%d" % partition
+
+
+class TableState:
+    """One partition's StateSource over the table, and the writer of its StateWrites."""
 
     def __init__(self, table: Any, partition: int, partition_count: int) -> None:
         self.table = table
         self.partition = partition
         self.partition_count = partition_count
 
-    def load(self, video_id: str) -> VideoLedger | None:
-        key = video_id.encode()
-        raw = self.table.get(key)
-        if raw is None:
-            return None
-        if raw.startswith(_CHUNKED):
-            chunks = int(raw[len(_CHUNKED) :])
-            raw = b"".join(self.table[key + _SEPARATOR + b"%d" % i] for i in range(chunks))
-        return VideoLedger.from_dict(jsoncodec.loads(raw))
+    # ---- StateSource ----
 
-    def save(self, ledger: VideoLedger) -> None:
-        key = ledger.video_id.encode()
-        data = jsoncodec.dumps(ledger.to_dict())
-        before = self._chunks(key)
-        if len(data) <= CHUNK_BYTES:
-            self.table[key] = data
-            after = 0
-        else:
-            after = -(-len(data) // CHUNK_BYTES)
-            for i in range(after):
-                self.table[key + _SEPARATOR + b"%d" % i] = data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
-            self.table[key] = _CHUNKED + b"%d" % after
-        for i in range(after, before):
-            del self.table[key + _SEPARATOR + b"%d" % i]
+    def head(self, video_id: str) -> bytes | None:
+        value: bytes | None = self.table.get(head_key(video_id))
+        return value
 
-    def _chunks(self, key: bytes) -> int:
-        raw = self.table.get(key)
-        return int(raw[len(_CHUNKED) :]) if raw is not None and raw.startswith(_CHUNKED) else 0
-
-    def video_ids(self) -> Iterator[str]:
+    def segments(self) -> Iterable[bytes]:
+        """This partition's journal segments. Refuses (StateFormatError) state of the previous layout on this
+        partition: keys that are bare video ids (or their chunks)."""
+        prefix = _SEGMENT + b"%d:" % self.partition
+        found = []
         for key in list(self.table.keys()):
-            if _SEPARATOR not in key and partition_for(key, self.partition_count) == self.partition:
-                yield key.decode()
+            if key.startswith(prefix):
+                found.append(self.table[key])
+            elif not key.startswith(_PREFIX):
+                base = key.split(b"\x00", 1)[0]
+                if partition_for(base, self.partition_count) == self.partition:
+                    raise StateFormatError(codec.describe_foreign(self.table[key]))
+        return found
+
+    def meta(self) -> bytes | None:
+        value: bytes | None = self.table.get(meta_key(self.partition))
+        return value
+
+    # ---- writing (inside writing_for an event of this partition) ----
+
+    def write(self, state: StateWrite) -> None:
+        """In StateWrite's order: segments, heads, meta, then dropped segments."""
+        table = self.table
+        partition = self.partition
+        for seq, value in state.segments:
+            if value is None:
+                _delete(table, segment_key(partition, seq))
+            else:
+                table[segment_key(partition, seq)] = value
+        for video_id, value in state.heads:
+            table[head_key(video_id)] = value
+        if state.meta is not None:
+            table[meta_key(partition)] = state.meta
+        for seq in state.dropped:
+            _delete(table, segment_key(partition, seq))
 
 
-@lru_cache(maxsize=1024)
-def partition_state_key(partition: int, partition_count: int) -> bytes:
-    """The first key of the form `__partition-P-N` that Kafka's partitioner maps to `partition` (so a compacted
-    changelog reader can tell which partition a record describes from its key alone)."""
-    n = 0
-    while True:
-        key = f"__partition-{partition}-{n}".encode()
-        if partition_for(key, partition_count) == partition:
-            return key
-        n += 1
-
-
-class PartitionStateStore:
-    """Per-partition state (the largest accepted ts per event topic, the policy id) in a table."""
-
-    def __init__(self, table: Any, partition_count: int) -> None:
-        self.table = table
-        self.partition_count = partition_count
-
-    def load(self, partition: int) -> dict[str, Any]:
-        raw = self.table.get(partition_state_key(partition, self.partition_count))
-        return {} if raw is None else dict(jsoncodec.loads(raw))
-
-    def save(self, partition: int, state: dict[str, Any]) -> None:
-        self.table[partition_state_key(partition, self.partition_count)] = jsoncodec.dumps(state)
+def _delete(table: Any, key: bytes) -> None:
+    if table.get(key) is not None:
+        del table[key]  # a tombstone in the changelog

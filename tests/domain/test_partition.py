@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from stream_app.domain.events import CreatorProfile, InteractionEvent, ViewEvent
-from stream_app.domain.partition import Effects, PartitionScorer
+from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
+from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.domain.records import event_to_dict
-from stream_app.domain.scoring import Position, VideoLedger
+from stream_app.domain.rules_state import EXPIRY_BUCKET_MS
+from stream_app.domain.scoring import Position
 
 POLICY = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=0.0)
 NOW = 1_000_000_000
-
-
-class DictStore:
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, object]] = {}
-        self.saves = 0
-
-    def load(self, video_id: str) -> VideoLedger | None:
-        raw = self.data.get(video_id)
-        return None if raw is None else VideoLedger.from_dict(raw)
-
-    def save(self, ledger: VideoLedger) -> None:
-        self.saves += 1
-        self.data[ledger.video_id] = ledger.to_dict()
-
-    def video_ids(self) -> Iterator[str]:
-        return iter(list(self.data))
+VIEWS = InputTopic.VIEWS
+INTERACTIONS = InputTopic.INTERACTIONS
 
 
 def view(
@@ -57,26 +40,30 @@ def profile(creator: str, ts: int, followers: int = 50_000) -> CreatorProfile:
 
 
 class Harness:
-    def __init__(self, store: DictStore | None = None, profiles: ProfileHistory | None = None) -> None:
-        self.store = store or DictStore()
-        self.profiles = profiles or ProfileHistory(POLICY)
-        self.scorer = PartitionScorer(POLICY, policy_hash(POLICY), 0, self.store, self.profiles)
+    def __init__(
+        self, store: MemoryState | None = None, profiles: ProfileHistory | None = None, policy: Policy = POLICY
+    ) -> None:
+        self.store = store or MemoryState()
+        self.profiles = profiles or ProfileHistory(policy)
+        self.scorer = PartitionScorer(policy, policy_hash(policy), 0, self.store, self.profiles)
         self.offset = 0
-        self.effects = Effects()
 
-    def send(self, *events: ViewEvent | InteractionEvent, offset: int | None = None) -> Effects:
+    def send(self, *events: ViewEvent | InteractionEvent, offset: int | None = None, now: int = NOW) -> Effects:
         effects = Effects()
         for event in events:
-            topic = "video-views" if isinstance(event, ViewEvent) else "video-interactions"
+            topic = VIEWS if isinstance(event, ViewEvent) else INTERACTIONS
             at = self.offset if offset is None else offset
-            self.scorer.on_event(topic, event, event_to_dict(event), Position(0, at, -1), event.ts, NOW, effects)
+            self.scorer.on_event(topic, event, Position(0, at, -1), event.ts, now, effects)
             self.offset += 1
-        self.scorer.flush(NOW, effects)
+        self.store.apply(self.scorer.flush(now, effects))
         return effects
 
 
 def outcomes(effects: Effects) -> list[tuple[str, str, str]]:
-    return [(o.topic, o.outcome, o.reason) for o in effects.outcomes]
+    """Every outcome of a batch: the audited ones in order, then one entry per accepted event."""
+    audited = [(o.topic.value, o.outcome.value, o.reason) for o in effects.outcomes]
+    accepted = [(topic.value, "accepted", "") for topic, n in effects.accepted.items() for _ in range(n)]
+    return audited + accepted
 
 
 @pytest.fixture
@@ -100,7 +87,7 @@ def test_window_settles_with_hand_worked_money(harness: Harness) -> None:
     # the open window: base 1000 (US) + 800 (GB) + 100 (IN) = 1900 provisional micros, 3 qualified views
     ledger = harness.scorer.ledger("vid1")
     assert ledger is not None
-    assert ledger.accrual("p", True)["provisional_micros"] == 1_900
+    assert ledger.accrual("p")["provisional_micros"] == 1_900
     # both event topics pass the deadline of window 0: (0+1)*10_000 + 2_000 = 12_000 ms
     effects = harness.send(view(6, "vid1", "a", 12_400), interaction(3, "vid1", "a", 12_500, "share"))
     [settlement] = effects.settlements
@@ -158,7 +145,7 @@ def test_future_timestamp_is_late() -> None:
     h = Harness()
     effects = Effects()
     event = view(1, "vid1", "a", 1_000 + 300_001)
-    h.scorer.on_event("video-views", event, event_to_dict(event), Position(0, 0, -1), 1_000, NOW, effects)
+    h.scorer.on_event(VIEWS, event, Position(0, 0, -1), 1_000, NOW, effects)
     assert outcomes(effects) == [("video-views", "late", "future_timestamp")]
 
 
@@ -172,7 +159,9 @@ def test_replayed_input_is_skipped_not_recounted(harness: Harness) -> None:
 
 def test_state_survives_a_restart_on_the_same_store(harness: Harness) -> None:
     harness.send(view(1, "vid1", "a", 1_000), view(2, "vid1", "b", 2_000))
-    version = harness.store.data["vid1"]["version"]
+    ledger = harness.scorer.ledger("vid1")
+    assert ledger is not None
+    version = ledger.version
     restarted = Harness(harness.store, harness.profiles)
     restarted.offset = harness.offset
     effects = restarted.send(view(3, "vid1", "c", 12_000), interaction(1, "vid1", "c", 12_000, "like"))
@@ -188,24 +177,30 @@ def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
     assert effects.outcomes == []
 
 
-def test_each_touched_ledger_is_written_once_per_batch(harness: Harness) -> None:
-    harness.send(*(view(n, "vid1", f"viewer{n}", 1_000 + n) for n in range(50)))
-    assert harness.store.saves == 1
+def test_a_batch_writes_one_segment_and_each_touched_head_once(harness: Harness) -> None:
+    effects = harness.send(*(view(n, "vid1", f"viewer{n}", 1_000 + n) for n in range(50)), view(99, "vid2", "x", 5))
+    state = effects.state
+    assert [seq for seq, _ in state.segments] == [0]
+    assert sorted(video for video, _ in state.heads) == ["vid1", "vid2"]
+    assert harness.store.writes == 1
 
 
-def test_republish_after_assignment_sends_current_records_and_recent_settlements(harness: Harness) -> None:
-    harness.send(view(1, "vid1", "a", 1_000), view(2, "vid1", "b", 12_000), interaction(1, "vid1", "b", 12_000, "like"))
-    restarted = Harness(harness.store, harness.profiles)
-    effects = restarted.scorer.republish(NOW + 1_000)
-    ledger = restarted.scorer.ledger("vid1")
-    assert ledger is not None
+def test_republish_after_assignment_sends_only_records_not_yet_published() -> None:
+    paced = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=60.0)
+    harness = Harness(policy=paced)
+    harness.profiles.add(profile("c1", 0))
+    first = harness.send(view(1, "vid1", "a", 1_000), view(2, "vid2", "a", 1_000))
+    assert [a["video_id"] for a in first.accruals] == ["vid1", "vid2"]  # first versions go out at once
+    later = harness.send(view(3, "vid1", "b", 2_000), now=NOW + 1_000)
+    assert later.accruals == []  # paced: vid1's version 2 waits for EMIT_INTERVAL_S
+    restarted = Harness(harness.store, harness.profiles, policy=paced)
+    effects = restarted.scorer.republish(NOW + 2_000)
     [accrual] = effects.accruals
-    # window 0: one US view (1_000), no interaction in it (the like at 12_000 is window 1): 0.5x -> 500
-    assert accrual["version"] == ledger.version and accrual["settled_micros"] == 500
-    [settlement] = effects.settlements
-    assert (settlement["kind"], settlement["window_start"], settlement["settled_micros"]) == ("settlement", 0, 500)
-    # a settlement decided longer ago than the resend span is not sent again
-    assert restarted.scorer.republish(NOW + 600_001).settlements == []
+    assert (accrual["video_id"], accrual["version"], accrual["views"]) == ("vid1", 2, 2)
+    assert effects.settlements == []
+    restarted.store.apply(effects.state)
+    # once re-published (and its head written after the broker acknowledged it), a restart has nothing to resend
+    assert Harness(harness.store, harness.profiles, policy=paced).scorer.republish(NOW + 3_000).accruals == []
 
 
 def test_rejected_events_do_not_move_the_watermark(harness: Harness) -> None:
@@ -215,7 +210,7 @@ def test_rejected_events_do_not_move_the_watermark(harness: Harness) -> None:
         view(2, "vid1", "b", 50_000, watch=120_000 * 20 + 1),
         interaction(1, "vid1", "a", 50_000, "like"),
     )
-    assert harness.scorer.latest_ts == {"video-views": 1_000, "video-interactions": 50_000}
+    assert harness.scorer.latest_ts == {VIEWS: 1_000, INTERACTIONS: 50_000}
     effects = harness.send(view(3, "vid1", "c", 5_000))
     assert outcomes(effects) == [("video-views", "accepted", "")]
 
@@ -240,7 +235,7 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
     [clawback] = effects.settlements
     # 3_600 - (1_800 - 800) * 20_000 // 10_000 = 1_600
     assert (clawback["kind"], clawback["clawback_micros"], clawback["clawed_base_micros"]) == ("clawback", 1_600, 800)
-    assert [(o.outcome, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
+    assert [(o.outcome.value, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
     accrual = effects.accruals[-1]
     assert (accrual["settled_micros"], accrual["clawback_micros"], accrual["qualified_views"]) == (3_600, 1_600, 2)
     # 2 = 1 settled qualified view left + the open window's qualifying view by "c"
@@ -254,12 +249,12 @@ def _settled_by_the_wall_clock(device_partitions: int) -> PartitionScorer:
     """One accepted view at ts 1_000, then both event topics idle: the wall clock (far ahead of event time, as in a
     catch-up) stands in for the watermark and settles window 0."""
     scorer = PartitionScorer(
-        POLICY, policy_hash(POLICY), 0, DictStore(), ProfileHistory(POLICY), device_partitions=device_partitions
+        POLICY, policy_hash(POLICY), 0, MemoryState(), ProfileHistory(POLICY), device_partitions=device_partitions
     )
     effects = Effects()
     event = view(1, "vid1", "a", 1_000)
-    scorer.on_event("video-views", event, event_to_dict(event), Position(0, 0, -1), event.ts, NOW, effects)
-    for topic in ("video-views", "video-interactions"):
+    scorer.on_event(VIEWS, event, Position(0, 0, -1), event.ts, NOW, effects)
+    for topic in (VIEWS, INTERACTIONS):
         scorer.observe_position(topic, True, NOW)
     scorer.settle_due(NOW + 5_000, effects)
     scorer.flush(NOW + 5_000, effects)
@@ -272,7 +267,7 @@ def test_a_device_flag_after_a_wall_clock_settlement_still_claws_back() -> None:
     scorer = _settled_by_the_wall_clock(device_partitions=2)
     effects = Effects()
     scorer.on_device_flag("vid1", "v1", "device d-a burst", NOW, effects)
-    assert [(o.outcome, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
+    assert [(o.outcome.value, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
 
 
 def test_without_a_device_judge_elsewhere_the_settled_view_is_forgotten() -> None:
@@ -290,9 +285,12 @@ def test_views_are_forgotten_once_every_device_partition_acknowledged_past_them(
     scorer.on_device_ack(1, past)
     scorer.on_device_ack(1, past - 5)  # acknowledgements never move back
     assert scorer.flag_safe_ms() == 1_000
+    # memories forget a bucket of event time at a time: once the acknowledgements pass the view's whole bucket
+    scorer.on_device_ack(0, past + EXPIRY_BUCKET_MS)
+    scorer.on_device_ack(1, past + EXPIRY_BUCKET_MS)
     scorer.sweep_quiet_videos(NOW + 10_000, interval_ms=0)
     ledger = scorer.ledger("vid1")
-    assert ledger is not None and ledger.recent == {}
+    assert ledger is not None and ledger.memory.recent == {}
 
 
 def test_one_device_partition_behind_keeps_the_views() -> None:
@@ -302,7 +300,7 @@ def test_one_device_partition_behind_keeps_the_views() -> None:
     scorer.on_device_ack(1, past - 1)
     scorer.sweep_quiet_videos(NOW + 10_000, interval_ms=0)
     ledger = scorer.ledger("vid1")
-    assert ledger is not None and list(ledger.recent) == ["v1"]
+    assert ledger is not None and list(ledger.memory.recent) == ["v1"]
 
 
 def test_source_progress_is_the_newest_view_not_the_wall_clock_watermark() -> None:

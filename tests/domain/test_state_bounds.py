@@ -4,19 +4,15 @@ for a device, as streaming/devices.py calls them), while still holding everythin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from stream_app.domain import rules
 from stream_app.domain.events import CreatorProfile, InteractionEvent, ViewEvent
-from stream_app.domain.partition import Effects, PartitionScorer
+from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.domain.records import event_to_dict
-from stream_app.domain.rules_state import SWEEP_DIVISOR, DeviceState
+from stream_app.domain.rules_state import EXPIRY_BUCKET_MS, DeviceState
 from stream_app.domain.scoring import (
-    DEVICE_FLAG_HOLD_MS,
     INTERACTIONS,
     VIEWS,
     Position,
@@ -41,25 +37,11 @@ LAG_MS = (LIKE_EVERY - 1) * STEP_MS
 BATCH = 100  # events per scorer batch (one hour of views)
 
 
-class ObjectStore:
-    def __init__(self) -> None:
-        self.ledgers: dict[str, VideoLedger] = {}
-
-    def load(self, video_id: str) -> VideoLedger | None:
-        return self.ledgers.get(video_id)
-
-    def save(self, ledger: VideoLedger) -> None:
-        self.ledgers[ledger.video_id] = ledger
-
-    def video_ids(self) -> Iterator[str]:
-        return iter(list(self.ledgers))
-
-
 class Feeder:
     def __init__(self) -> None:
         profiles = ProfileHistory(POLICY)
         profiles.add(CreatorProfile("c1", 50_000, 500_000, True, "good", 0))
-        self.store = ObjectStore()
+        self.store = MemoryState()
         self.scorer = PartitionScorer(POLICY, policy_hash(POLICY), 0, self.store, profiles)
         self.offsets = {VIEWS: 0, INTERACTIONS: 0}
 
@@ -69,9 +51,14 @@ class Feeder:
             topic = VIEWS if isinstance(event, ViewEvent) else INTERACTIONS
             position = Position(0, self.offsets[topic], -1)
             self.offsets[topic] += 1
-            self.scorer.on_event(topic, event, event_to_dict(event), position, event.ts, NOW, effects)
-        self.scorer.flush(NOW, effects)
+            self.scorer.on_event(topic, event, position, event.ts, NOW, effects)
+        self.store.apply(self.scorer.flush(NOW, effects))
         return effects
+
+    def ledger(self, video_id: str) -> VideoLedger:
+        ledger = self.scorer.ledger(video_id)
+        assert ledger is not None
+        return ledger
 
 
 def view(n: int, ts: int, video: str = "vid1") -> ViewEvent:
@@ -89,28 +76,32 @@ def most_entries(span_ms: int, spacing_ms: int) -> int:
 
 
 def test_a_busy_videos_memories_stay_within_their_horizons() -> None:
-    # Why these bounds. VideoLedger.expire(wm) runs whenever one of the video's windows settles (here every hour,
-    # since every hour has views) and drops, from each memory, what lies at or before wm - H, H being that
-    # memory's horizon behind the watermark. The next window settles once wm passes the next deadline, at most
-    # W after the last expiry; until then the newest view is at most LAG_MS ahead of wm. So a memory spans less
-    # than H + W + LAG_MS of event time, and holds at most that span / (its event spacing) + 1 entries, however
-    # many viewers have come. The lazily swept short memories (repeats) span less than their horizon plus
-    # 1/SWEEP_DIVISOR of it plus one step; velocity keeps its 60 s head span and 60 (+1) minute counts.
+    # Why these bounds. VideoLedger.expire_memory(wm) runs whenever one of the video's windows settles (here every
+    # hour, since every hour has views) and drops, from each memory, what lies at or before wm - H, H being that
+    # memory's horizon behind the watermark, a bucket of event time at a time (EXPIRY_BUCKET_MS: what lies in
+    # the bucket holding the cutoff waits for the next expiry). The next window settles once wm passes the next
+    # deadline, at most W after the last expiry; until then the newest view is at most LAG_MS ahead of wm. So a
+    # memory spans less than H + bucket + W + LAG_MS of event time, and holds at most that span / (its event
+    # spacing) + 1 entries, however many viewers have come. The short memories forget as the video's own event
+    # time moves: repeats within their horizon plus a bucket and a step, accepted views kept for clawback within
+    # their keep span plus a bucket (trimmed at the end of every batch); velocity keeps its 60 s head span and
+    # 60 (+1) minute counts. Settled windows are kept while a view of theirs can still be clawed back.
     reach_ms = W_MS + G_MS  # an event not late has ts > wm - reach_ms
-    slack_ms = W_MS + LAG_MS
+    slack_ms = W_MS + LAG_MS + EXPIRY_BUCKET_MS
     like_ms = LIKE_EVERY * STEP_MS
     repeat_ms = POLICY.viewer_repeat_span_s * 1000
+    recent_ms = recent_views_keep_ms(POLICY) + EXPIRY_BUCKET_MS + BATCH * STEP_MS
     bounds = {
         "qualified_at": most_entries(POLICY.qualify_once_s * 1000 + reach_ms + slack_ms, STEP_MS),
-        "recent": most_entries(recent_views_keep_ms(POLICY) + slack_ms, STEP_MS),
+        "recent": most_entries(recent_ms, STEP_MS),
         "view_ids": most_entries(POLICY.dedupe_s * 1000 + reach_ms + slack_ms, STEP_MS),
         "interaction_ids": most_entries(POLICY.dedupe_s * 1000 + reach_ms + slack_ms, like_ms),
         "accepted_views": most_entries(POLICY.engagement_lookback_s * 1000 + reach_ms + slack_ms, STEP_MS),
         "likes": most_entries(POLICY.dedupe_s * 1000 + reach_ms + slack_ms, like_ms),
-        "repeats": most_entries(repeat_ms + repeat_ms // SWEEP_DIVISOR + STEP_MS, STEP_MS),
+        "repeats": most_entries(repeat_ms + EXPIRY_BUCKET_MS + STEP_MS, STEP_MS),
         "velocity": most_entries(POLICY.velocity_span_s * 1000, STEP_MS) + POLICY.velocity_baseline_minutes + 1,
         "open windows": 2,  # the window of the newest view and, until the watermark passes its deadline, the last
-        "settled": POLICY.clawback_horizon_s // POLICY.window_s + 1,
+        "settled": (recent_ms + reach_ms + slack_ms) // W_MS + 1,
     }
     feeder = Feeder()
     most: dict[str, int] = dict.fromkeys(bounds, 0)
@@ -121,11 +112,11 @@ def test_a_busy_videos_memories_stay_within_their_horizons() -> None:
             if n % LIKE_EVERY == 0:
                 events.append(like(n, T0 + n * STEP_MS))
         feeder.send(events)
-        ledger = feeder.store.ledgers["vid1"]
-        state = ledger.rules
+        ledger = feeder.ledger("vid1")
+        state = ledger.memory.rules
         sizes = {
-            "qualified_at": sum(len(times) for times in ledger.qualified_at.values()),
-            "recent": len(ledger.recent),
+            "qualified_at": len(ledger.memory.qualified),
+            "recent": len(ledger.memory.recent),
             "view_ids": len(state.view_ids),
             "interaction_ids": len(state.interaction_ids),
             "accepted_views": len(state.accepted_views),
@@ -140,11 +131,12 @@ def test_a_busy_videos_memories_stay_within_their_horizons() -> None:
         most,
         bounds,
     )
-    ledger = feeder.store.ledgers["vid1"]
+    ledger = feeder.ledger("vid1")
     assert ledger.views == VIEWS_SENT and ledger.suspicious_views == 0
-    # With 20,000 viewers sent, no memory holds more than about a day and an hour of them (2,633 for the 24 h
-    # ones), and the settled windows stop at CLAWBACK_HORIZON_S: 168 hours.
-    assert bounds["qualified_at"] == 2_633 and len(ledger.settled) == 168
+    # With 20,000 viewers sent, no memory holds more than about a day and an hour of them (2,641 for the 24 h
+    # ones), and only the last few settled windows stay, for clawbacks (not CLAWBACK_HORIZON_S: 168 of them).
+    assert bounds["qualified_at"] == 2_641 and bounds["settled"] == 4
+    state = ledger.memory.rules
 
     # ... and nothing a rule can still need was forgotten. The watermark is now the last like's ts; the oldest
     # event still to come that is not late has ts > reach = wm - (W + G); every memory must cover its own span
@@ -153,7 +145,8 @@ def test_a_busy_videos_memories_stay_within_their_horizons() -> None:
     assert wm == T0 + (VIEWS_SENT - LIKE_EVERY) * STEP_MS
     reach = wm - reach_ms
     sent = [(n, T0 + n * STEP_MS) for n in range(VIEWS_SENT)]
-    assert all(ts in ledger.qualified_at[f"u{n}"] for n, ts in sent if ts > reach - POLICY.qualify_once_s * 1000)
+    qualified = ledger.memory.qualified
+    assert all(qualified.count_in(f"u{n}", ts, ts) for n, ts in sent if ts > reach - POLICY.qualify_once_s * 1000)
     assert all(state.view_ids.first_seen(f"v{n}") == ts for n, ts in sent if ts > reach - POLICY.dedupe_s * 1000)
     lookback_ms = POLICY.engagement_lookback_s * 1000
     assert all(state.accepted_views.count_in(f"u{n}", ts, ts) == 1 for n, ts in sent if ts > reach - lookback_ms)
@@ -173,15 +166,18 @@ def test_a_quiet_videos_memories_are_forgotten_once_the_watermark_passes_their_h
         busy += [view(n, ts, video="busy"), like(n, ts, video="busy")]
     feeder.send(busy)
     assert feeder.scorer.watermark == T0 + 28 * 3_600_000
-    quiet = feeder.store.ledgers["quiet"]
+    quiet = feeder.ledger("quiet")
     assert quiet.windows_settled == 1 and quiet.views == 100
     # expiry runs when a video's own window settles, so the quiet video still holds its day of viewers ...
-    assert quiet.memory_entries() > 0
-    # ... until the periodic sweep of videos with no open window (on a tick, once a minute of wall clock)
+    assert not quiet.memory.is_empty()
+    # ... until the periodic sweep of videos that went quiet (on a tick, once a minute of wall clock)
     assert feeder.scorer.sweep_quiet_videos(NOW + 60_000) == 1
-    feeder.scorer.flush(NOW + 60_000, Effects())
-    quiet = feeder.store.ledgers["quiet"]
-    assert (len(quiet.qualified_at), len(quiet.recent), quiet.rules.entry_count()) == (0, 0, 0)
+    memory = quiet.memory
+    assert (len(memory.qualified), len(memory.recent), memory.rules.entry_count()) == (0, 0, 0)
+    feeder.store.apply(feeder.scorer.flush(NOW + 60_000, Effects()))
+    # with nothing left to remember it leaves the working set; its head stays in the store
+    assert "quiet" not in {ledger.video_id for ledger in feeder.scorer.ledgers()}
+    quiet = feeder.ledger("quiet")
     assert quiet.settled_micros > 0 and quiet.views == 100  # the totals stay: only memories are forgotten
 
 
@@ -216,8 +212,8 @@ def test_a_device_keeps_only_its_span_plus_grace_and_then_empties() -> None:
         (1_000, 2_000, 500, 500),  # the device judge has acknowledged less: keep for its flags
         (1_000, 2_000, 5_000, 1_000),  # acknowledged more: the per-video rules still need the views
         (1_000, 2_000, -1, -1),  # nothing acknowledged yet: keep everything ...
-        (9_000_000, 9_000_000, -1, 9_000_000 - DEVICE_FLAG_HOLD_MS),  # ... up to the hold behind the newest view
+        (9_000_000, 9_000_000, -1, 9_000_000 - POLICY.device_flag_hold_s * 1000),  # ... up to the hold
     ],
 )
 def test_recent_views_cutoff(event_cutoff: int, newest: int, flag_safe: int | None, expected: int) -> None:
-    assert recent_views_cutoff(event_cutoff, newest, flag_safe) == expected
+    assert recent_views_cutoff(POLICY, event_cutoff, newest, flag_safe) == expected

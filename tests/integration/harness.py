@@ -116,9 +116,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 async def read_topic_async(
-    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float,
+    decode: Callable[[bytes], Any] = jsoncodec.loads,
 ) -> list[dict[str, Any]]:
-    """Read every record of `topic` from the start until `until(records)` holds; values decoded as JSON."""
+    """Read every record of `topic` from the start until `until(records)` holds; values decoded by `decode`
+    (JSON unless told)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     records: list[dict[str, Any]] = []
@@ -139,7 +144,7 @@ async def read_topic_async(
             batches = await consumer.getmany(*tps, timeout_ms=300)
             for tp, messages in batches.items():
                 for message in messages:
-                    value = jsoncodec.loads(message.value)
+                    value = None if message.value is None else decode(message.value)
                     records.append(
                         {
                             "_key": message.key,
@@ -157,9 +162,13 @@ async def read_topic_async(
 
 
 def read_topic(
-    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 60
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 60,
+    decode: Callable[[bytes], Any] = jsoncodec.loads,
 ) -> list[dict[str, Any]]:
-    return asyncio.run(read_topic_async(bootstrap, topic, until, timeout))
+    return asyncio.run(read_topic_async(bootstrap, topic, until, timeout, decode))
 
 
 def latest_by_key(records: list[dict[str, Any]], field_name: str = "version") -> dict[str, dict[str, Any]]:

@@ -72,7 +72,6 @@ async def test_plan_changes_nothing_and_apply_creates_exactly_the_declared_topic
         f"{p}suspicious-events": 4,
         f"{p}events-dlq": 4,
         f"{p}it-app-video-state-changelog": 4,
-        f"{p}it-app-partition-state-changelog": 4,
         f"{p}it-app-ticks": 4,
         f"{p}it-app-device-flags": 4,
         f"{p}it-app-device-views": 4,

@@ -1,6 +1,5 @@
-"""Table state lands on the changelog partition it is read back from: keys are the raw record key bytes, so Kafka's
-partitioner (use_partitioner=True, as table writes inside batches need) puts a video's state on its own partition.
-"""
+"""Table state lands on the changelog partition it is read back from: a video's head on its own partition, a
+partition's journal segments and meta on that partition (written inside batches via tables.writing_for)."""
 
 from __future__ import annotations
 
@@ -8,16 +7,15 @@ import pytest
 from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.codec import Kind, decode
 from stream_app.edges.partitioner import partition_for
-from stream_app.streaming.tables import partition_state_key
+from stream_app.streaming.tables import head_key, meta_key
 from tests.integration.harness import WorkerProcess, read_topic
 
 
-@pytest.mark.parametrize("partitions", [1, 4, 12])
-def test_partition_state_key_maps_to_its_partition(partitions: int) -> None:
-    keys = [partition_state_key(p, partitions) for p in range(partitions)]
-    assert [partition_for(k, partitions) for k in keys] == list(range(partitions))
-    assert len(set(keys)) == partitions
+def _stored(value: bytes) -> dict[str, object]:
+    kind = {k.value: k for k in Kind}[value[2:3]]
+    return {"kind": kind.name, "payload": decode(kind, value)}
 
 
 @pytest.mark.integration
@@ -44,14 +42,23 @@ def test_video_state_is_written_to_the_partition_its_events_come_from(scenario_e
         producer.produce(f"{prefix}video-views", key=video.encode(), value=jsoncodec.dumps(view))
     assert producer.flush(10) == 0
     changelog = f"{prefix}{env['APP_ID']}-video-state-changelog"
+
+    def complete(records: list[dict[str, object]]) -> bool:
+        heads = {r["payload"][0] for r in records if r["kind"] == "HEAD"}  # type: ignore[index]
+        metas = {r["_partition"] for r in records if r["kind"] == "META"}
+        return heads >= set(videos) and metas == {0, 1, 2, 3}
+
     with WorkerProcess(env):
-        records = read_topic(bootstrap, changelog, lambda r: {x["video_id"] for x in r} >= set(videos), timeout=60)
+        records = read_topic(bootstrap, changelog, complete, timeout=60, decode=_stored)
     for record in records:
-        assert record["_key"] == record["video_id"].encode()
-        assert record["_partition"] == partition_for(record["_key"], 4)
-    partition_records = read_topic(
-        bootstrap, f"{prefix}{env['APP_ID']}-partition-state-changelog", lambda r: len(r) >= 4, timeout=30
-    )
-    assert {(r["_key"], r["_partition"]) for r in partition_records} == {
-        (partition_state_key(p, 4), p) for p in range(4)
-    }
+        if record["kind"] == "HEAD":
+            video = record["payload"][0]  # type: ignore[index]
+            assert record["_key"] == head_key(video)
+            assert record["_partition"] == partition_for(video.encode(), 4)
+        elif record["kind"] == "META":
+            assert record["_key"] == meta_key(record["_partition"])  # type: ignore[arg-type]
+        else:
+            assert record["kind"] == "SEGMENT"
+            assert record["_key"].startswith(b"\xffj%d:" % record["_partition"])  # type: ignore[union-attr]
+            for op in record["payload"][2]:  # type: ignore[index]
+                assert partition_for(op[1].encode(), 4) == record["_partition"]

@@ -1,0 +1,102 @@
+"""Turns a batch's Effects into output records and metrics: the one place outputs are sent from.
+
+Every send is collected in an `Outbox`; the batch's state is written only after `Outbox.acknowledged()`, so the
+state that makes a replay skip an event is never durable before the event's output records are (SPEC §4). A
+send the broker refuses stops the worker before the state is written: the batch is replayed after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from stream_app.domain import jsoncodec
+from stream_app.domain.events import Outcome
+from stream_app.domain.partition import Effects
+from stream_app.domain.records import audit_record, dead_letter, event_to_dict
+from stream_app.edges.metrics import RewardsMetrics
+from stream_app.edges.settings import Settings
+
+
+class Outbox:
+    """The sends of one batch, awaited together (their futures resolve when the broker acknowledges them)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+
+    async def send(self, topic: Any, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        self.pending.append(await topic.send(key=key, value=value, partition=partition, force=True))
+
+    async def acknowledged(self) -> None:
+        """Wait until the broker has acknowledged every send so far (raises if it refused one)."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
+class Emitter:
+    """Sends outcomes (audit records), settlements, accruals and dead letters, and counts them."""
+
+    def __init__(self, settings: Settings, metrics: RewardsMetrics, topics: Any) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = topics
+
+    async def emit(self, effects: Effects, outbox: Outbox, now_ms: int) -> None:
+        """A batch's outcomes, settlements and accruals: counted, and sent to their topics."""
+        metrics = self.metrics
+        for topic, n in effects.accepted.items():
+            metrics.count_outcome(topic.value, Outcome.ACCEPTED, n)
+        for outcome in effects.outcomes:
+            if outcome.outcome is Outcome.CLAWBACK:
+                metrics.count_clawed_back(outcome.reason)
+            else:
+                metrics.count_outcome(outcome.topic.value, outcome.outcome)
+                if outcome.outcome is Outcome.SUSPICIOUS:
+                    metrics.count_suspicious(outcome.reason)
+            record = audit_record(
+                event=event_to_dict(outcome.event),
+                source_topic=self.settings.topic(outcome.topic),
+                partition=outcome.position.partition,
+                offset=outcome.position.offset,
+                index=outcome.position.index_or_none,
+                outcome=outcome.outcome.value,
+                reason=outcome.reason,
+                detail=outcome.detail,
+                detected_at=now_ms,
+            )
+            await outbox.send(self.topics.suspicious, outcome.event.video_id.encode(), jsoncodec.dumps(record))
+        for settlement in effects.settlements:
+            if settlement["kind"] == "settlement":
+                metrics.add_settled(settlement["settled_micros"])
+                metrics.count_windows_settled()
+            else:
+                metrics.add_clawback(settlement["clawback_micros"])
+        await self.send_records(effects, outbox)
+
+    async def send_records(self, effects: Effects, outbox: Outbox) -> None:
+        """Settlements and accruals only (also the re-emit after an assignment, counted as accruals emitted)."""
+        for settlement in effects.settlements:
+            await outbox.send(self.topics.settlements, settlement["video_id"].encode(), jsoncodec.dumps(settlement))
+        for accrual in effects.accruals:
+            await outbox.send(self.topics.accruals, accrual["video_id"].encode(), jsoncodec.dumps(accrual))
+        if effects.accruals:
+            self.metrics.count_accruals_emitted(len(effects.accruals))
+
+    async def dead_letter(
+        self, message: Any, index: int | None, value: bytes, error: str, outbox: Outbox, now_ms: int
+    ) -> None:
+        record = dead_letter(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            index=index,
+            key=message.key,
+            value=value,
+            error=error,
+            ts=now_ms,
+        )
+        await outbox.send(self.topics.dlq, message.key, jsoncodec.dumps(record))
+        self.metrics.count_outcome(self.settings.unprefixed(message.topic), Outcome.INVALID)
