@@ -284,7 +284,7 @@ class IngestProcessor:
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
         scorer = self.scorer_for(partition, self.app.tick_topic_name)
         for topic in (InputTopic.VIEWS, InputTopic.INTERACTIONS):
-            scorer.observe_position(topic.value, await self.app.caught_up(topic, partition), now_ms)
+            scorer.observe_position(topic, await self.app.caught_up(topic, partition), now_ms)
         effects = touched.get(partition)
         if effects is None:
             effects = touched[partition] = Effects()

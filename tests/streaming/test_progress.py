@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from stream_app.domain import jsoncodec
-from stream_app.domain.events import InputTopic
+from stream_app.domain.events import InputTopic, ViewEvent
 from stream_app.domain.partition import Effects
 from stream_app.domain.policy import Policy
 from stream_app.streaming import ingest
+from stream_app.streaming.emitter import Outbox
 from stream_app.streaming.ingest import IngestProcessor
 
 DEVICE_PARTITIONS = 4
@@ -39,6 +40,7 @@ class FakeApp:
     def __init__(self) -> None:
         self.settings = FakeSettings()
         self.metrics = object()
+        self.topics = object()
         self.device_views = FakeTopic()
         self.device_views_name = "device-views"
         self.ingest = IngestProcessor(self)  # type: ignore[arg-type]
@@ -53,16 +55,16 @@ class FakeScorer:
         return self.progress
 
 
-def view(device: str) -> dict[str, Any]:
-    return {"video_id": "v", "event_id": f"e-{device}", "viewer_id": "u", "device_id": device, "ts": 1}
+def view(device: str) -> ViewEvent:
+    return ViewEvent(f"e-{device}", "v", "c", "u", device, 1, 10_000, 90_000, "for_you", "US")
 
 
-async def report(app: FakeApp, scorer: FakeScorer, views: list[dict[str, Any]], *, tick: bool) -> list[Any]:
+async def report(app: FakeApp, scorer: FakeScorer, views: list[ViewEvent], *, tick: bool) -> list[Any]:
     before = len(app.device_views.sent)
     if tick:
         app.ingest._progress_due.add(3)
     effects = Effects(device_views=views)
-    await app.ingest._report_progress(3, scorer, effects)  # type: ignore[arg-type]
+    await app.ingest._report_progress(3, scorer, effects, Outbox())  # type: ignore[arg-type]
     return app.device_views.sent[before:]
 
 
