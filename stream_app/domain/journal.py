@@ -22,8 +22,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream_app.domain import codec, rules
 from stream_app.domain import policy as pol
-from stream_app.domain import rules
+from stream_app.domain.codec import Kind
 from stream_app.domain.events import InteractionEvent, ViewEvent
 from stream_app.domain.scoring import VideoLedger
 
@@ -36,6 +37,9 @@ OP_FLAG = 2  # [OP_FLAG, video_id, event_id]: a device rule rejected an accepted
 OP_SETTLE = 3  # [OP_SETTLE, video_id, k]
 OP_EXPIRE = 4  # [OP_EXPIRE, video_id, watermark_ms, flag_safe_ms | None]
 OP_TRIM = 5  # [OP_TRIM, video_id, cutoff_ms]: accepted views kept for clawback forgotten
+
+# A segment is one Kafka record of the state changelog: kept well under the broker's default 1 MB record size.
+SEGMENT_BYTES = 512 * 1024
 
 
 def view_op(view: ViewEvent, offset: int, index: int) -> list[Any]:
@@ -151,17 +155,27 @@ class Journal:
         if ts > self.max_ts:
             self.max_ts = ts
 
-    def seal(self, watermark_ms: int | None) -> Segment | None:
-        """The batch's segment (None if no memory changed), numbered; the next batch starts a new one."""
+    def seal(self, watermark_ms: int | None) -> list[tuple[int, bytes]]:
+        """The batch's segments, encoded and numbered (none if no memory changed): one, or as many as keep each
+        under SEGMENT_BYTES (a batch of envelopes can hold millions of events). The next batch starts anew."""
         if not self.ops:
-            return None
+            return []
         max_ts = max(self.max_ts, watermark_ms if watermark_ms is not None else -1)
-        segment = Segment(self.next_seq, max_ts, self.ops)
-        self.live.append((segment.seq, max_ts))
-        self.next_seq += 1
+        sealed: list[tuple[int, bytes]] = []
+        pending = [self.ops]
+        while pending:
+            ops = pending.pop(0)
+            value = codec.encode(Kind.SEGMENT, Segment(self.next_seq, max_ts, ops).to_payload())
+            if len(value) > SEGMENT_BYTES and len(ops) > 1:
+                half = len(ops) // 2
+                pending[:0] = [ops[:half], ops[half:]]
+                continue
+            sealed.append((self.next_seq, value))
+            self.live.append((self.next_seq, max_ts))
+            self.next_seq += 1
         self.ops = []
         self.max_ts = -1
-        return segment
+        return sealed
 
     def droppable(self, cutoff_ms: int) -> list[int]:
         """Segments whose every entry is at or before cutoff_ms, from the oldest on (forgotten here)."""

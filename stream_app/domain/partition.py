@@ -574,17 +574,13 @@ class PartitionScorer:
                 ledger = ledgers[video_id]
                 self._emit(ledger, now_ms, effects)
                 changed[video_id] = ledger
-        segment = self.journal.seal(self.watermark)
+        sealed = self.journal.seal(self.watermark)
         state.segments.extend(self._rewrites)
         self._rewrites.clear()
-        if segment is not None:
-            state.segments.append((segment.seq, codec.encode(Kind.SEGMENT, segment.to_payload())))
-            seq = segment.seq
-        else:
-            seq = self.journal.next_seq - 1
+        state.segments.extend(sealed)
         for ledger in changed.values():
-            if segment is not None:
-                ledger.journal_seq = seq
+            if sealed:
+                ledger.journal_seq = sealed[-1][0]
             state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
         state.meta = self.meta().to_bytes()
         if self.watermark is not None:

@@ -234,3 +234,18 @@ def test_state_of_the_previous_layout_is_refused_with_a_message() -> None:
     store.meta_value = b'{"latest_ts": {}, "policy": "v1-00000000"}'
     with pytest.raises(codec.StateFormatError, match="previous layout"):
         PartitionScorer(POLICY, policy_hash(POLICY), 0, store, profiles())
+
+
+def test_a_huge_batch_is_sealed_in_segments_under_the_record_size() -> None:
+    from stream_app.domain.journal import SEGMENT_BYTES, Journal, view_op
+
+    journal = Journal(next_seq=7)
+    for n in range(12_000):  # a batch of envelopes: twelve thousand views
+        event = ViewEvent(f"{n:032x}", f"video-{n % 50}", "c1", f"viewer-{n}", f"device-{n}", n, 9, 9, "for_you", "US")
+        journal.record(view_op(event, n, 0), n)
+    sealed = journal.seal(None)
+    assert len(sealed) > 1 and [seq for seq, _ in sealed] == list(range(7, 7 + len(sealed)))
+    assert all(len(value) <= SEGMENT_BYTES for _, value in sealed)
+    ops = [op for _, value in sealed for op in codec.decode(codec.Kind.SEGMENT, value)[2]]
+    assert [op[2] for op in ops] == [f"{n:032x}" for n in range(12_000)]  # every operation, in order
+    assert journal.seal(None) == [] and journal.next_seq == 7 + len(sealed)
