@@ -573,6 +573,20 @@ def _measure_scorer(
     env = worker_env(bootstrap, prefix, _scorer_app_id(prefix))
     url = f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
     command = [sys.executable, "-m", "stream_app.cli", "worker"]
+    profile = os.environ.get("BENCH_PROFILE")
+    if profile:
+        command = [
+            shutil.which("py-spy") or "py-spy",
+            "record",
+            "-r",
+            "100",
+            "-f",
+            "raw",
+            "-o",
+            profile,
+            "--",
+            *command,
+        ]
     failure: str | None = None
     with _Subprocess(command, env, workdir, "scorer") as worker:
         deadline = time.monotonic() + timeout
@@ -673,7 +687,8 @@ class _Subprocess:
         process = self.process
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
+        # py-spy (--profile) writes its profile on SIGINT and stops the worker it runs
+        process.send_signal(signal.SIGINT if Path(self.command[0]).name == "py-spy" else signal.SIGTERM)
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -9,7 +9,6 @@ import orjson
 from stream_app.domain.errors import SerializationError
 
 JSONDecodeError = orjson.JSONDecodeError
-_EXACT_COPY_BELOW = 4096
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
@@ -21,11 +20,12 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    """Serialize to compact UTF-8 JSON bytes with sorted keys (stable bytes for equal content)."""
+    """Serialize to compact UTF-8 JSON bytes with sorted keys (stable bytes for equal content).
+
+    orjson returns a small document in a buffer of about 4 KiB that it does not shrink (measured: bench/RESULTS.md,
+    State memory): a value kept for long must be copied to its exact size, as codec.encode does for stored state
+    (it concatenates a header). Values sent at once need no copy."""
     try:
-        data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise SerializationError(str(exc)) from exc
-    # orjson returns small documents in a ~4 KiB buffer it does not shrink; a table keeping millions of small
-    # values would hold 4 KiB each (measured: bench/RESULTS.md, State memory). An exact-size copy is cheap.
-    return memoryview(data).tobytes() if len(data) < _EXACT_COPY_BELOW else data

@@ -243,7 +243,17 @@ class _Judge:
         self.partition_for = partition_for
 
     def element(self, element: object, index: int, record: bytes) -> DecodedEvent:
-        """Judge one element of a batch envelope; an invalid one carries its own re-serialized bytes."""
+        """Judge one element of a batch envelope; an invalid one carries its own re-serialized bytes.
+
+        An element holding only its schema's fields, all valid, is far under MAX_EVENT_BYTES (ids of at most 128
+        code points, integers under 2^53): it is judged without being re-serialized, which is most of the cost of
+        an element (the size is what the re-serialization is for). Any other element is re-serialized first, so
+        the size is checked before the fields, as for an object record."""
+        schema = self.schema
+        if type(element) is dict and len(element) <= len(schema.checks):
+            judged = self.event(element, index, b"")
+            if type(judged) is ValidEvent:
+                return judged
         try:
             encoded = jsoncodec.dumps(element)
         except SerializationError as exc:

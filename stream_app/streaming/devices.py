@@ -50,7 +50,7 @@ async def send_device_views(
 ) -> None:
     """Forward an event partition's accepted views of one batch to the device partitions (one record to each)."""
     await send_grouped(
-        scorer.device_views,
+        scorer.device_views_name if outbox is not None else scorer.device_views,
         [
             {
                 "video_id": v.video_id,

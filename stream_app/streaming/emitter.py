@@ -8,26 +8,36 @@ send the broker refuses stops the worker before the state is written: the batch 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from stream_app.domain import jsoncodec
-from stream_app.domain.events import Outcome
+from stream_app.domain.events import Outcome, OutputTopic
 from stream_app.domain.partition import Effects
 from stream_app.domain.records import audit_record, dead_letter, event_to_dict
 from stream_app.edges.metrics import RewardsMetrics
+from stream_app.edges.partitioner import partition_for
 from stream_app.edges.settings import Settings
 
 
 class Outbox:
-    """The sends of one batch, awaited together (their futures resolve when the broker acknowledges them)."""
+    """The sends of one batch, awaited together (their futures resolve when the broker acknowledges them).
 
-    __slots__ = ("pending",)
+    Records go straight to the app's producer (Faust's per-message machinery costs more than the record), with
+    the partition of a keyed record computed here, by the same murmur2 as Kafka's default partitioner, from
+    cached partition counts (aiokafka's own murmur2 is pure Python and uncached)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("partition_count", "pending", "producer")
+
+    def __init__(self, producer: Any, partition_count: Callable[[str], int]) -> None:
+        self.producer = producer
+        self.partition_count = partition_count
         self.pending: list[Any] = []
 
-    async def send(self, topic: Any, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-        self.pending.append(await topic.send(key=key, value=value, partition=partition, force=True))
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        if partition is None and key is not None:
+            partition = partition_for(key, self.partition_count(topic))
+        self.pending.append(await self.producer.send(topic, key, value, partition, None, None))
 
     async def acknowledged(self) -> None:
         """Wait until the broker has acknowledged every send so far (raises if it refused one)."""
@@ -39,10 +49,13 @@ class Outbox:
 class Emitter:
     """Sends outcomes (audit records), settlements, accruals and dead letters, and counts them."""
 
-    def __init__(self, settings: Settings, metrics: RewardsMetrics, topics: Any) -> None:
+    def __init__(self, settings: Settings, metrics: RewardsMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.topics = topics
+        self.suspicious = settings.topic(OutputTopic.SUSPICIOUS)
+        self.settlements = settings.topic(OutputTopic.SETTLEMENTS)
+        self.accruals = settings.topic(OutputTopic.ACCRUALS)
+        self.dlq = settings.topic(OutputTopic.DLQ)
 
     async def emit(self, effects: Effects, outbox: Outbox, now_ms: int) -> None:
         """A batch's outcomes, settlements and accruals: counted, and sent to their topics."""
@@ -67,7 +80,7 @@ class Emitter:
                 detail=outcome.detail,
                 detected_at=now_ms,
             )
-            await outbox.send(self.topics.suspicious, outcome.event.video_id.encode(), jsoncodec.dumps(record))
+            await outbox.send(self.suspicious, outcome.event.video_id.encode(), jsoncodec.dumps(record))
         for settlement in effects.settlements:
             if settlement["kind"] == "settlement":
                 metrics.add_settled(settlement["settled_micros"])
@@ -79,9 +92,9 @@ class Emitter:
     async def send_records(self, effects: Effects, outbox: Outbox) -> None:
         """Settlements and accruals only (also the re-emit after an assignment, counted as accruals emitted)."""
         for settlement in effects.settlements:
-            await outbox.send(self.topics.settlements, settlement["video_id"].encode(), jsoncodec.dumps(settlement))
+            await outbox.send(self.settlements, settlement["video_id"].encode(), jsoncodec.dumps(settlement))
         for accrual in effects.accruals:
-            await outbox.send(self.topics.accruals, accrual["video_id"].encode(), jsoncodec.dumps(accrual))
+            await outbox.send(self.accruals, accrual["video_id"].encode(), jsoncodec.dumps(accrual))
         if effects.accruals:
             self.metrics.count_accruals_emitted(len(effects.accruals))
 
@@ -98,5 +111,5 @@ class Emitter:
             error=error,
             ts=now_ms,
         )
-        await outbox.send(self.topics.dlq, message.key, jsoncodec.dumps(record))
+        await outbox.send(self.dlq, message.key, jsoncodec.dumps(record))
         self.metrics.count_outcome(self.settings.unprefixed(message.topic), Outcome.INVALID)

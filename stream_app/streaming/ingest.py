@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import PolicyMismatchError, StateFormatError
-from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
+from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, OutputTopic, ViewEvent
 from stream_app.domain.partition import Effects, PartitionMeta, PartitionScorer
 from stream_app.domain.records import event_to_dict
 from stream_app.domain.scoring import Position
@@ -44,7 +44,7 @@ class IngestProcessor:
         self.settings = scorer.settings
         self.policy = scorer.settings.policy
         self.metrics = scorer.metrics
-        self.emitter = Emitter(scorer.settings, scorer.metrics, scorer.topics)
+        self.emitter = Emitter(scorer.settings, scorer.metrics)
         self._partition_counts: dict[str, int] = {}
         self._input_topics = {self.settings.topic(t): t for t in InputTopic}
         self.partitions: dict[int, PartitionScorer] = {}
@@ -52,6 +52,7 @@ class IngestProcessor:
         # per partition: the progress last reported to the device partitions, and when (send_device_views)
         self._reported: dict[int, tuple[int, float]] = {}
         self._progress_due: set[int] = set()
+        self._lag_ts: dict[InputTopic, list[int]] = {}  # per event topic: ts of the batch's events (event lag)
 
     # ---- partitions ----
 
@@ -65,6 +66,7 @@ class IngestProcessor:
                 self.settings.kafka_bootstrap,
                 [
                     *self._input_topics,
+                    *(self.settings.topic(t) for t in OutputTopic),
                     self.app.tick_topic_name,
                     self.app.device_flags_name,
                     self.app.device_views_name,
@@ -141,7 +143,7 @@ class IngestProcessor:
         """creator-profiles in the group: count outcomes and dead-letter the invalid (the ProfileReader, outside
         the group, builds every worker's profile history)."""
         await self.load_partition_counts()
-        outbox = Outbox()
+        outbox = self._outbox()
         now_ms = _now_ms()
         for event in batch:
             message = event.message
@@ -167,9 +169,10 @@ class IngestProcessor:
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
         last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
-        outbox = Outbox()
+        outbox = self._outbox()
         input_topics = self._input_topics
         processed = self.app.processed_offsets
+        self._lag_ts = {InputTopic.VIEWS: [], InputTopic.INTERACTIONS: []}
         for event in batch:
             message = event.message
             last_event[message.partition] = event
@@ -197,6 +200,8 @@ class IngestProcessor:
                 scorer.flush(now_ms, effects)
                 await self.emitter.emit(effects, outbox, now_ms)
                 await self._report_progress(partition, scorer, effects, outbox)
+            for topic, event_ts in self._lag_ts.items():
+                self.metrics.observe_event_lags(topic.value, now_ms, event_ts)
             republished = await self._republish_assigned(outbox, now_ms)
             await outbox.acknowledged()
             for partition, effects in [*touched.items(), *republished.items()]:
@@ -208,6 +213,9 @@ class IngestProcessor:
             self._publish_gauges(touched)
         except Exception:
             fail_stop("could not send the outputs or write the state of a batch")
+
+    def _outbox(self) -> Outbox:
+        return Outbox(self.app.faust.producer, self.partition_count)
 
     def _on_device_flags(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
         effects = touched.get(message.partition)
@@ -242,9 +250,8 @@ class IngestProcessor:
                 await self.emitter.dead_letter(message, item.index, item.value, item.error, outbox, now_ms)
                 continue
             event = item.event
-            lag_s = max(0.0, now_ms / 1000 - event.ts / 1000)
             if topic is InputTopic.PROFILES:
-                metrics.observe_event_lag(topic.value, lag_s)
+                metrics.observe_event_lag(topic.value, (now_ms - event.ts) / 1000)
                 metrics.count_outcome(topic.value, Outcome.ACCEPTED)
                 continue
             assert isinstance(event, ViewEvent | InteractionEvent)
@@ -256,7 +263,7 @@ class IngestProcessor:
             replays = effects.skipped_replays
             scorer.on_event(topic, event, position, record_ts_ms, now_ms, effects)
             if effects.skipped_replays == replays:  # a replay was observed when it was first processed
-                metrics.observe_event_lag(topic.value, lag_s)
+                self._lag_ts[topic].append(event.ts)
             if effects.dead_letters:
                 for dead_position, error in effects.dead_letters:
                     value = message.value if item.index is None else jsoncodec.dumps(event_to_dict(event))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -204,6 +205,32 @@ def test_event_lag_histogram_buckets(metrics: RewardsMetrics) -> None:
     assert value(metrics, "rewards_event_lag_seconds_count", topic="video-views") == 5.0
     assert value(metrics, "rewards_event_lag_seconds_sum", topic="video-views") == pytest.approx(7204.304)
     assert value(metrics, "rewards_event_lag_seconds_count", topic="creator-profiles") == 0.0
+
+
+def test_a_batch_of_event_lags_exposes_what_one_observe_per_event_does() -> None:
+    import random
+
+    rng = random.Random(5)
+    now_ms = 1_800_000_000_000
+    event_ts = [now_ms - rng.choice([0, 5, 10, 11, 250, 999, 60_000, 3_600_000, 9_000_000, -3_000]) for _ in range(500)]
+    one_by_one, batched = RewardsMetrics(), RewardsMetrics()
+    for ts in event_ts:
+        one_by_one.observe_event_lag("video-views", (now_ms - ts) / 1000)
+    batched.observe_event_lags("video-views", now_ms, event_ts[:200])
+    batched.observe_event_lags("video-views", now_ms, event_ts[200:])
+    batched.observe_event_lags("video-views", now_ms, [])
+
+    def lag_lines(metrics: RewardsMetrics) -> list[str]:
+        text = prometheus_client.generate_latest(metrics.registry).decode()
+        return [line for line in text.splitlines() if line.startswith("rewards_event_lag_seconds")]
+
+    def exact(lines: list[str]) -> list[str]:
+        return [line for line in lines if "_sum" not in line]
+
+    assert exact(lag_lines(batched)) == exact(lag_lines(one_by_one))  # every bucket and the count
+    total = value(one_by_one, "rewards_event_lag_seconds_sum", topic="video-views")
+    assert value(batched, "rewards_event_lag_seconds_sum", topic="video-views") == pytest.approx(total)
+    assert value(batched, "rewards_event_lag_seconds_count", topic="video-views") == 500.0
 
 
 def test_event_lag_refuses_unknown_topic(metrics: RewardsMetrics) -> None:

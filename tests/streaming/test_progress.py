@@ -21,10 +21,11 @@ DEVICE_PARTITIONS = 4
 
 
 @dataclass
-class FakeTopic:
+class FakeProducer:
     sent: list[tuple[int, Any]] = field(default_factory=list)
 
-    async def send(self, *, key: bytes | None, value: bytes, partition: int, force: bool) -> None:
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int, *_: Any) -> None:
+        assert topic == "device-views"
         self.sent.append((partition, jsoncodec.loads(value)))
 
 
@@ -41,7 +42,7 @@ class FakeApp:
         self.settings = FakeSettings()
         self.metrics = object()
         self.topics = object()
-        self.device_views = FakeTopic()
+        self.device_views = FakeProducer()
         self.device_views_name = "device-views"
         self.ingest = IngestProcessor(self)  # type: ignore[arg-type]
         self.ingest._partition_counts = {self.device_views_name: DEVICE_PARTITIONS}
@@ -64,7 +65,8 @@ async def report(app: FakeApp, scorer: FakeScorer, views: list[ViewEvent], *, ti
     if tick:
         app.ingest._progress_due.add(3)
     effects = Effects(device_views=views)
-    await app.ingest._report_progress(3, scorer, effects, Outbox())  # type: ignore[arg-type]
+    outbox = Outbox(app.device_views, lambda topic: DEVICE_PARTITIONS)
+    await app.ingest._report_progress(3, scorer, effects, outbox)  # type: ignore[arg-type]
     return app.device_views.sent[before:]
 
 
