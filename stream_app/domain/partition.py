@@ -282,7 +282,10 @@ class PartitionScorer:
                 EventOutcome(topic, Outcome.LATE, Reason.LATE, f"window {k} already settled", event, position)
             )
             return
-        self._quiet.note(video_id, ts)
+        quiet_bucket = ts // self._quiet.bucket_ms
+        if quiet_bucket != ledger.quiet_bucket:  # once per bucket of event time is enough to find it quiet
+            ledger.quiet_bucket = quiet_bucket
+            self._quiet.note(video_id, ts)
         if type(event) is ViewEvent:
             accepted = self._on_view(ledger, event, position, effects)
         else:

@@ -96,7 +96,13 @@ class DedupeMemory:
         """Remember event_id at ts (rules.expire forgets it, against the watermark: an event that is not late
         can carry a ts far behind the video's newest one, when the other event topic holds the watermark back)."""
         self.seen[event_id] = ts
-        self.index.note(event_id, ts)
+        index = self.index  # ExpiryIndex.note, inlined: this runs for every event
+        bucket = ts // index.bucket_ms
+        keys = index.buckets.get(bucket)
+        if keys is None:
+            index.note(event_id, ts)
+        else:
+            keys.append(event_id)
         if ts > self.max_ts:
             self.max_ts = ts
 
@@ -147,7 +153,12 @@ class TimestampsByKey:
             times.append(ts)  # the common case: events arrive in ts order
         else:
             insort(times, ts)
-        self.index.note(key, ts)
+        index = self.index  # ExpiryIndex.note, inlined: this runs for every event
+        keys = index.buckets.get(ts // index.bucket_ms)
+        if keys is None:
+            index.note(key, ts)
+        else:
+            keys.append(key)
         if ts > self.max_ts:
             self.max_ts = ts
 
@@ -186,7 +197,10 @@ class TimestampsByKey:
 
     def maybe_sweep(self, horizon_ms: int) -> None:
         """Forget what lies more than horizon_ms behind the newest timestamp seen."""
-        self.expire(self.max_ts - horizon_ms)
+        cutoff = self.max_ts - horizon_ms
+        index = self.index
+        if (cutoff + 1) // index.bucket_ms - 1 >= index.first:  # ExpiryIndex.due has something to hand out
+            self.expire(cutoff)
 
     def expire(self, cutoff_ms: int) -> None:
         """Drop timestamps at or before cutoff_ms of the keys noted in buckets wholly before it (the others wait
@@ -226,6 +240,7 @@ class VelocityState:
 
     __slots__ = (
         "event_ids",
+        "first_minute",
         "flagged",
         "flagged_minutes",
         "in_burst",
@@ -248,6 +263,7 @@ class VelocityState:
         # True when the last view judged found the head span in a burst (lets the next in-order view skip a scan).
         self.in_burst = False
         self.minute_counts: dict[int, int] = {}
+        self.first_minute = _NEVER  # a lower bound of the minutes counted
         self.flagged_minutes: set[int] = set()
 
     @property
@@ -258,6 +274,8 @@ class VelocityState:
         minute = ts // MINUTE_MS
         if minute >= max(self.max_ts, ts) // MINUTE_MS - baseline_minutes:
             self.minute_counts[minute] = self.minute_counts.get(minute, 0) + 1
+            if minute < self.first_minute:
+                self.first_minute = minute
 
     def advance(self, ts: int, span_ms: int, baseline_minutes: int) -> None:
         """Move the head span's end to ts (> max_ts): views at or before ts - span_ms leave the span."""
@@ -292,9 +310,10 @@ class VelocityState:
 
     def forget_minutes_before(self, first_kept_minute: int) -> None:
         counts = self.minute_counts
-        if counts and min(counts) < first_kept_minute:
+        if self.first_minute < first_kept_minute:
             for minute in [m for m in counts if m < first_kept_minute]:
                 del counts[minute]
+            self.first_minute = min(counts, default=_NEVER)
         if self.flagged_minutes and min(self.flagged_minutes) < first_kept_minute:
             self.flagged_minutes = {m for m in self.flagged_minutes if m >= first_kept_minute}
 
@@ -360,6 +379,7 @@ class VelocityState:
         state.flagged = bytearray(data["flagged"])
         state.in_burst = bool(data["in_burst"])
         state.minute_counts = {int(m): int(c) for m, c in data["minute_counts"]}
+        state.first_minute = min(state.minute_counts, default=_NEVER)
         state.flagged_minutes = {int(m) for m in data["flagged_minutes"]}
         for viewer in state.viewers:
             state.viewer_counts[viewer] = state.viewer_counts.get(viewer, 0) + 1

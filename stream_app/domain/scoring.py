@@ -202,6 +202,7 @@ class VideoLedger:
     views_applied: tuple[int, int] = (NOT_APPLIED, 0)
     interactions_applied: tuple[int, int] = (NOT_APPLIED, 0)
     journal_seq: int = -1  # the newest journal segment whose operations on this video this head includes
+    quiet_bucket: int = -1  # not stored: the last bucket of PartitionScorer's quiet-video index it was noted in
     windows: dict[int, Window] = field(default_factory=dict)
     settled: dict[int, SettledWindow] = field(default_factory=dict)
     memory: VideoMemory = field(default_factory=VideoMemory)
@@ -256,7 +257,12 @@ class VideoLedger:
             memory.qualified.add(view.viewer_id, view.ts)
         recent = RecentView(view, offset, index, k, qualifying, base, completion)
         memory.recent[view.event_id] = recent
-        memory.recent_index.note(view.event_id, view.ts)
+        recent_index = memory.recent_index  # ExpiryIndex.note, inlined: this runs for every accepted view
+        keys = recent_index.buckets.get(view.ts // recent_index.bucket_ms)
+        if keys is None:
+            recent_index.note(view.event_id, view.ts)
+        else:
+            keys.append(view.event_id)
         memory.recent_windows[k] = memory.recent_windows.get(k, 0) + 1
         return recent
 
@@ -473,14 +479,18 @@ class VideoLedger:
     # ---- output ----
 
     def provisional_micros(self, eligible_now: bool) -> int:
-        if not eligible_now:
-            return 0
-        return sum(pol.provisional_micros(w.qualifying_base_micros, True) for w in self.windows.values())
+        base = 0
+        for window in self.windows.values():
+            base += window.qualifying_base_micros
+        return pol.provisional_micros(base, eligible_now)
 
     def open_qualified_views(self, eligible_now: bool) -> int:
         if not eligible_now:
             return 0
-        return sum(w.qualifying_views for w in self.windows.values())
+        views = 0
+        for window in self.windows.values():
+            views += window.qualifying_views
+        return views
 
     def content_key(self) -> tuple[int, ...]:
         """What the accrual says (SPEC §7, besides version and updated_at): a change here is a new version."""
