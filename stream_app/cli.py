@@ -27,10 +27,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from stream_app.edges.logging_setup import configure_logging
     from stream_app.edges.metrics import RewardsMetrics
+    from stream_app.edges.runtime import tune_gc
     from stream_app.streaming.app import build_app
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
+    tune_gc()
     scorer = build_app(settings, RewardsMetrics())
     worker = faust.Worker(
         scorer.faust,
