@@ -264,7 +264,7 @@ class PartitionScorer:
             return
         ledger.eligible = self.profiles.eligible_now(ledger.creator_id)
         ts = event.ts
-        if ts > record_ts_ms + self.policy.max_clock_skew_s * 1000:  # rules.check_future_timestamp, inlined
+        if rules.check_future_timestamp(self.policy, ts, record_ts_ms):
             effects.outcomes.append(
                 EventOutcome(
                     topic,

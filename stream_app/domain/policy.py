@@ -365,12 +365,12 @@ def interaction_weight(policy: Policy, kind: str) -> int:
 
 
 def engagement_score(policy: Policy, likes: int, comments: int, shares: int, follows: int) -> int:
-    """score = 1*likes + 2*comments + 3*shares + 3*follows (weights as configured)."""
+    """score = 1*likes + 2*comments + 3*shares + 3*follows (weights as configured, by interaction_weight)."""
     return (
-        policy.weight_like * likes
-        + policy.weight_comment * comments
-        + policy.weight_share * shares
-        + policy.weight_follow * follows
+        interaction_weight(policy, "like") * likes
+        + interaction_weight(policy, "comment") * comments
+        + interaction_weight(policy, "share") * shares
+        + interaction_weight(policy, "follow") * follows
     )
 
 
