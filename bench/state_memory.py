@@ -399,8 +399,8 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
         "them and the video heads. Restored: a new PartitionScorer over that state (heads read, journal "
         "replayed), as a worker taking the partition over builds it; the time is in the line above. Expiry: one "
         "more view and one like per video 28 h after the window start (a day + window + grace + the clawback hold "
-        "after its last view) move the watermark: the window settles, the memories forget, and the journal segments that held "
-        "only what was forgotten are dropped.",
+        "after its last view) move the watermark: the window settles, the memories forget, and the journal "
+        "segments that held only what was forgotten are dropped.",
         f"- Devices: {dsizes} distinct devices, one view each (within 360 s), judged by "
         "`rules.check_device_burst` in batches of 500 and kept as "
         "`streaming/devices.py` keeps them: device_id -> DeviceState (its cache) and the device-state table "
