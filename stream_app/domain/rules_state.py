@@ -134,25 +134,40 @@ class DedupeMemory:
 class TimestampsByKey:
     """key -> ascending event timestamps: the shape of every per-viewer memory.
 
-    Forgetting goes through an ExpiryIndex of the keys touched per span of event time, so it costs what is
-    forgotten, not what is held.
+    Most keys (viewers) hold one timestamp: it is stored as a bare int, a list only from the second one on (a
+    list costs 64 bytes more per key, and a day of a busy partition remembers millions of keys). Forgetting goes
+    through an ExpiryIndex of the keys touched per span of event time, so it costs what is forgotten, not what is
+    held.
     """
 
     __slots__ = ("by_key", "index", "max_ts")
 
     def __init__(self) -> None:
-        self.by_key: dict[str, list[int]] = {}
+        self.by_key: dict[str, int | list[int]] = {}
         self.max_ts = -1
         self.index = ExpiryIndex()
 
+    def times(self, key: str) -> list[int]:
+        """The timestamps of key, ascending (a copy)."""
+        held = self.by_key.get(key)
+        if held is None:
+            return []
+        return [held] if isinstance(held, int) else list(held)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {key: self.times(key) for key in self.by_key}
+
     def add(self, key: str, ts: int) -> None:
-        times = self.by_key.get(key)
-        if times is None:
-            self.by_key[key] = [ts]
-        elif ts >= times[-1]:
-            times.append(ts)  # the common case: events arrive in ts order
+        by_key = self.by_key
+        held = by_key.get(key)
+        if held is None:
+            by_key[key] = ts
+        elif isinstance(held, int):
+            by_key[key] = [held, ts] if ts >= held else [ts, held]
+        elif ts >= held[-1]:
+            held.append(ts)  # the common case: events arrive in ts order
         else:
-            insort(times, ts)
+            insort(held, ts)
         index = self.index  # ExpiryIndex.note, inlined: this runs for every event
         keys = index.buckets.get(ts // index.bucket_ms)
         if keys is None:
@@ -164,34 +179,49 @@ class TimestampsByKey:
 
     def count_in(self, key: str, first_ms: int, last_ms: int) -> int:
         """How many timestamps of key lie in [first_ms, last_ms] (both ends included)."""
-        times = self.by_key.get(key)
-        if not times or last_ms < first_ms:
+        held = self.by_key.get(key)
+        if held is None or last_ms < first_ms:
             return 0
-        return bisect_right(times, last_ms) - bisect_left(times, first_ms)
+        if isinstance(held, int):
+            return 1 if first_ms <= held <= last_ms else 0
+        return bisect_right(held, last_ms) - bisect_left(held, first_ms)
 
     def discard(self, key: str, ts: int) -> bool:
         """Remove one occurrence of ts under key; False when it is not there."""
-        times = self.by_key.get(key)
-        if times is None:
+        held = self.by_key.get(key)
+        if held is None:
             return False
+        if isinstance(held, int):
+            if held != ts:
+                return False
+            del self.by_key[key]
+            return True
+        times: list[int] = held
         i = bisect_left(times, ts)
         if i == len(times) or times[i] != ts:
             return False
         del times[i]
-        if not times:
-            del self.by_key[key]
+        if len(times) == 1:
+            self.by_key[key] = times[0]
         return True
 
     def prune_key(self, key: str, cutoff_ms: int) -> None:
         """Drop the timestamps of one key at or before cutoff_ms (cheap: one bisect)."""
-        times = self.by_key.get(key)
-        if times is None:
+        held = self.by_key.get(key)
+        if held is None:
             return
+        if isinstance(held, int):
+            if held <= cutoff_ms:
+                del self.by_key[key]
+            return
+        times: list[int] = held
         if times[0] > cutoff_ms:
             return
         cut = bisect_right(times, cutoff_ms)
         if cut == len(times):
             del self.by_key[key]
+        elif cut == len(times) - 1:
+            self.by_key[key] = times[-1]
         else:
             del times[:cut]
 
@@ -209,18 +239,17 @@ class TimestampsByKey:
             self.prune_key(key, cutoff_ms)
 
     def __len__(self) -> int:
-        return sum(len(times) for times in self.by_key.values())
+        return sum(1 if isinstance(held, int) else len(held) for held in self.by_key.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"by_key": self.by_key, "max_ts": self.max_ts}
+        return {"by_key": self.as_dict(), "max_ts": self.max_ts}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TimestampsByKey:
         memory = cls()
         for key, times in data["by_key"].items():
-            memory.by_key[key] = list(times)
             for ts in times:
-                memory.index.note(key, ts)
+                memory.add(key, ts)
         memory.max_ts = int(data["max_ts"])
         return memory
 

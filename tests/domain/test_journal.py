@@ -220,8 +220,8 @@ def test_a_restored_memory_is_the_memory_that_was_written() -> None:
         assert again is not None
         live, back = ledger.memory, again.memory
         assert back.rules.view_ids.seen == live.rules.view_ids.seen
-        assert back.rules.accepted_views.by_key == live.rules.accepted_views.by_key
-        assert back.qualified.by_key == live.qualified.by_key
+        assert back.rules.accepted_views.as_dict() == live.rules.accepted_views.as_dict()
+        assert back.qualified.as_dict() == live.qualified.as_dict()
         assert {k: (r.clawed, r.qualifying) for k, r in back.recent.items()} == {
             k: (r.clawed, r.qualifying) for k, r in live.recent.items()
         }

@@ -496,7 +496,7 @@ def test_judge_view_applies_rules_in_spec_order() -> None:
     ]
     for v, reason in steps:
         assert judge_view(POLICY, state, v).verdict.reason == reason, v.event_id
-    assert state.accepted_views.by_key == {"u1": [0, 2_000, 3_000, 4_000, 5_000]}
+    assert state.accepted_views.as_dict() == {"u1": [0, 2_000, 3_000, 4_000, 5_000]}
     assert state.velocity.ts == [0, 2_000, 3_000, 4_000, 5_000]  # viewer_repeat's rejects never reach it
 
 
@@ -534,7 +534,7 @@ def test_judge_view_marks_velocity_rejects_in_device_state() -> None:
         judgement = judge_view(small, state, v, device)
         assert judgement.verdict.reason == reason, v.event_id
         assert [r.event_id for r in judgement.clawbacks] == clawed, v.event_id
-    assert state.accepted_views.by_key == {"a": [0], "b": [1]}
+    assert state.accepted_views.as_dict() == {"a": [0], "b": [1]}
 
 
 # --- bounded state, expiry, round trip --------------------------------------------------------------------------
