@@ -154,13 +154,18 @@ class PartitionScorer:
     # ---- restore: heads and the journal ----
 
     def _restore(self) -> None:
-        """Rebuild the working set from the stored journal: each video's head, and its memories by replaying
-        the operations its head includes (domain/journal.py)."""
+        """Rebuild the working set from the stored journal: each video's newest head (from the newest live
+        segment holding one, else its own key), and its memories by replaying the operations that head includes
+        (domain/journal.py)."""
         segments = sorted(
             (journal.Segment.from_payload(codec.decode(Kind.SEGMENT, raw)) for raw in self.source.segments()),
             key=lambda s: s.seq,
         )
         loaded: dict[str, VideoLedger | None] = {}
+        for segment in segments:
+            self.journal.adopt(segment)
+            for head in segment.heads:
+                loaded[head[0]] = VideoLedger.from_head(head)
         for segment in segments:
             orphans = False
             for op in segment.ops:
@@ -175,8 +180,6 @@ class PartitionScorer:
                 journal.replay(self.policy, ledger, op)
             if orphans:
                 self._rewrites.append((segment.seq, self._without_orphans(segment, loaded)))
-            self.journal.live.append((segment.seq, segment.max_ts))
-            self.journal.next_seq = max(self.journal.next_seq, segment.seq + 1)
         for ledger in loaded.values():
             if ledger is not None:
                 self._adopt(ledger)
@@ -187,9 +190,10 @@ class PartitionScorer:
             ledger = loaded.get(op[1])
             if ledger is not None and segment.seq <= ledger.journal_seq:
                 kept.append(op)
-        if not kept:
+        if not kept and not segment.heads:
             return None
-        return codec.encode(Kind.SEGMENT, journal.Segment(segment.seq, segment.max_ts, kept).to_payload())
+        payload = journal.Segment(segment.seq, segment.max_ts, kept, segment.heads).to_payload()
+        return codec.encode(Kind.SEGMENT, payload)
 
     def _read_head(self, video_id: str) -> VideoLedger | None:
         raw = self.source.head(video_id)
@@ -577,23 +581,28 @@ class PartitionScorer:
                 ledger = ledgers[video_id]
                 self._emit(ledger, now_ms, effects)
                 changed[video_id] = ledger
-        sealed = self.journal.seal(self.watermark)
         state.segments.extend(self._rewrites)
         self._rewrites.clear()
-        state.segments.extend(sealed)
-        for ledger in changed.values():
-            if sealed:
-                ledger.journal_seq = sealed[-1][0]
-            state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
-        state.meta = self.meta().to_bytes()
+        state.segments.extend(self.journal.seal(changed, self.watermark))
         if self.watermark is not None:
-            state.dropped.extend(self.journal.droppable(self._journal_cutoff()))
+            dropped, rescue = self.journal.droppable(self._journal_cutoff())
+            for video_id in rescue:
+                self._store_head_apart(ledgers[video_id], state)
+            state.dropped.extend(dropped)
         for video_id in self._evict:
-            if video_id not in self._touched and video_id not in self._dirty:
-                ledgers.pop(video_id, None)
+            evicted = ledgers.get(video_id)
+            if evicted is not None and video_id not in self._dirty:
+                self._store_head_apart(evicted, state)
+                self.journal.forget_video(video_id)
+                del ledgers[video_id]
                 self._last_emit.pop(video_id, None)
         self._evict.clear()
+        state.meta = self.meta().to_bytes()
         return state
+
+    def _store_head_apart(self, ledger: VideoLedger, state: StateWrite) -> None:
+        state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
+        self.journal.head_stored_apart(ledger.video_id)
 
     def _journal_cutoff(self) -> int:
         """Segments whose entries are all at or before this ts hold nothing a memory keeps: the longest memory
@@ -610,12 +619,16 @@ class PartitionScorer:
 
     def republish(self, now_ms: int) -> Effects:
         """After an assignment: the current record of every video whose newest version the broker may not have
-        (SPEC §7: nothing lost between a state write and a crash), unchanged."""
+        (SPEC §7: nothing lost between a state write and a crash), unchanged; their heads, which now say so, are
+        in effects.state."""
         effects = Effects()
+        republished: dict[str, VideoLedger] = {}
         for ledger in self._ledgers.values():
             if ledger.version and ledger.published_version < ledger.version:
                 self._emit(ledger, now_ms, effects)
-                effects.state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
+                republished[ledger.video_id] = ledger
+        effects.state.segments.extend(self.journal.seal(republished, self.watermark))
+        effects.state.meta = self.meta().to_bytes()
         return effects
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from stream_app.domain.codec import Kind, decode
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
@@ -177,11 +178,12 @@ def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
     assert effects.outcomes == []
 
 
-def test_a_batch_writes_one_segment_and_each_touched_head_once(harness: Harness) -> None:
+def test_a_batch_writes_one_segment_holding_each_changed_head(harness: Harness) -> None:
     effects = harness.send(*(view(n, "vid1", f"viewer{n}", 1_000 + n) for n in range(50)), view(99, "vid2", "x", 5))
     state = effects.state
-    assert [seq for seq, _ in state.segments] == [0]
-    assert sorted(video for video, _ in state.heads) == ["vid1", "vid2"]
+    [(seq, segment)] = state.segments  # one record holds the batch's operations and the heads it changed
+    assert seq == 0 and state.heads == []
+    assert sorted(head[0] for head in decode(Kind.SEGMENT, segment)[3]) == ["vid1", "vid2"]
     assert harness.store.writes == 1
 
 
