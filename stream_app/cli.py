@@ -23,25 +23,41 @@ def _settings() -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import faust
-
+    from stream_app.edges.kafka_client import check_topics, client_kwargs
     from stream_app.edges.logging_setup import configure_logging
     from stream_app.edges.metrics import RewardsMetrics
     from stream_app.streaming.app import build_app
+    from stream_app.streaming.lifecycle import ScorerWorker, required_topics
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     scorer = build_app(settings, RewardsMetrics())
-    worker = faust.Worker(
-        scorer.faust,
+    # Refuse to start, in one line, on a broker that does not answer or lacks topics (SPEC §4), instead of
+    # letting Faust retry behind a wall of log lines.
+    topics, co_partitioned = required_topics(scorer)
+    check = check_topics(settings.kafka_bootstrap, topics, co_partitioned, client_kwargs(settings.env))
+    preflight_loop = asyncio.new_event_loop()  # not the current loop: Faust's worker makes and owns that one
+    try:
+        preflight_loop.run_until_complete(check)
+    finally:
+        preflight_loop.close()
+    worker = ScorerWorker(
+        scorer,
         loglevel=settings.log_level,
         quiet=True,
         # Our logging is configured above; Faust's would add its spinner, which sets the root logger to DEBUG.
         override_logging=False,
     )
     worker.spinner = None
-    worker.execute_from_commandline()
-    return 0
+    code = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        raise
+    finally:
+        scorer.lifecycle.stopped(code)
+    return code
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
