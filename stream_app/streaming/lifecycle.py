@@ -1,4 +1,4 @@
-"""A worker's life for its operators: probes that mean something, a bounded graceful shutdown, leaving the group.
+"""A worker's life for its operators: probes that mean something, and a graceful shutdown that is timed and bounded.
 
 The probes' inputs are stamped by a Faust sensor, because sensors start first and stop last: `/livez` and `/readyz`
 answer during table recovery (Faust starts app tasks only after it) and during the shutdown.
@@ -45,6 +45,7 @@ class WorkerLifecycle:
         self.stop_signal: str | None = None
         self._stop_started: float | None = None
         self._watchdog: threading.Timer | None = None
+        self._logged_kind: str | None = "none yet"
         self.sensor = HealthSensor(self)
         scorer.faust.sensors.add(self.sensor)
 
@@ -62,12 +63,15 @@ class WorkerLifecycle:
             "partitions": sorted(tp.partition for tp in assignment if tp.topic == views),
         }
         recovery: Any = getattr(app.tables, "recovery")  # noqa: B009 (TableManagerT does not declare it)
-        if getattr(app, "rebalancing", False):
-            return "rebalancing: partitions are being reassigned", detail
-        if getattr(app, "in_recovery", False) or not recovery.completed.is_set():
+        # Faust recovers tables inside a rebalance: recovery is the more telling reason, so it is asked first.
+        if getattr(app, "in_recovery", False):
             remaining = recovery.active_remaining_total()
             detail["changelog_records_to_recover"] = remaining
             return f"recovering tables: {remaining} changelog records to go", detail
+        if getattr(app, "rebalancing", False):
+            return "rebalancing: partitions are being reassigned", detail
+        if not recovery.completed.is_set():
+            return "waiting for the first partition assignment", detail
         if not assignment:
             return "no partitions assigned (more workers than partitions, or the group is forming)", detail
         if not self.scorer.profile_reader.caught_up.is_set():
@@ -81,10 +85,14 @@ class WorkerLifecycle:
         reason, detail = self.not_ready_reason()
         if self.health.beat(reason, detail):
             self.scorer.metrics.count_readiness_change()
+        # One line per kind of reason ("recovering tables: 123 ... to go" counts down every second).
+        kind = None if reason is None else reason.split(":", 1)[0]
+        if kind != self._logged_kind:
+            self._logged_kind = kind
             if reason is None:
                 log.info("ready: partitions %s", detail.get("partitions"))
             else:
-                log.warning("not ready: %s", reason)
+                log.info("not ready: %s", reason)
 
     # ---- shutdown ----
 
@@ -175,36 +183,6 @@ class ScorerWorker(faust.Worker):
         super()._schedule_shutdown(signal_)
 
 
-def install_leave_on_generation_zero() -> None:
-    """Leave the consumer group on shutdown even when the broker numbered the generation 0.
-
-    aiokafka sends LeaveGroup only from generation 1 on (Apache Kafka's first); a broker that starts at 0 (tansu)
-    would keep a stopped worker's partitions idle until the session timeout. LeaveGroup names no generation.
-    """
-    from aiokafka.consumer.group_coordinator import GroupCoordinator, LeaveGroupRequest
-    from aiokafka.errors import KafkaError
-
-    if getattr(GroupCoordinator, "_stream_app_leaves_at_zero", False):
-        return
-    original = GroupCoordinator._maybe_leave_group
-
-    async def _maybe_leave_group(self: Any) -> None:
-        if self.generation == 0 and self._group_instance_id is None:
-            try:
-                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
-            except KafkaError as exc:
-                log.warning("LeaveGroup failed: %s", exc)
-            else:
-                log.info("left consumer group %s", self.group_id)
-            self.reset_generation()
-            return
-        await original(self)
-
-    coordinator: Any = GroupCoordinator
-    coordinator._maybe_leave_group = _maybe_leave_group
-    coordinator._stream_app_leaves_at_zero = True
-
-
 def required_topics(scorer: ScorerApp) -> tuple[list[str], list[str]]:
     """Every topic the worker reads or writes, and those among them that must share one partition count (the
     event topics, ticks, device repartitions and table changelogs: README, Topics)."""
@@ -217,5 +195,4 @@ def required_topics(scorer: ScorerApp) -> tuple[list[str], list[str]]:
 
 def install(scorer: ScorerApp) -> WorkerLifecycle:
     """Wire the lifecycle into a ScorerApp (one call from streaming/app.py)."""
-    install_leave_on_generation_zero()
     return WorkerLifecycle(scorer)
