@@ -180,10 +180,11 @@ def run_demo(*, duration_s: float = 90.0, rate: float = 100.0, seed: int = 7) ->
         command = [sys.executable, "-m", "stream_app.cli"]
         print(f"broker {bootstrap}, topics under prefix {prefix!r}: applying topics ...", flush=True)
         applied = subprocess.run(
-            [*command, "topics", "apply"], env=env, stdout=subprocess.DEVNULL, check=False, **detached_child()
+            [*command, "topics", "apply"], env=env, capture_output=True, text=True, check=False, **detached_child()
         )
         if applied.returncode != 0:
-            raise BrokerError(f"`stream-app topics apply` failed (exit {applied.returncode}) against {bootstrap}")
+            said = (applied.stderr.strip().splitlines() or [f"exit {applied.returncode}"])[-1]
+            raise BrokerError(f"topics apply failed: {said.removeprefix('stream-app topics: ')}")
         log_path = Path(tempfile.gettempdir()) / f"{prefix}worker.log"
         with log_path.open("wb") as log:
             worker = subprocess.Popen(

@@ -55,12 +55,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark import positive_int
 from stream_app.benchmark import worker_env as bench_worker_env
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 from stream_app.domain.policy import Policy
+from stream_app.edges.cli_args import positive_int
 from stream_app.edges.localhost import scrape_metrics
 from stream_app.edges.simulator import (
     EXPECTED_REASONS,
