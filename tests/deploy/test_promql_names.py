@@ -98,7 +98,7 @@ ALL_EXPRS = alert_exprs() + dashboard_exprs()
 
 
 def test_there_are_expressions_to_check() -> None:
-    assert len(alert_exprs()) == 6
+    assert len(alert_exprs()) == 10
     assert len(dashboard_exprs()) >= 20
 
 
@@ -146,6 +146,11 @@ def test_expression_label_values_are_known(where: str, expr: str) -> None:
             assert value in KNOWN_VALUES[label], f"{where}: {label}{op}{value!r} can never match"
         if label == "job":
             assert value == "creator-rewards-scorer", f"{where}: job must be the scrape job of prometheus.yml"
+
+
+def test_dashboard_shows_every_worker_health_metric() -> None:
+    used = set().union(*(metric_names(expr) for _, expr in dashboard_exprs()))
+    assert set(HEALTH_METRIC_NAMES) <= used, sorted(set(HEALTH_METRIC_NAMES) - used)
 
 
 def test_dashboard_covers_required_panels() -> None:

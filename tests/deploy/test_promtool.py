@@ -30,7 +30,7 @@ def run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProces
 def test_check_rules() -> None:
     result = run([promtool_or_skip(), "check", "rules", "alerts.yml"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_rule_unit_tests() -> None:
