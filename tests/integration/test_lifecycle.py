@@ -19,7 +19,9 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from stream_app.edges.broker import EmbeddedBroker
 from stream_app.edges.partitioner import partition_for
+from stream_app.streaming.lifecycle import EXIT_SHUTDOWN_TIMEOUT
 from tests.integration.harness import (
     WorkerProcess,
     jsonl,
@@ -27,6 +29,7 @@ from tests.integration.harness import (
     run_cli,
     scrape,
     wait_for,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -195,3 +198,26 @@ def test_sigterm_mid_stream_finishes_the_batch_flushes_commits_and_exits_0_in_ti
     expected = {(p, o) for p, o in invalid_positions(events) if o < committed[p]}  # type: ignore[operator]
     dead = read_topic(bootstrap, f"{prefix}events-dlq", lambda r: len(r) >= len(expected), timeout=30)
     assert sorted((d["partition"], d["offset"]) for d in dead) == sorted(expected)
+
+
+def test_a_shutdown_that_hangs_on_a_dead_broker_ends_after_shutdown_timeout(tmp_path: Path) -> None:
+    """The demo's old failure: the broker went first and the worker retried it for about 90 s. Now the worker
+    gives up after SHUTDOWN_TIMEOUT_S, says so, and exits 1 (its state is safe: a restart skips replays)."""
+    broker = EmbeddedBroker()  # its own broker: this test kills it
+    try:
+        env = worker_env(broker.start(), "dead-", SHUTDOWN_TIMEOUT_S="3")
+        run_cli(env, "topics", "apply")
+        worker = WorkerProcess(env).start()
+        try:
+            watch_readiness(worker, timeout=60)
+            broker.stop()
+            started = time.monotonic()
+            code = worker.stop(signal.SIGTERM, timeout=30)
+            took = time.monotonic() - started
+        finally:
+            worker.kill()
+    finally:
+        broker.stop()
+    assert code == EXIT_SHUTDOWN_TIMEOUT, worker.log()[-3000:]
+    assert 3 <= took < 10, took
+    assert "shutdown did not finish within SHUTDOWN_TIMEOUT_S=3 s" in worker.log()
