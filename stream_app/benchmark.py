@@ -46,6 +46,7 @@ import orjson
 
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
+from stream_app.edges.cli_args import USAGE_ERROR, OneLineParser, positive_float, positive_int
 from stream_app.edges.localhost import free_port, scrape_metrics
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class BenchResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="stream-app bench",
         description="Throughput of the scorer against a no-op Faust agent and the raw-consumer ceiling, in one run.",
     )
@@ -144,17 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mode", choices=("envelope", "single"), default="envelope", help="how input is published")
     parser.add_argument(
-        "--rate", type=float, default=DEFAULT_RATE, help="simulated events per second of event time (input shape)"
+        "--rate",
+        type=positive_float,
+        default=DEFAULT_RATE,
+        help="simulated events per second of event time (input shape)",
     )
     return parser
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (underscores allowed)."""
-    value = int(text.replace("_", ""))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run_bench(argv: list[str] | None = None) -> int:
@@ -169,6 +165,9 @@ def run_bench(argv: list[str] | None = None) -> int:
         log.setLevel(logging.INFO)
         log.propagate = False
     command = "stream-app bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if not args.output.parent.is_dir():  # found out now, not after minutes of measuring
+        print(f"stream-app bench: --output {args.output}: no directory {args.output.parent}", file=sys.stderr)
+        return USAGE_ERROR
     try:
         with _broker(args.bootstrap) as (bootstrap, broker_desc, broker_pid):
             result = run_measurements(
@@ -180,9 +179,12 @@ def run_bench(argv: list[str] | None = None) -> int:
                 broker_pid=broker_pid,
                 command=command.strip(),
             )
-    except StreamAppError as exc:
+    except BenchError as exc:  # a measurement failed: the bench ran, its subject did not hold up
         print(f"stream-app bench: {exc}", file=sys.stderr)
         return 1
+    except StreamAppError as exc:  # bad settings or an unreachable broker: nothing was measured
+        print(f"stream-app bench: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     write_section(args.output, format_section(result))
     print(format_summary(result))
     print(f"results written to {args.output} ({SECTION_HEADING})")

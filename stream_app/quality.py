@@ -55,13 +55,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark import positive_int
 from stream_app.benchmark import worker_env as bench_worker_env
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 from stream_app.domain.policy import Policy
+from stream_app.edges.cli_args import positive_int
 from stream_app.edges.localhost import scrape_metrics
+from stream_app.edges.metrics import HEALTH_METRIC_NAMES
 from stream_app.edges.simulator import (
     EXPECTED_REASONS,
     FRAUD_SCENARIOS,
@@ -530,12 +531,15 @@ def _outcomes(samples: Mapping[str, float]) -> int:
 
 
 def _signature(samples: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
-    """Every rewards_* sample that moves with scoring (not lag, which moves with time)."""
+    """Every rewards_* sample that moves with scoring (not lag, which moves with time, nor the worker-health
+    metrics: a heartbeat's age moves every second)."""
     return tuple(
         sorted(
             (name, value)
             for name, value in samples.items()
-            if name.startswith("rewards_") and "lag" not in name.split("{", 1)[0]
+            if name.startswith("rewards_")
+            and "lag" not in (family := name.split("{", 1)[0])
+            and family not in HEALTH_METRIC_NAMES
         )
     )
 

@@ -133,3 +133,20 @@ def test_join_maps_a_duplicate_to_its_second_occurrence_and_raw_records_by_bytes
     # An input record the labels do not know, and a labelled event that never arrived, are both unmatched.
     inputs["video-views"].append((0, 4, None, jsoncodec.dumps([_view("e9", "v9", 9)])))
     assert positions_of([*stream, SimEvent(InputTopic.VIEWS, _view("e8", "v8", 8), ORGANIC, None, 8)], inputs)[1] == 2
+
+
+def test_the_idle_signature_ignores_what_moves_with_time() -> None:
+    from stream_app.quality import _signature
+
+    scoring = {
+        'rewards_events_total{outcome="accepted",topic="video-views"}': 5.0,
+        "rewards_windows_settled_total": 1.0,
+    }
+    moving = {
+        'rewards_consumer_lag_messages{partition="0",topic="video-views"}': 3.0,
+        "rewards_event_loop_heartbeat_age_seconds": 0.7,
+        "rewards_worker_ready": 1.0,
+        "rewards_shutdown_seconds": 0.0,
+        "rewards_readiness_changes_total": 1.0,
+    }
+    assert _signature({**scoring, **moving}) == tuple(sorted(scoring.items()))

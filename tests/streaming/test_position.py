@@ -36,9 +36,13 @@ class FakeConsumer:
         return {tp: self.earliest for tp in tps}
 
 
-def app_with(consumer: FakeConsumer, processed: dict[tuple[str, int], int] | None = None) -> Any:
+def app_with(
+    consumer: FakeConsumer, processed: dict[tuple[str, int], int] | None = None, *, stopping: bool = False
+) -> Any:
     return SimpleNamespace(
-        faust=SimpleNamespace(consumer=consumer), processed_offsets=processed or {}, _start_offsets={}
+        faust=SimpleNamespace(consumer=consumer, should_stop=stopping),
+        processed_offsets=processed or {},
+        _start_offsets={},
     )
 
 
@@ -76,3 +80,24 @@ async def test_the_high_watermark_is_at_least_what_was_fetched() -> None:
     consumer = FakeConsumer(highwater=90, committed=10)
     consumer._read_offset[TP(TOPIC, 0)] = 99
     assert await position(app_with(consumer, {(TOPIC, 0): 90})) == (90, 100)
+
+
+async def test_no_offset_lookup_once_the_worker_is_stopping() -> None:
+    # Faust's consumer thread answers no lookup during a shutdown: asking would only hold the shutdown
+    consumer = FakeConsumer(highwater=100, committed=None, earliest=3)
+    assert await position(app_with(consumer, stopping=True)) == (None, 100)
+    assert consumer.earliest_calls == 0
+
+
+async def test_an_unanswered_offset_lookup_gives_no_position_instead_of_waiting(monkeypatch: Any) -> None:
+    import asyncio
+
+    from stream_app.streaming import app as app_module
+
+    class SilentConsumer(FakeConsumer):
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            await asyncio.Event().wait()  # never answers
+            raise AssertionError("unreachable")
+
+    monkeypatch.setattr(app_module, "OFFSET_LOOKUP_TIMEOUT_S", 0.05)
+    assert await position(app_with(SilentConsumer(highwater=100, committed=None))) == (None, 100)
