@@ -374,6 +374,12 @@ def engagement_score(policy: Policy, likes: int, comments: int, shares: int, fol
     )
 
 
+def view_completion_bps(watch_ms: int, video_ms: int) -> int:
+    """How much of its video one view watched, in basis points: min(watch_ms*10_000 // video_ms, 10_000) (SPEC §5).
+    Capped at the whole video (a view may loop past its length); video_ms > 0 is guaranteed by validation."""
+    return min(watch_ms * BPS // video_ms, BPS)
+
+
 def mean_completion_bps(completion_bps_sum: int, qualified_views: int) -> int:
     """completion_bps of a window: the mean over its qualified views of min(watch*10_000 // video, 10_000),
     as the integer division of the sum by max(qv, 1) (SPEC §5)."""
