@@ -62,13 +62,28 @@ def workload(seed: int, n: int = 2_500) -> list[tuple[Item, Position]]:
         item: Item
         if roll < 0.75 or burst:
             item = ViewEvent(
-                f"e{i}", video, f"c{video[-1]}", viewer, f"d{viewer}", at, rng.randint(1_000, 90_000), 75_000,
-                rng.choice(["for_you", "for_you", "following"]), rng.choice(["US", "GB", "IN"]),
+                f"e{i}",
+                video,
+                f"c{video[-1]}",
+                viewer,
+                f"d{viewer}",
+                at,
+                rng.randint(1_000, 90_000),
+                75_000,
+                rng.choice(["for_you", "for_you", "following"]),
+                rng.choice(["US", "GB", "IN"]),
             )
             views.append(item)
         elif roll < 0.92:
-            item = InteractionEvent(f"e{i}", video, f"c{video[-1]}", viewer, f"d{viewer}", at, rng.choice(
-                ["like", "comment", "share", "follow", "like"]))
+            item = InteractionEvent(
+                f"e{i}",
+                video,
+                f"c{video[-1]}",
+                viewer,
+                f"d{viewer}",
+                at,
+                rng.choice(["like", "comment", "share", "follow", "like"]),
+            )
         elif roll < 0.96 and views:
             earlier = rng.choice(views[-200:])
             item = Flag(earlier.video_id, earlier.event_id)

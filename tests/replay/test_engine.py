@@ -10,7 +10,7 @@ from stream_app.domain.events import InputTopic
 from stream_app.domain.policy import Policy
 from stream_app.edges.partitioner import partition_for
 from stream_app.replay.engine import ReplayEngine
-from tests.integration.test_scoring_scenario import A, B, C, D, EXPECTED_ACCRUALS, EXPECTED_SETTLEMENTS, Z, scenario
+from tests.integration.test_scoring_scenario import EXPECTED_ACCRUALS, EXPECTED_SETTLEMENTS, A, B, C, D, Z, scenario
 from tests.replay.helpers import PARTITIONS, records_of
 
 V1 = Policy(window_s=10, grace_s=2, idle_settle_s=600, emit_interval_s=0.2)
