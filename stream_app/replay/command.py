@@ -214,6 +214,7 @@ def build_files(outcome: ReplayOutcome, baseline_source: str, candidate_source: 
         covered_from_ms=outcome.covered_from_ms,
         due_by_ms=outcome.present_ms,
         grace_ms=grace_ms,
+        device_clawed=base_run.totals.device_clawed,
     )
     reconciliation = ledger_mod.reconcile(ledger_view, replay_view)
     videos = report.video_rows(base_run.results(), cand_run.results())

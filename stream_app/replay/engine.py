@@ -37,6 +37,8 @@ BATCH_EVENTS = 2_000
 TICK_MS = 1_000
 # The single device judge acknowledges as device partition 0 of 1 (see device_rules.py).
 DEVICE_PARTITION = 0
+# The rules judged per device (SPEC §6), whose flags reach a video's window after a round trip in the worker.
+DEVICE_REASONS = frozenset({"device_burst", "device_overlap", "account_farm"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,8 @@ class RunTotals:
     outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     settlements: list[dict[str, Any]] = field(default_factory=list)  # settlement and clawback records, in order
     device_flags: int = 0
+    # accepted views a device rule clawed back, by (video_id, window_start): what explains a reconciliation gap
+    device_clawed: Counter[tuple[str, int]] = field(default_factory=Counter)
 
 
 class PolicyRun:
@@ -176,8 +180,12 @@ class PolicyRun:
         outcomes = self.totals.outcomes
         for topic, n in effects.accepted.items():
             outcomes[(topic.value, Outcome.ACCEPTED.value, "")] += n
+        window_ms = self.policy.window_s * 1000
         for outcome in effects.outcomes:
             outcomes[(outcome.topic.value, outcome.outcome.value, outcome.reason)] += 1
+            if outcome.outcome is Outcome.CLAWBACK and outcome.reason in DEVICE_REASONS:
+                event = outcome.event
+                self.totals.device_clawed[(event.video_id, event.ts // window_ms * window_ms)] += 1
         self.totals.settlements.extend(effects.settlements)
 
     def finish(self, present_ms: int, now_ms: int, video_partition: Mapping[str, int]) -> None:

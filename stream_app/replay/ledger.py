@@ -10,6 +10,8 @@ A video that differs is explained where the cause is known:
 - `flag timing`: a device rule's flag reached one side after the window settled (a clawback at the settled
   multiplier, SPEC §5) and the other before (the view left the window, so its multiplier was computed without it).
   Inherent: the worker's flags make a round trip through the device topics, the replay's return within its batch.
+- `device flag not applied`: the ledger pays views the device rules rejected (the replay removed them before the
+  window settled) and holds no clawback for them: a worker never applied the flag. Not inherent: investigate.
 - `not in the ledger`: the replay settled windows the workers have not written (they are behind, or down).
 - `not in the replay`: the ledger has windows the replay did not settle (their input is no longer retained, or
   was outside --from/--to).
@@ -26,6 +28,7 @@ from stream_app.domain import jsoncodec
 from stream_app.domain.errors import SerializationError
 
 FLAG_TIMING = "flag timing"
+FLAG_NOT_APPLIED = "device flag not applied"
 NOT_IN_LEDGER = "not in the ledger"
 NOT_IN_REPLAY = "not in the replay"
 UNEXPLAINED = "unexplained"
@@ -34,6 +37,9 @@ EXPLANATIONS = {
     FLAG_TIMING: "a device rule's flag reached one side after the window settled (a clawback at the settled "
     "multiplier, SPEC §5) and the other before it settled (the view left the window before its multiplier was "
     "computed); inherent to flags that make a round trip through the device topics",
+    FLAG_NOT_APPLIED: "the ledger pays views of the window that the device rules rejected (the replay removed them "
+    "on their flag) and holds no clawback for them: the workers never applied those flags; investigate (the "
+    "suspicious-events topic shows which device_burst clawbacks the workers recorded)",
     NOT_IN_LEDGER: "the replay settled windows the workers have not written to the ledger (they are behind, or "
     "stopped)",
     NOT_IN_REPLAY: "the ledger holds windows the replay did not settle (input no longer retained, or outside "
@@ -46,6 +52,8 @@ EXPLANATIONS = {
 class WindowMoney:
     settled_micros: int = 0
     clawback_micros: int = 0
+    qualified_views: int = 0  # at settlement
+    device_clawed: int = 0  # views a device rule clawed back (known on the replay's side only)
     settled: bool = False  # a settlement record was seen
     clawbacks: int = 0  # clawback records
 
@@ -70,9 +78,15 @@ class LedgerView:
 
 
 def reduce_ledger(
-    records: Iterable[Mapping[str, Any]], *, covered_from_ms: int | None, due_by_ms: int, grace_ms: int
+    records: Iterable[Mapping[str, Any]],
+    *,
+    covered_from_ms: int | None,
+    due_by_ms: int,
+    grace_ms: int,
+    device_clawed: Mapping[tuple[str, int], int] | None = None,
 ) -> LedgerView:
-    """Reduce settlement/clawback records (as dicts) to money per (video, window), keeping only compared windows."""
+    """Reduce settlement/clawback records (as dicts) to money per (video, window), keeping only compared windows;
+    `device_clawed` (the replay's side): views a device rule clawed back per (video_id, window_start)."""
     view = LedgerView()
     seen: set[tuple[Any, ...]] = set()
     for record in records:
@@ -95,9 +109,12 @@ def reduce_ledger(
         if kind == "settlement":
             money.settled = True
             money.settled_micros += int(record.get("settled_micros", 0))
+            money.qualified_views += int(record.get("qualified_views", 0))
         else:
             money.clawbacks += 1
             money.clawback_micros += int(record.get("clawback_micros", 0))
+        if device_clawed:
+            money.device_clawed = device_clawed.get((video_id, start), 0)
         view.creators.setdefault(video_id, str(record.get("creator_id", "")))
         policy = record.get("policy")
         if isinstance(policy, str):
@@ -184,7 +201,12 @@ def _cause(ours: Mapping[int, WindowMoney], theirs: Mapping[int, WindowMoney]) -
         return NOT_IN_LEDGER
     if settled_theirs - settled_ours:
         return NOT_IN_REPLAY
-    for k in settled_ours:
-        if ours[k].net_micros != theirs[k].net_micros and ours[k].clawbacks != theirs[k].clawbacks:
+    for k in sorted(settled_ours):
+        mine, ledger = ours[k], theirs[k]
+        if mine.net_micros == ledger.net_micros:
+            continue
+        if mine.clawbacks != ledger.clawbacks:
             return FLAG_TIMING
+        if mine.device_clawed and ledger.clawbacks == 0 and ledger.qualified_views > mine.qualified_views:
+            return FLAG_NOT_APPLIED
     return UNEXPLAINED
