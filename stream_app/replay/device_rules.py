@@ -21,7 +21,6 @@ from stream_app.domain.events import ViewEvent
 from stream_app.domain.policy import Policy
 from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.windows import SourceWatermark
-from stream_app.streaming.devices import MAX_SOURCE_SKEW_MS
 
 # Devices not seen for a while are expired on a sweep, once per this much watermark progress (event time); the
 # worker sweeps every SWEEP_INTERVAL_S of wall clock. Only memory depends on it, never a verdict.
@@ -39,13 +38,14 @@ class DeviceFlag:
 
 
 class ReplayDeviceRules:
-    """device_burst over every device, fed by `sources` event partitions."""
+    """device_burst over every device, fed by `sources` event partitions. `max_source_skew_ms`: the worker's bound
+    on how far the device watermark trails the most advanced source (streaming/devices.py MAX_SOURCE_SKEW_MS)."""
 
-    def __init__(self, policy: Policy, sources: int) -> None:
+    def __init__(self, policy: Policy, sources: int, max_source_skew_ms: int) -> None:
         self.policy = policy
         self.sources = sources
         self._devices: dict[str, DeviceState] = {}
-        self._clock = SourceWatermark(max_skew_ms=MAX_SOURCE_SKEW_MS)
+        self._clock = SourceWatermark(max_skew_ms=max_source_skew_ms)
         self._touched: set[str] = set()
         self._last_sweep: int | None = None
 

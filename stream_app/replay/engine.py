@@ -108,7 +108,7 @@ class RunTotals:
 class PolicyRun:
     """One policy over every partition: scorers, device rules, and what they decided."""
 
-    def __init__(self, policy: Policy, partitions: int, start_ms: int) -> None:
+    def __init__(self, policy: Policy, partitions: int, start_ms: int, max_source_skew_ms: int) -> None:
         self.policy = policy
         self.policy_id = policy_hash(policy)
         self.profiles = ProfileHistory(policy)
@@ -119,7 +119,7 @@ class PolicyRun:
             )
             for p in range(partitions)
         ]
-        self.devices = ReplayDeviceRules(policy, partitions)
+        self.devices = ReplayDeviceRules(policy, partitions, max_source_skew_ms)
         self.effects: dict[int, Effects] = {}
         self.totals = RunTotals()
 
@@ -237,11 +237,14 @@ class ReplayEngine:
         partition_counts: Mapping[InputTopic, int],
         partition_for: PartitionFor,
         *,
+        max_source_skew_ms: int,
         batch_events: int = BATCH_EVENTS,
     ) -> None:
+        """`max_source_skew_ms`: the device judge's skew bound, as the worker's (streaming/devices.py)."""
         self.partition_counts = dict(partition_counts)
         self.partition_for = partition_for
         self.batch_events = batch_events
+        self.max_source_skew_ms = max_source_skew_ms
         self.policies = list(policies)
         self.runs: list[PolicyRun] = []
         self.counts = ReadCounts()
@@ -253,7 +256,7 @@ class ReplayEngine:
 
     def _start(self, now_ms: int) -> None:
         partitions = self.partition_counts[VIEWS]
-        self.runs = [PolicyRun(policy, partitions, now_ms) for policy in self.policies]
+        self.runs = [PolicyRun(policy, partitions, now_ms, self.max_source_skew_ms) for policy in self.policies]
         self._now = self._last_tick = now_ms
         for run in self.runs:
             for profile in self._profiles:
