@@ -151,10 +151,10 @@ async def replay_from_broker(
 def _covered_from(
     selection: reading.Selection, snapshot: reading.Snapshot, engine: ReplayEngine, policy: Policy
 ) -> int | None:
-    """The start of the first window the input covers whole: --from's, or where retention cut the input."""
+    """The start of the first window the input covers whole: after --from, or after where retention cut it."""
     start = selection.from_ms
-    if start is None and snapshot.truncated():
-        start = engine.counts.first_record_ms
+    if start is None:
+        start = snapshot.complete_from_ms()
     if start is None:
         return None
     k = window_index(start, policy.window_s)

@@ -295,7 +295,7 @@ class ReplayEngine:
         ts = record.timestamp_ms
         if self._now is None:
             self._start(ts)
-        now = self._now = max(self._now or ts, ts)
+        now = self._now = ts if self._now is None or ts > self._now else self._now
         counts = self.counts
         if counts.first_record_ms is None:
             counts.first_record_ms = ts

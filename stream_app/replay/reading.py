@@ -79,15 +79,22 @@ class Snapshot:
     end: dict[TopicPartition, int] = field(default_factory=dict)
     log_start: dict[TopicPartition, int] = field(default_factory=dict)
     other_partitions: dict[str, int] = field(default_factory=dict)  # partition counts of the other topics read
+    first_read: dict[TopicPartition, int] = field(default_factory=dict)  # timestamp of the first record read
+
+    def complete_from_ms(self) -> int | None:
+        """Where the input read is complete: None when nothing was deleted by retention, else the latest first
+        record timestamp among the event partitions whose start was deleted (windows before it are partial)."""
+        names = {self.topics[t] for t in EVENT_TOPICS}
+        cut = [
+            self.first_read[tp]
+            for tp, start in self.log_start.items()
+            if tp.topic in names and start > 0 and tp in self.first_read
+        ]
+        return max(cut) if cut else None
 
     def records(self, topic: InputTopic) -> int:
         name = self.topics[topic]
         return sum(max(0, self.end[tp] - self.start[tp]) for tp in self.end if tp.topic == name)
-
-    def truncated(self) -> bool:
-        """Whether retention has deleted the start of an event topic-partition (so its first windows are partial)."""
-        names = {self.topics[t] for t in EVENT_TOPICS}
-        return any(offset > 0 for tp, offset in self.log_start.items() if tp.topic in names)
 
 
 def new_consumer(bootstrap: str, security: Mapping[str, Any]) -> AIOKafkaConsumer:
@@ -236,6 +243,7 @@ async def read_events(
         _, _, _, _, i = heapq.heappop(heap)
         tp = tps[i]
         m = buffers[tp].popleft()
+        snapshot.first_read.setdefault(tp, m.timestamp)
         if not buffers[tp]:
             await fill(tp)
         if buffers[tp]:

@@ -218,7 +218,7 @@ def build_summary(
         "to_zero": [_mover(r) for r in creators if r.baseline_settled_micros > 0 and r.candidate_settled_micros == 0],
         "from_zero": [_mover(r) for r in creators if r.baseline_settled_micros == 0 and r.candidate_settled_micros > 0],
         "reconciliation": {
-            "status": "matches the ledger" if reconciliation.matches else "differs from the ledger",
+            "status": _status(reconciliation),
             "videos_compared": reconciliation.videos_compared,
             "ledger_net_micros": reconciliation.ledger_net_micros,
             "replay_net_micros": reconciliation.replay_net_micros,
@@ -240,6 +240,12 @@ def build_summary(
             ],
         },
     }
+
+
+def _status(reconciliation: Reconciliation) -> str:
+    if not reconciliation.matches:
+        return "differs from the ledger"
+    return "matches the ledger" if reconciliation.videos_compared else "nothing to compare"
 
 
 # ---- files ---------------------------------------------------------------------------------------------------
@@ -361,7 +367,9 @@ def render_report(summary: Mapping[str, Any]) -> str:
         lines += _movers_table(summary[key]) if summary[key] else ["None."]
         lines.append("")
     lines += ["## Reconciliation with the ledger", ""]
-    if recon["status"] == "matches the ledger":
+    if recon["status"] == "nothing to compare":
+        lines.append("No window due by the present was settled on either side: nothing to reconcile yet.")
+    elif recon["status"] == "matches the ledger":
         lines.append(
             f"Under the baseline the replay **matches the ledger**: {recon['videos_compared']:,} videos, "
             f"{micros(recon['ledger_net_micros'])} net, to the micro."

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from aiokafka import TopicPartition
+
 from stream_app.cli import main
 from stream_app.domain.errors import ReplaySelectionError
-from stream_app.replay.reading import Selection, format_ms, parse_time
+from stream_app.domain.events import InputTopic
+from stream_app.replay.reading import Selection, Snapshot, format_ms, parse_time
 
 UNREACHABLE = {"KAFKA_BOOTSTRAP": "127.0.0.1:9", "TOPIC_PREFIX": "", "POLICY_FILE": ""}
 
@@ -93,3 +96,13 @@ def test_selection_bounds_are_inclusive() -> None:
     with pytest.raises(ReplaySelectionError):
         Selection(11, 10)
     assert format_ms(1_764_000_000_250) == "2025-11-24T16:00:00.250Z"
+
+
+def test_input_is_complete_from_where_retention_cut_it() -> None:
+    topics = {t: t.value for t in InputTopic}
+    views0, views1 = TopicPartition("video-views", 0), TopicPartition("video-views", 1)
+    whole = Snapshot(topics, {}, log_start={views0: 0, views1: 0}, first_read={views0: 5, views1: 7})
+    assert whole.complete_from_ms() is None
+    # both partitions lost their start: windows are whole only from the later of their first records
+    cut = Snapshot(topics, {}, log_start={views0: 10, views1: 4}, first_read={views0: 5_000, views1: 7_000})
+    assert cut.complete_from_ms() == 7_000
