@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from aiokafka import TopicPartition
 
 from stream_app.cli import main
