@@ -425,6 +425,7 @@ def plot_change(path: Path, changes: Sequence[float], facts: ReplayFacts) -> Non
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
@@ -446,6 +447,7 @@ def plot_change(path: Path, changes: Sequence[float], facts: ReplayFacts) -> Non
         )
         axes.set_xlabel("change in settled pay (%)")
         axes.set_ylabel("creators")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         figure.tight_layout()
         figure.savefig(path, format="png", metadata={"Software": None})
     finally:
