@@ -160,6 +160,7 @@ ENV_FIELDS: Mapping[str, str] = MappingProxyType(
         "QUALIFY_ONCE_S": "qualify_once_s",
         "CLAWBACK_HORIZON_S": "clawback_horizon_s",
         "TARGET_RATE_BPS": "target_rate_bps",
+        "WATCH_WEIGHT_BPS": "watch_weight_bps",
         "DEDUPE_S": "dedupe_s",
         "QUALIFYING_SOURCES": "qualifying_sources",
     }

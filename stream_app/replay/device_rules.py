@@ -67,10 +67,9 @@ class ReplayDeviceRules:
             verdict = judgement.verdict
             if verdict.reason is not None:
                 flags.append(DeviceFlag(view.video_id, view.event_id, verdict.reason, verdict.detail))
+            reason = judgement.clawback_reason or rules.Reason.DEVICE_BURST
             for ref in judgement.clawbacks:
-                flags.append(
-                    DeviceFlag(ref.video_id, ref.event_id, verdict.reason or rules.Reason.DEVICE_BURST, verdict.detail)
-                )
+                flags.append(DeviceFlag(ref.video_id, ref.event_id, reason, verdict.detail))
         return flags
 
     def acknowledge(self) -> int | None:

@@ -453,6 +453,7 @@ def test_env_wins_over_file(tmp_path: Path) -> None:
         ("QUALIFY_ONCE_S", "3600", "qualify_once_s", 3600),
         ("CLAWBACK_HORIZON_S", "86400", "clawback_horizon_s", 86_400),
         ("TARGET_RATE_BPS", "2000", "target_rate_bps", 2000),
+        ("WATCH_WEIGHT_BPS", "2000", "watch_weight_bps", 2000),
         ("DEDUPE_S", "7200", "dedupe_s", 7200),
         ("QUALIFYING_SOURCES", "for_you, following,", "qualifying_sources", frozenset({"for_you", "following"})),
     ],
@@ -472,6 +473,7 @@ def test_every_env_variable_is_tested() -> None:
         "QUALIFY_ONCE_S",
         "CLAWBACK_HORIZON_S",
         "TARGET_RATE_BPS",
+        "WATCH_WEIGHT_BPS",
         "DEDUPE_S",
         "QUALIFYING_SOURCES",
     }
