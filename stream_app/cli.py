@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="throughput against a no-op Faust agent and the raw consumer")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     bench.set_defaults(func=cmd_bench)
+
+    from stream_app.replay.command import add_parser as add_replay_parser
+
+    add_replay_parser(sub)
     return parser
 
 

@@ -33,3 +33,8 @@ class PolicyMismatchError(StreamAppError):
 
 class StateFormatError(StreamAppError):
     """Stored state was written in a layout this worker cannot read; the message says which."""
+
+
+class ReplaySelectionError(StreamAppError):
+    """`stream-app replay` cannot read what was asked: a topic that does not exist, --from after --to, or a range
+    with no event in it; the message says which."""

@@ -464,6 +464,14 @@ class PartitionScorer:
         self.idle(now_ms)
         self._settle_if_due(now_ms, effects, settle=profiles_ready)
 
+    def settle_at_end_of_input(self, present_ms: int, effects: Effects) -> None:
+        """`stream-app replay` (SPEC §11): the end of the input read stands for the present. Both topic-partitions
+        count as idle, so `present_ms` stands in for the watermark (never moving it back) and every window whose
+        end + GRACE_S is at or before it settles."""
+        for topic in EVENT_TOPICS:
+            self._idle[topic] = True
+        self._settle_if_due(present_ms, effects)
+
     def _settle_due_videos(self, now_ms: int, effects: Effects) -> None:
         wm = self.watermark
         assert wm is not None

@@ -160,6 +160,7 @@ ENV_FIELDS: Mapping[str, str] = MappingProxyType(
         "QUALIFY_ONCE_S": "qualify_once_s",
         "CLAWBACK_HORIZON_S": "clawback_horizon_s",
         "TARGET_RATE_BPS": "target_rate_bps",
+        "WATCH_WEIGHT_BPS": "watch_weight_bps",
         "DEDUPE_S": "dedupe_s",
         "QUALIFYING_SOURCES": "qualifying_sources",
     }
@@ -372,6 +373,12 @@ def engagement_score(policy: Policy, likes: int, comments: int, shares: int, fol
         + interaction_weight(policy, "share") * shares
         + interaction_weight(policy, "follow") * follows
     )
+
+
+def view_completion_bps(watch_ms: int, video_ms: int) -> int:
+    """How much of its video one view watched, in basis points: min(watch_ms*10_000 // video_ms, 10_000) (SPEC §5).
+    Capped at the whole video (a view may loop past its length); video_ms > 0 is guaranteed by validation."""
+    return min(watch_ms * BPS // video_ms, BPS)
 
 
 def mean_completion_bps(completion_bps_sum: int, qualified_views: int) -> int:

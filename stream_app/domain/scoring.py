@@ -45,11 +45,6 @@ def recent_views_cutoff(policy: pol.Policy, event_cutoff_ms: int, newest_ts: int
     return min(event_cutoff_ms, max(flag_safe_ms, newest_ts - policy.device_flag_hold_s * 1000))
 
 
-def completion_bps(watch_ms: int, video_ms: int) -> int:
-    """How much of the video a view watched, in basis points, capped at the whole video (SPEC §5)."""
-    return min(watch_ms * pol.BPS // video_ms, pol.BPS)
-
-
 @dataclass(frozen=True, slots=True)
 class Position:
     """Where an event came from: the replay key of SPEC §4 (index -1 stands for a single-object record)."""
@@ -253,7 +248,7 @@ class VideoLedger:
         completion = 0
         if qualifying:
             base = pol.base_rate_micros(policy, view.region)
-            completion = completion_bps(view.watch_ms, view.video_ms)
+            completion = pol.view_completion_bps(view.watch_ms, view.video_ms)
             memory.qualified.add(view.viewer_id, view.ts)
         recent = RecentView(view, offset, index, k, qualifying, base, completion)
         memory.recent[view.event_id] = recent

@@ -311,3 +311,38 @@ def test_source_progress_is_the_newest_view_not_the_wall_clock_watermark() -> No
     scorer = _settled_by_the_wall_clock(device_partitions=2)
     assert scorer.watermark is not None and scorer.watermark > 1_000
     assert scorer.source_progress_ms() == 1_000
+
+
+def _video_ms_view(n: int, viewer: str, ts: int, watch: int) -> ViewEvent:
+    return ViewEvent(f"v{n}", "vid1", "c1", viewer, f"d-{viewer}", ts, watch, 120_000, "for_you", "US")
+
+
+@pytest.mark.parametrize(
+    ("clawed", "qualified_views", "completion", "multiplier", "settled"),
+    [(False, 2, 7_500, 15_000, 3_000), (True, 1, 5_000, 10_000, 1_000)],
+)
+def test_watch_time_in_the_window_state_and_the_settlement_record(
+    clawed: bool, qualified_views: int, completion: int, multiplier: int, settled: int
+) -> None:
+    v2 = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=0.0, watch_weight_bps=2_000)
+    h = Harness(policy=v2)
+    h.profiles.add(profile("c1", 0))
+    h.send(
+        _video_ms_view(1, "a", 1_000, 60_000),  # half of the 120 s video: 5_000 bps
+        _video_ms_view(2, "b", 2_000, 480_000),  # four loops: capped at 10_000 bps
+        _video_ms_view(3, "c", 3_000, 4_999),  # too short to qualify: not in the mean
+    )
+    if clawed:  # a device rule rejects the looping view while its window is open: it leaves the mean too
+        effects = Effects()
+        h.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, effects)
+        h.store.apply(h.scorer.flush(NOW, effects))
+    effects = h.send(_video_ms_view(4, "x", 12_000, 1_000), interaction(1, "vid1", "x", 12_000, "share"))
+    [record] = effects.settlements  # window 0: no interaction, score 0
+    # not clawed: mean (5_000 + 10_000) // 2 = 7_500; rate 7_500*2_000 // 10_000 = 1_500 -> 15_000; 2_000*1.5 = 3_000
+    # clawed:     mean 5_000 // 1 = 5_000;            rate 1_000 -> 10_000 (1x);                 1_000*1.0 = 1_000
+    assert (
+        record["qualified_views"],
+        record["completion_bps"],
+        record["multiplier_bps"],
+        record["settled_micros"],
+    ) == (qualified_views, completion, multiplier, settled)
