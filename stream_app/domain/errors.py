@@ -29,3 +29,7 @@ class TopicPlanError(StreamAppError):
 
 class PolicyMismatchError(StreamAppError):
     """Stored state was written under another reward policy than the one configured."""
+
+
+class StateFormatError(SerializationError):
+    """Stored state is in a format this worker cannot read (written by another version); the message says which."""

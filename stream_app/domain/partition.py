@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from stream_app.domain import policy as pol
 from stream_app.domain import rules
+from stream_app.domain.device_records import DeviceView
 from stream_app.domain.events import InteractionEvent, ViewEvent
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.scoring import (
@@ -60,8 +61,8 @@ class Effects:
     dead_letters: list[tuple[Position, str]] = field(default_factory=list)
     accruals: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
-    # accepted views for the device_burst rule, whose state is keyed by device (sent to the device topic)
-    device_views: list[dict[str, Any]] = field(default_factory=list)
+    # accepted views for the device rules, whose state is keyed by device (sent to the device topic)
+    device_views: list[DeviceView] = field(default_factory=list)
     skipped_replays: int = 0
     pending_delta: int = 0
 
@@ -234,13 +235,7 @@ class PartitionScorer:
         ledger.accept_view(self.policy, view, event_dict, position, self.flag_safe_ms())
         effects.outcomes.append(Outcome(VIEWS, ACCEPTED, "", "", event_dict, position))
         effects.device_views.append(
-            {
-                "video_id": view.video_id,
-                "event_id": view.event_id,
-                "viewer_id": view.viewer_id,
-                "device_id": view.device_id,
-                "ts": view.ts,
-            }
+            DeviceView(view.device_id, view.video_id, view.event_id, view.viewer_id, view.ts, view.watch_ms)
         )
         return True
 
@@ -263,13 +258,16 @@ class PartitionScorer:
         effects.pending_delta += 1
         return True
 
-    def on_device_flag(self, video_id: str, event_id: str, detail: str, now_ms: int, effects: Effects) -> None:
-        """device_burst (judged where device state lives) rejects an accepted view of a video here: claw it back."""
+    def on_device_flag(
+        self, video_id: str, event_id: str, reason: str, detail: str, now_ms: int, effects: Effects
+    ) -> None:
+        """A device rule (judged where device state lives) rejects an accepted view of a video here: claw it back
+        with that rule's reason."""
         ledger = self.ledger(video_id)
         if ledger is None:
             return
         recent = ledger.recent.get(event_id)
-        if self.claw_back(ledger, event_id, rules.Reason.DEVICE_BURST, detail, effects) and recent is not None:
+        if self.claw_back(ledger, event_id, reason, detail, effects) and recent is not None:
             ref = rules.ViewRef(video_id, event_id, recent.event["viewer_id"], recent.ts)
             rules.note_clawback(ledger.rules, ref)
             ledger.updated_at = now_ms
@@ -302,7 +300,7 @@ class PartitionScorer:
             return -1
         # a view can still be clawed back by the device's views up to DEVICE_BURST_SPAN later, which a source
         # may send up to GRACE_S out of order
-        return min(a for a in acks if a is not None) - rules.device_memory_ms(self.policy)
+        return min(a for a in acks if a is not None) - rules.device_flag_delay_ms(self.policy)
 
     def claw_back(self, ledger: VideoLedger, event_id: str, reason: str, detail: str, effects: Effects) -> bool:
         """Remove an earlier accepted view that a rule now rejects (SPEC §5 Clawback); False if it was not counted."""

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.device_records import DeviceFlags
 from stream_app.domain.errors import PolicyMismatchError
 from stream_app.domain.events import InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, PartitionScorer
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME_INVALID = "invalid"
+VIEWS_TOPIC = InputTopic.VIEWS.value
 # How often a partition with no accepted views to forward still reports its progress to the device partitions.
 PROGRESS_INTERVAL_S = 5.0
 
@@ -48,8 +50,8 @@ class IngestProcessor:
         self._input_topics = {self.settings.topic(t): t for t in InputTopic}
         self.partitions: dict[int, PartitionScorer] = {}
         self._republish: set[int] = set()
-        # per partition: the progress last reported to the device partitions, and when (send_device_views)
-        self._reported: dict[int, tuple[int, float]] = {}
+        # per partition: the progress and drained state last reported to the device partitions, and when
+        self._reported: dict[int, tuple[int, bool, float]] = {}
         self._progress_due: set[int] = set()
 
     # ---- partitions ----
@@ -151,11 +153,11 @@ class IngestProcessor:
                 if message.topic == self.app.device_flags_name:
                     effects = touched.setdefault(message.partition, Effects())
                     flagged = self.scorer_for(message.partition, message.topic)
-                    for flag in jsoncodec.loads(message.value):
-                        if "ack" in flag:  # the device partition judged everything up to its watermark
-                            flagged.on_device_ack(flag["ack"], flag["watermark"])
-                        else:
-                            flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
+                    device_flags = DeviceFlags.from_bytes(message.value)
+                    for flag in device_flags.flags:
+                        flagged.on_device_flag(flag.video_id, flag.event_id, flag.reason, flag.detail, now_ms, effects)
+                    for ack in device_flags.acks:  # after the flags: that device partition judged up to its watermark
+                        flagged.on_device_ack(ack.device_partition, ack.watermark)
                     continue
                 await self._process_record(message, now_ms, touched)
             except Exception as exc:  # one bad record must never stop the worker or vanish
@@ -217,22 +219,27 @@ class IngestProcessor:
             effects.dead_letters.clear()
 
     async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects) -> None:
-        """Send this batch's accepted views to the device partitions with the partition's progress; with none,
-        the progress alone when a tick asked for it, it moved, and PROGRESS_INTERVAL_S has passed since the last
-        report (after an assignment a partition reports where it stands before it accepts a new view)."""
-        progress = scorer.source_progress_ms()
+        """Send this batch's accepted views to the device partitions with the partition's progress. With none, on
+        a tick: whether its views topic-partition is drained (caught up) when that changed, else its progress
+        when it moved and PROGRESS_INTERVAL_S has passed since the last report (after an assignment a partition
+        reports where it stands before it accepts a new view)."""
+        latest = scorer.source_progress_ms()
+        progress = -1 if latest is None else latest
         due = partition in self._progress_due
         self._progress_due.discard(partition)
-        if progress is None:
-            return
+        views = effects.device_views
+        drained = not views and scorer.caught_up[VIEWS_TOPIC]
         last = self._reported.get(partition)
-        if not effects.device_views:
+        if not views:
             if not due:
                 return
-            if last is not None and (progress <= last[0] or time.monotonic() - last[1] < PROGRESS_INTERVAL_S):
+            if last is not None and drained == last[1]:
+                if progress <= last[0] or time.monotonic() - last[2] < PROGRESS_INTERVAL_S:
+                    return
+            elif last is None and latest is None and not drained:
                 return
-        await send_device_views(self.app, effects.device_views, partition, progress)
-        self._reported[partition] = (progress, time.monotonic())
+        await send_device_views(self.app, views, partition, progress, drained)
+        self._reported[partition] = (progress, drained, time.monotonic())
 
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
         scorer = self.scorer_for(partition, self.app.tick_topic_name)
