@@ -51,10 +51,10 @@ class MemoryDeviceStore:
 
     def load(self, device_id: str) -> DeviceState | None:
         raw = self.values.get(device_id)
-        return None if raw is None else DeviceState.from_dict(jsoncodec.loads(raw))
+        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
 
     def save(self, device_id: str, state: DeviceState) -> None:
-        self.values[device_id] = jsoncodec.dumps(state.to_dict())
+        self.values[device_id] = jsoncodec.dumps(state.to_stored())
 
     def delete(self, device_id: str) -> None:
         self.values.pop(device_id, None)
@@ -83,8 +83,10 @@ class PartitionDeviceJudge:
         self.clock = SourceWatermark(max_skew_ms=policy.max_source_skew_s * 1000)
         self._drained: dict[int, bool] = {}  # source -> its latest record said it was drained
         self._acked = -1
-        self._devices: dict[str, DeviceState] = {}  # every device of the partition with state (a cache)
-        self._due: dict[str, int] = {}  # device -> the watermark it is next due at (rules.device_due_ms)
+        # the devices this batch touched, loaded once (the store is the truth: most devices hold an account for a
+        # day and nothing else, and keeping their objects would cost several times their stored bytes)
+        self._devices: dict[str, DeviceState] = {}
+        self._due: dict[str, int] = {}  # every device with state -> the watermark it is next due at
         self._heap: list[tuple[int, str]] = []  # (due, device); entries whose due is no longer _due[device] are stale
         self._pending: set[str] = set()  # devices with views device_overlap / account_farm have not judged
         self._started = False
@@ -113,6 +115,7 @@ class PartitionDeviceJudge:
         if self._pending and len(self._drained) >= self.sources and all(self._drained.values()):
             self._judge_pending(out.flags, touched)
         self._write(touched)
+        self._devices.clear()
         if watermark is not None and watermark > self._acked:
             self._acked = watermark
             out.ack = DeviceAck(self.partition, watermark)
@@ -131,7 +134,7 @@ class PartitionDeviceJudge:
             device_id = device_ids[k]
             state = devices.get(device_id)
             if state is None:
-                state = devices[device_id] = self._load(device_id)
+                state = self._load(device_id)
             ts = times[k]
             i = state.insert(ts, watches[k], video_ids[k], event_ids[k], viewer_ids[k])
             most = rules.device_burst_at(policy, state, i, burst)
@@ -156,7 +159,7 @@ class PartitionDeviceJudge:
             if self._due.get(device_id) != due:
                 continue  # stale: rescheduled since
             del self._due[device_id]
-            state = self._devices[device_id]
+            state = self._load(device_id)
             rules.advance_device(self.policy, state, device_id, watermark, flags)
             if state.pending_from() == len(state.ts):
                 self._pending.discard(device_id)
@@ -165,7 +168,7 @@ class PartitionDeviceJudge:
     def _judge_pending(self, flags: list[DeviceFlag], touched: set[str]) -> None:
         """Every source is drained: every view produced so far is here, so every pending view is judged now."""
         for device_id in self._pending:
-            state = self._devices[device_id]
+            state = self._load(device_id)
             rules.judge_device_views(self.policy, state, device_id, state.max_ts, flags)
             touched.add(device_id)
         self._pending.clear()
@@ -182,18 +185,24 @@ class PartitionDeviceJudge:
     # --- state --------------------------------------------------------------------------------------------------
 
     def _load(self, device_id: str) -> DeviceState:
-        state = self.store.load(device_id)
-        return DeviceState() if state is None else state
+        """The device's state for this batch (read from the store once per batch)."""
+        state = self._devices.get(device_id)
+        if state is None:
+            state = self.store.load(device_id)
+            if state is None:
+                state = DeviceState()
+            self._devices[device_id] = state
+        return state
 
     def _restore(self) -> None:
         """First batch after an assignment: the store is the truth. Every device is scheduled (its views may be due
-        for judging or forgetting) and those with views not judged yet wait for the next drained report too."""
+        for judging or forgetting) and those with views not judged yet wait for the next drained report too.
+        One pass over the partition's devices, kept as due times only."""
         self._started = True
         for device_id in self.store.device_ids():
             state = self.store.load(device_id)
             if state is None:
                 continue
-            self._devices[device_id] = state
             self._schedule(device_id, state)
             if state.pending_from() < len(state.ts):
                 self._pending.add(device_id)
@@ -202,7 +211,6 @@ class PartitionDeviceJudge:
         for device_id in touched:
             state = self._devices[device_id]
             if state.is_empty():
-                del self._devices[device_id]
                 self._due.pop(device_id, None)
                 self._pending.discard(device_id)
                 self.store.delete(device_id)
@@ -211,4 +219,5 @@ class PartitionDeviceJudge:
                 self._schedule(device_id, state)
 
     def device_count(self) -> int:
-        return len(self._devices)
+        """How many devices of the partition hold state."""
+        return len(self._due)

@@ -19,7 +19,7 @@ MINUTE_MS = 60_000
 SWEEP_DIVISOR = 8
 # Bumped when the layout of to_dict() changes; from_dict() refuses other formats.
 STATE_FORMAT = 1
-# The same for DeviceState, which reads the previous format too (DeviceState.from_dict). 2: watch times, verdicts
+# The same for DeviceState, which reads the previous format too (DeviceState.from_stored). 2: watch times, verdicts
 # of device_overlap / account_farm, kept intervals and accounts.
 DEVICE_STATE_FORMAT = 2
 # DeviceState.flags: a view's device verdict. A flagged view is never flagged (or clawed back) again.
@@ -474,49 +474,66 @@ class DeviceState:
 
     # --- stored form ------------------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; it shares lists with the state, so serialise it before the state changes again."""
-        return {
-            "format": DEVICE_STATE_FORMAT,
-            "max_ts": self.max_ts,
-            "judged_through": self.judged_through,
-            "ts": self.ts,
-            "watch_ms": self.watch_ms,
-            "video_ids": self.video_ids,
-            "event_ids": self.event_ids,
-            "viewer_ids": self.viewer_ids,
-            "flags": list(self.flags),
-            "kept": [self.kept_starts, self.kept_ends],
-            "accounts": [self.accounts, self.account_last],
-        }
+    def to_stored(self) -> list[Any]:
+        """The JSON-ready stored form: a positional array whose first element is the format (smaller than an
+        object: most devices hold one account and nothing else). It shares lists with the state, so serialise it
+        before the state changes again."""
+        return [
+            DEVICE_STATE_FORMAT,
+            self.max_ts,
+            self.judged_through,
+            self.ts,
+            self.watch_ms,
+            self.video_ids,
+            self.event_ids,
+            self.viewer_ids,
+            list(self.flags),
+            self.kept_starts,
+            self.kept_ends,
+            self.accounts,
+            self.account_last,
+        ]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeviceState:
-        """Read a stored DeviceState: the current format, or format 1 (device_burst only), migrated.
+    def from_stored(cls, data: Any) -> DeviceState:
+        """Read a stored DeviceState: the current format, or format 1 (device_burst only; an object), migrated.
 
         Format 1 had no watch times and no account memory: its views are read as judged (they were judged by the
         rules of their time), of zero length (they overlap nothing), and their accounts are remembered in ts
         order. Any other format is refused (StateFormatError), since a newer worker may have written it."""
-        version = data.get("format")
-        if version == 1:
-            return cls._from_format_1(data)
-        if version != DEVICE_STATE_FORMAT:
-            raise StateFormatError(
-                f"DeviceState: stored state format {version!r}; this worker reads formats 1 and "
-                f"{DEVICE_STATE_FORMAT} (state written by a newer version? run that version, or clear the "
-                "device-state table and its changelog)"
-            )
+        if isinstance(data, Mapping):
+            version = data.get("format")
+            if version == 1:
+                return cls._from_format_1(data)
+        else:
+            version = data[0] if isinstance(data, list) and data else None
+            if version == DEVICE_STATE_FORMAT and len(data) == 13:
+                return cls._from_format_2(data)
+        raise StateFormatError(
+            f"DeviceState: stored state format {version!r}; this worker reads formats 1 and "
+            f"{DEVICE_STATE_FORMAT} (state written by a newer version? run that version, or clear the "
+            "device-state table and its changelog)"
+        )
+
+    @classmethod
+    def _from_format_2(cls, data: list[Any]) -> DeviceState:
         state = cls()
-        state.max_ts = int(data["max_ts"])
-        state.judged_through = int(data["judged_through"])
-        state.ts = list(data["ts"])
-        state.watch_ms = list(data["watch_ms"])
-        state.video_ids = list(data["video_ids"])
-        state.event_ids = list(data["event_ids"])
-        state.viewer_ids = list(data["viewer_ids"])
-        state.flags = bytearray(data["flags"])
-        state.kept_starts, state.kept_ends = (list(column) for column in data["kept"])
-        state.accounts, state.account_last = (list(column) for column in data["accounts"])
+        (
+            _,
+            state.max_ts,
+            state.judged_through,
+            state.ts,
+            state.watch_ms,
+            state.video_ids,
+            state.event_ids,
+            state.viewer_ids,
+            flags,
+            state.kept_starts,
+            state.kept_ends,
+            state.accounts,
+            state.account_last,
+        ) = data
+        state.flags = bytearray(flags)
         return state
 
     @classmethod

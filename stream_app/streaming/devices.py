@@ -61,10 +61,10 @@ class TableDeviceStore:
 
     def load(self, device_id: str) -> DeviceState | None:
         raw = self.table.get(device_id.encode())
-        return None if raw is None else DeviceState.from_dict(jsoncodec.loads(raw))
+        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
 
     def save(self, device_id: str, state: DeviceState) -> None:
-        self.table[device_id.encode()] = jsoncodec.dumps(state.to_dict())
+        self.table[device_id.encode()] = jsoncodec.dumps(state.to_stored())
 
     def delete(self, device_id: str) -> None:
         key = device_id.encode()

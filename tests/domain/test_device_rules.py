@@ -269,10 +269,10 @@ def test_round_trip_keeps_every_memory() -> None:
     judge_all(POLICY, views[:20], device)
     for v in views[20:]:
         check_device_burst(POLICY, device, v, forget_behind_newest=False)
-    data = jsoncodec.loads(jsoncodec.dumps(device.to_dict()))
-    assert data["format"] == DEVICE_STATE_FORMAT == 2
-    restored = DeviceState.from_dict(data)
-    assert restored.to_dict() == device.to_dict()
+    data = jsoncodec.loads(jsoncodec.dumps(device.to_stored()))
+    assert data[0] == DEVICE_STATE_FORMAT == 2  # positional: the format first
+    restored = DeviceState.from_stored(data)
+    assert restored.to_stored() == device.to_stored()
     assert {FLAG_OVERLAP, FLAG_ACCOUNT} <= set(device.flags)
 
 
@@ -286,17 +286,17 @@ def test_a_format_1_state_is_migrated() -> None:
         "viewer_ids": ["a", "b", "a"],
         "flagged": [0, 1, 0],
     }
-    state = DeviceState.from_dict(old)
+    state = DeviceState.from_stored(old)
     # judged already (under the rules of its time), of unknown (zero) length, accounts in order of first view
     assert state.judged_through == 3_000 and state.watch_ms == [0, 0, 0]
     assert list(state.flags) == [NOT_FLAGGED, FLAG_BURST, NOT_FLAGGED]
     assert state.accounts == ["a", "b"] and state.account_last == [3_000, 2_000]
     assert state.kept_ends == []
-    assert DeviceState.from_dict(state.to_dict()).to_dict()["format"] == 2
+    assert DeviceState.from_stored(state.to_stored()).to_stored()[0] == 2
 
 
-@pytest.mark.parametrize("version", [0, 3, None])
-def test_an_unknown_format_is_refused_with_a_clear_message(version: int | None) -> None:
+@pytest.mark.parametrize(("stored", "version"), [({"format": 0}, 0), ([3, 0], 3), ({}, None), ([2, 1], 2)])
+def test_an_unknown_format_is_refused_with_a_clear_message(stored: object, version: int | None) -> None:
     with pytest.raises(StateFormatError, match=rf"DeviceState: stored state format {version!r}; this worker reads"):
-        DeviceState.from_dict({"format": version})
+        DeviceState.from_stored(stored)
     assert issubclass(StateFormatError, SerializationError)
