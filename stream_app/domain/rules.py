@@ -534,10 +534,11 @@ def judge_view(
     """Apply the view rules in SPEC order; a view rejected by one is not seen by the later ones.
 
     Call after the §4 checks (invalid, late, future_timestamp). `device` is the DeviceState of view.device_id
-    when the caller holds it (device_burst is then judged in order, here); None when device state lives in
-    another partition: the caller then sends each *accepted* view to check_device_burst there, and routes the
-    clawbacks it returns back to each video's partition (note_clawback). An accepted view is remembered as
-    support for engagement (judge_interaction_at_settlement).
+    when the caller holds it (device_burst is then judged in order, here; device_overlap and account_farm need
+    the device's views in canonical order and are the device judge's, domain/device_judge.py); None when device
+    state lives in another partition: the caller then sends each *accepted* view to the device judge there, and
+    routes the flags it returns back to each video's partition (PartitionScorer.on_device_flag, note_clawback).
+    An accepted view is remembered as support for engagement (judge_interaction_at_settlement).
     """
     if check_duplicate_event(policy, state.view_ids, view.event_id, view.ts):
         return _rejected(
@@ -610,7 +611,7 @@ def judge_interaction_at_settlement(
 
 def note_clawback(state: VideoRulesState, ref: ViewRef) -> None:
     """Tell a video's rules that one of its accepted views was clawed back by a rule whose state is elsewhere
-    (device_burst): it stops supporting engagement, and velocity_burst will not claw it back again."""
+    (the device rules): it stops supporting engagement, and velocity_burst will not claw it back again."""
     state.accepted_views.discard(ref.viewer_id, ref.ts)
     at = state.velocity.index_of(ref.event_id, ref.ts)
     if at is not None:

@@ -220,9 +220,10 @@ class IngestProcessor:
 
     async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects) -> None:
         """Send this batch's accepted views to the device partitions with the partition's progress. With none, on
-        a tick: whether its views topic-partition is drained (caught up) when that changed, else its progress
-        when it moved and PROGRESS_INTERVAL_S has passed since the last report (after an assignment a partition
-        reports where it stands before it accepts a new view)."""
+        a tick: whether its views topic-partition is drained (caught up) at once when that changed; else, at most
+        every PROGRESS_INTERVAL_S, its progress when it moved, and a drained state again (so a device partition
+        that changed hands hears it). After an assignment a partition reports where it stands before it accepts a
+        new view."""
         latest = scorer.source_progress_ms()
         progress = -1 if latest is None else latest
         due = partition in self._progress_due
@@ -230,16 +231,23 @@ class IngestProcessor:
         views = effects.device_views
         drained = not views and scorer.caught_up[VIEWS_TOPIC]
         last = self._reported.get(partition)
-        if not views:
-            if not due:
-                return
-            if last is not None and drained == last[1]:
-                if progress <= last[0] or time.monotonic() - last[2] < PROGRESS_INTERVAL_S:
-                    return
-            elif last is None and latest is None and not drained:
-                return
+        if not views and not self._worth_reporting(due, last, latest, drained):
+            return
         await send_device_views(self.app, views, partition, progress, drained)
         self._reported[partition] = (progress, drained, time.monotonic())
+
+    @staticmethod
+    def _worth_reporting(due: bool, last: tuple[int, bool, float] | None, latest: int | None, drained: bool) -> bool:
+        """A report without views: on a tick only; a first one when there is something to say; then a change of
+        the drained state at once, else progress that moved, or a drained state again, every PROGRESS_INTERVAL_S."""
+        if not due:
+            return False
+        if last is None:
+            return latest is not None or drained
+        if drained != last[1]:
+            return True
+        progress = -1 if latest is None else latest
+        return time.monotonic() - last[2] >= PROGRESS_INTERVAL_S and (progress > last[0] or drained)
 
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
         scorer = self.scorer_for(partition, self.app.tick_topic_name)

@@ -90,7 +90,7 @@ async def test_without_views_progress_goes_on_ticks_when_it_moved(monkeypatch: p
     assert await report(app, scorer, [], tick=True) == []  # it did not move
 
 
-async def test_drained_is_reported_on_the_tick_it_changes() -> None:
+async def test_drained_is_reported_on_the_tick_it_changes(monkeypatch: pytest.MonkeyPatch) -> None:
     app = FakeApp()
     scorer = FakeScorer(5_000)
     await report(app, scorer, [view("d1")], tick=False)
@@ -100,6 +100,9 @@ async def test_drained_is_reported_on_the_tick_it_changes() -> None:
     assert {(v.through_ts, v.drained) for _, v in drained} == {(5_000, True)}
     assert len(drained) == DEVICE_PARTITIONS
     assert await report(app, scorer, [], tick=True) == []  # nothing changed
+    # still drained PROGRESS_INTERVAL_S later: said again (a device partition may have changed hands meanwhile)
+    monkeypatch.setattr(ingest, "PROGRESS_INTERVAL_S", 0.0)
+    assert {(v.through_ts, v.drained) for _, v in await report(app, scorer, [], tick=True)} == {(5_000, True)}
     # a batch with views is never drained, even when the last tick found the partition caught up
     assert {v.drained for _, v in await report(app, scorer, [view("d2")], tick=False)} == {False}
 
