@@ -83,8 +83,10 @@ class PartitionDeviceJudge:
         self.clock = SourceWatermark(max_skew_ms=policy.max_source_skew_s * 1000)
         self._drained: dict[int, bool] = {}  # source -> its latest record said it was drained
         self._acked = -1
-        # the devices this batch touched, loaded once (the store is the truth: most devices hold an account for a
-        # day and nothing else, and keeping their objects would cost several times their stored bytes)
+        # DeviceStates kept between batches while they hold views (devices that viewed in the last minutes: they
+        # are touched again soon, at the latest when their views are judged); a device left with only a watch
+        # interval or an account (most devices, for a day) lives in the store alone, its object would cost several
+        # times its stored bytes
         self._devices: dict[str, DeviceState] = {}
         self._due: dict[str, int] = {}  # every device with state -> the watermark it is next due at
         self._heap: list[tuple[int, str]] = []  # (due, device); entries whose due is no longer _due[device] are stale
@@ -115,7 +117,6 @@ class PartitionDeviceJudge:
         if self._pending and len(self._drained) >= self.sources and all(self._drained.values()):
             self._judge_pending(out.flags, touched)
         self._write(touched)
-        self._devices.clear()
         if watermark is not None and watermark > self._acked:
             self._acked = watermark
             out.ack = DeviceAck(self.partition, watermark)
@@ -185,7 +186,7 @@ class PartitionDeviceJudge:
     # --- state --------------------------------------------------------------------------------------------------
 
     def _load(self, device_id: str) -> DeviceState:
-        """The device's state for this batch (read from the store once per batch)."""
+        """The device's state (kept while it holds views, else read from the store)."""
         state = self._devices.get(device_id)
         if state is None:
             state = self.store.load(device_id)
@@ -210,6 +211,8 @@ class PartitionDeviceJudge:
     def _write(self, touched: set[str]) -> None:
         for device_id in touched:
             state = self._devices[device_id]
+            if not state.ts:
+                del self._devices[device_id]
             if state.is_empty():
                 self._due.pop(device_id, None)
                 self._pending.discard(device_id)

@@ -517,7 +517,7 @@ class DeviceState:
 
     @classmethod
     def _from_format_2(cls, data: list[Any]) -> DeviceState:
-        state = cls()
+        state = cls.__new__(cls)  # every slot is set below: no empty lists made only to be replaced
         (
             _,
             state.max_ts,
