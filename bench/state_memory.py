@@ -13,9 +13,10 @@ line through the two largest runs (on 2 CPUs a 1,000,000 run took over 4 minutes
   in-memory store that keeps the ledger objects (as the scorer's cache does). Then one more view and one like per
   video 27 h after the window start move the watermark past every per-viewer horizon: the window settles and
   `VideoLedger.expire` runs, as it does for a video that stays active.
-- devices: N distinct devices, one view each, judged with `rules.check_device_burst` and kept as
-  `streaming/devices.py` keeps them (device_id -> DeviceState, and its table value); then `rules.expire_device`
-  at a watermark past DEVICE_BURST_SPAN + GRACE_S empties them.
+- devices: N distinct devices, one 30 s view each, through the device judge (`domain/device_judge.py`, what the
+  worker's judge-devices agent runs) over a table of JSON values; then the watermark moves past each memory's
+  horizon in turn: the view (DEVICE_BURST_SPAN + GRACE_S), its watch interval (DEVICE_MEMORY_S more), its
+  account (DEDUPE_S more).
 
 Heap is `tracemalloc`'s current traced size after `gc.collect()`, relative to just before the data was created.
 Serialized is what a table holds: key bytes + `jsoncodec.dumps(x.to_dict())` per key (the changelog's latest
@@ -39,6 +40,8 @@ from pathlib import Path
 
 from stream_app.benchmark import replace_section
 from stream_app.domain import jsoncodec, rules
+from stream_app.domain.device_judge import PartitionDeviceJudge
+from stream_app.domain.device_records import DeviceView, DeviceViews
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
@@ -54,7 +57,7 @@ HOUR_MS = 3_600_000
 T0 = 1_767_225_600_000
 TAG = "5eed01"  # ids shaped like the simulator's (stream_app/edges/simulator.py)
 BATCH = 5_000  # events per PartitionScorer batch (flush writes each touched ledger once)
-DEVICE_BATCH = 500  # device-views per DeviceJudge batch (the worker takes batches of 500)
+DEVICE_BATCH = 500  # views per device-views record (streaming/devices.py sends up to 500)
 CREATORS = 100
 
 
@@ -129,9 +132,7 @@ def entries(ledgers: Sequence[VideoLedger]) -> dict[str, int]:
         "qualified (QUALIFY_ONCE_S)": sum(len(led.memory.qualified) for led in ledgers),
         "recent (accepted views kept for clawback)": sum(len(led.memory.recent) for led in ledgers),
         "rules.view_ids (duplicate_event, DEDUPE_S)": sum(len(led.memory.rules.view_ids) for led in ledgers),
-        "rules.accepted_views (engagement_without_view)": sum(
-            len(led.memory.rules.accepted_views) for led in ledgers
-        ),
+        "rules.accepted_views (engagement_without_view)": sum(len(led.memory.rules.accepted_views) for led in ledgers),
         "rules.repeats (viewer_repeat, 600 s)": sum(len(led.memory.rules.repeats) for led in ledgers),
         "rules.velocity (head span 60 s, minute counts)": sum(len(led.memory.rules.velocity) for led in ledgers),
     }
@@ -262,58 +263,67 @@ class DeviceRun:
     seconds: float
 
 
+class BytesTable:
+    """A DeviceStore over a dict of key bytes -> JSON bytes, as streaming/devices.py's TableDeviceStore keeps the
+    device-state table."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, bytes] = {}
+
+    def load(self, device: str) -> DeviceState | None:
+        raw = self.values.get(device.encode())
+        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
+
+    def save(self, device: str, state: DeviceState) -> None:
+        self.values[device.encode()] = jsoncodec.dumps(state.to_stored())
+
+    def delete(self, device: str) -> None:
+        self.values.pop(device.encode(), None)
+
+    def device_ids(self) -> list[str]:
+        return [key.decode() for key in self.values]
+
+    def serialized(self) -> int:
+        return sum(len(k) + len(v) for k, v in self.values.items())
+
+
 def run_devices(policy: Policy, devices: int) -> DeviceRun:
-    """One view per distinct device, through rules.check_device_burst, kept as streaming/devices.py keeps it."""
+    """One 30 s view per distinct device through the device judge (domain/device_judge.py, what the worker's
+    judge-devices agent runs), then the watermark moved past each of the device memories' horizons."""
     started = time.monotonic()
-    # the views span less than DEVICE_BURST_SPAN + GRACE_S, so each device still holds its view when the whole
-    # run has been judged (one view per device costs the same at any rate)
-    spread_ms = (policy.device_burst_span_s + policy.grace_s) * 1000 - 1
+    delay = rules.device_flag_delay_ms(policy)
+    # the views span less than the judge's delay, so none is judged or forgotten before the whole run is in
+    spread_ms = delay - 1
     base = heap()
-    states: dict[str, DeviceState] = {}  # DeviceJudge._devices
+    table = BytesTable()
+    judge = PartitionDeviceJudge(policy, 0, table, sources=1)
     newest = 0
     for first in range(0, devices, DEVICE_BATCH):
-        touched = []
+        views = []
         for n in range(first, min(first + DEVICE_BATCH, devices)):
-            dev = device_id(n)
-            state = states.get(dev)
-            if state is None:
-                state = states[dev] = DeviceState()
             ts = T0 + n * spread_ms // devices
-            view = ViewEvent(event_id(n), video_id(n % 1000), "", viewer_id(n), dev, ts, 0, 1, "", "")
-            assert rules.check_device_burst(policy, state, view).verdict.passed
-            newest = max(newest, ts)
-            touched.append(dev)
-        # DeviceJudge._write: expire each touched device at the partition's newest ts, drop it when empty
-        for dev in touched:
-            if rules.expire_device(policy, states[dev], newest):
-                del states[dev]
-    assert len(states) == devices, "each device's one view is within its span when written: none expires yet"
-    states_heap = heap() - base
-    # the device-state table: key device_id bytes -> JSON value of each state written above, as jsoncodec.dumps
-    # returns it (what a memory:// table keeps), then as exact-size copies (what a store that copies keeps)
-    table = {dev.encode(): jsoncodec.dumps(state.to_dict()) for dev, state in states.items()}
-    table_heap = heap() - base - states_heap
-    serialized = sum(len(k) + len(v) for k, v in table.items())
-    exact = {key: memoryview(value).tobytes() for key, value in table.items()}
-    del table
-    exact_heap = heap() - base - states_heap
-
-    # a watermark DEVICE_BURST_SPAN + GRACE_S past the newest view: every device empties and its key is deleted
-    later = newest + (policy.device_burst_span_s + policy.grace_s) * 1000
-    for dev in list(states):
-        if rules.expire_device(policy, states[dev], later):
-            del states[dev]
-            del exact[dev.encode()]
-    after_heap = heap() - base
-    after_serialized = sum(len(k) + len(v) for k, v in exact.items())
-    left = len(states)
-    del states, exact
+            views.append(DeviceView(device_id(n), video_id(n % 1000), event_id(n), viewer_id(n), ts, 30_000))
+            newest = ts
+        assert not judge.judge([DeviceViews.of(0, newest, False, views)]).flags
+    assert judge.device_count() == devices, "no device's view is final yet: every device holds it"
+    # first every source reports it is drained: the views are judged (kept: a watch interval, an account each)
+    assert not judge.judge([DeviceViews.of(0, newest, True, [])]).flags
+    # the judge's heap (due times; it keeps no DeviceState between batches) and the table's keys and JSON values
     rows = [
-        Row("DeviceState objects (the DeviceJudge cache)", states_heap, None),
-        Row("device-state table values as `jsoncodec.dumps` returns them", table_heap, serialized),
-        Row("device-state table values as exact-size copies", exact_heap, serialized),
-        Row("device state after expiry (objects, dicts and values)", after_heap, after_serialized),
+        Row("viewing in the last 6 min: a view, its watch interval, its account", heap() - base, table.serialized())
     ]
+    # past the delay: every view judged (kept) and forgotten; its watch interval (DEVICE_MEMORY_S) and its account
+    # (DEDUPE_S) stay
+    stages = [
+        ("viewed 6-16 min ago: its watch interval and account", delay),
+        ("viewed 16 min to a day ago: its account", delay + policy.device_memory_s * 1000),
+        ("viewed over a day ago: nothing", delay + policy.dedupe_s * 1000),
+    ]
+    for what, after in stages:
+        judge.judge([DeviceViews.of(0, newest + after, False, [])])
+        rows.append(Row(what, heap() - base, table.serialized()))
+    left = judge.device_count()
+    del judge, table
     return DeviceRun(devices, rows, left, time.monotonic() - started)
 
 
@@ -401,12 +411,13 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
         "more view and one like per video 28 h after the window start (a day + window + grace + the clawback hold "
         "after its last view) move the watermark: the window settles, the memories forget, and the journal "
         "segments that held only what was forgotten are dropped.",
-        f"- Devices: {dsizes} distinct devices, one view each (within 360 s), judged by "
-        "`rules.check_device_burst` in batches of 500 and kept as "
-        "`streaming/devices.py` keeps them: device_id -> DeviceState (its cache) and the device-state table "
-        "(key + JSON value), with `rules.expire_device` at the newest ts after each batch. Expiry: "
-        "`rules.expire_device` for every device at a watermark DEVICE_BURST_SPAN + GRACE_S past the newest view "
-        "(the wiring does so for the devices of each batch and, once a minute, for every other device).",
+        f"- Devices: {dsizes} distinct devices, one 30 s view each (within 360 s), fed to the device judge "
+        "(`domain/device_judge.py`, what the judge-devices agent runs) in device-views records of 500 over a "
+        "table of JSON values (what `streaming/devices.py` keeps). A device is remembered while device_burst "
+        "counts its view and until device_overlap / account_farm have judged it (DEVICE_BURST_SPAN + GRACE_S "
+        "behind the device partition's watermark), its watch interval for DEVICE_MEMORY_S more and its account "
+        "for DEDUPE_S more: the rows measure it in each of those stages, moving the watermark with progress "
+        "records; every stage is reached by the judge's due times, without a scan of the table.",
         "- Heap: `tracemalloc` current size after `gc.collect()`, relative to just before the data was made "
         "(Python objects as allocated: no allocator slack, nothing outside Python such as RocksDB; the stored "
         "values themselves are left out of the live figures). Serialized: key and value bytes the state table "

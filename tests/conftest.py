@@ -36,6 +36,21 @@ def client_logging_restored() -> Iterator[None]:
     client_log.handlers[:] = handlers
 
 
+class FailStop(Exception):
+    """streaming.sending.fail_stop was reached (in a worker it ends the process at once)."""
+
+
+@pytest.fixture(autouse=True)
+def fail_stop_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests: fail_stop raises FailStop instead of ending the test run with os._exit."""
+    from stream_app.streaming import sending
+
+    def stop(code: int) -> None:
+        raise FailStop(f"fail_stop with exit code {code}")
+
+    monkeypatch.setattr(sending, "_exit", stop)
+
+
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[str]:
     """Bootstrap address of the broker for this test session: KAFKA_BOOTSTRAP, else an embedded tansu."""

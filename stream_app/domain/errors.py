@@ -31,8 +31,9 @@ class PolicyMismatchError(StreamAppError):
     """Stored state was written under another reward policy than the one configured."""
 
 
-class StateFormatError(StreamAppError):
-    """Stored state was written in a layout this worker cannot read; the message says which."""
+class StateFormatError(SerializationError):
+    """Stored state was written in a layout or format this worker cannot read (by another version); the message
+    says which."""
 
 
 class ReplaySelectionError(StreamAppError):

@@ -37,3 +37,8 @@ def dumps_indented(obj: Any) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
     except TypeError as exc:
         raise SerializationError(str(exc)) from exc
+
+
+def dumps_to_keep(obj: Any) -> bytes:
+    """dumps, copied to its exact size: for a value a table keeps in memory (see dumps)."""
+    return memoryview(dumps(obj)).tobytes()

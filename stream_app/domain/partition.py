@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from stream_app.domain import codec, journal, rules
 from stream_app.domain import policy as pol
 from stream_app.domain.codec import Kind
+from stream_app.domain.device_records import DeviceView
 from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.rules import Reason
@@ -74,7 +75,7 @@ class Effects:
     accruals: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
     # accepted views for the device rules, whose state is keyed by device (sent to the device topic)
-    device_views: list[ViewEvent] = field(default_factory=list)
+    device_views: list[DeviceView] = field(default_factory=list)
     skipped_replays: int = 0
     pending_delta: int = 0
     state: StateWrite = field(default_factory=StateWrite)
@@ -321,7 +322,9 @@ class PartitionScorer:
         self._open_window(ledger, recent.window)
         ledger.count_view(self.policy, recent)
         effects.accepted[VIEWS] = effects.accepted.get(VIEWS, 0) + 1
-        effects.device_views.append(view)
+        effects.device_views.append(
+            DeviceView(view.device_id, view.video_id, view.event_id, view.viewer_id, view.ts, view.watch_ms)
+        )
         return True
 
     def _on_interaction(
@@ -341,16 +344,10 @@ class PartitionScorer:
         return True
 
     def on_device_flag(
-        self,
-        video_id: str,
-        event_id: str,
-        detail: str,
-        now_ms: int,
-        effects: Effects,
-        reason: str = Reason.DEVICE_BURST,
+        self, video_id: str, event_id: str, reason: str, detail: str, now_ms: int, effects: Effects
     ) -> None:
-        """A device rule (judged where device state lives) rejects an accepted view of a video here: claw it
-        back."""
+        """A device rule (judged where device state lives) rejects an accepted view of a video here: claw it back
+        with that rule's reason."""
         ledger = self.ledger(video_id)
         if ledger is None or event_id not in ledger.memory.recent:
             return
@@ -414,7 +411,7 @@ class PartitionScorer:
             return -1
         # a view can still be clawed back by the device's views up to the device memory later, which a source
         # may send up to GRACE_S out of order
-        return min(a for a in acks if a is not None) - rules.device_memory_ms(self.policy)
+        return min(a for a in acks if a is not None) - rules.device_flag_delay_ms(self.policy)
 
     # ---- watermark and settling ----
 

@@ -10,7 +10,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from stream_app.domain.errors import SerializationError, StreamAppError
+from stream_app.domain.errors import SerializationError, StateFormatError, StreamAppError
 from stream_app.domain.events import InputTopic
 
 MINUTE_MS = 60_000
@@ -19,6 +19,15 @@ MINUTE_MS = 60_000
 EXPIRY_BUCKET_MS = 300_000
 # Bumped when the layout of to_dict() changes; from_dict() refuses other formats.
 STATE_FORMAT = 1
+# The same for DeviceState, which reads the previous format too (DeviceState.from_stored). 2: watch times, verdicts
+# of device_overlap / account_farm, kept intervals and accounts.
+DEVICE_STATE_FORMAT = 2
+# DeviceState.flags: a view's device verdict. A flagged view is never flagged (or clawed back) again.
+NOT_FLAGGED = 0
+FLAG_BURST = 1  # rejected by device_burst
+FLAG_OVERLAP = 2  # rejected by device_overlap
+FLAG_ACCOUNT = 3  # rejected by account_farm
+FLAG_ELSEWHERE = 4  # rejected by a later per-video rule after device_burst saw it (rules.judge_view with a device)
 # Above any event ts (< 2^53, SPEC §3): the "oldest" of an empty memory.
 _NEVER = 1 << 62
 
@@ -416,43 +425,78 @@ class VelocityState:
 
 
 class DeviceState:
-    """One device's recent views across all videos (``device_burst``), sorted by ts (ties in arrival order).
+    """One device's memory for the device rules (SPEC §6 device_burst, device_overlap, account_farm).
 
-    Kept: views within ``device_burst_span_s + grace_s`` of the newest one, so a view arriving up to GRACE_S out
-    of order is still judged against its neighbours. Each view carries a flag: already rejected or clawed back.
+    - the device's recent views, sorted by (ts, event_id) (the rules' canonical order, whatever order they arrive
+      in), each with its watch time, ids and a verdict code (`flags`: NOT_FLAGGED, or which rule rejected it);
+      kept while device_burst can still count them and until device_overlap / account_farm have judged them;
+    - `judged_through`: the views with ts at or before it have had their device_overlap / account_farm verdict;
+    - `kept_starts` / `kept_ends`: the watch intervals of judged views no device rule rejected, sorted by end (ts),
+      for device_overlap (DEVICE_MEMORY_S back; zero-length intervals, which overlap nothing, are not kept);
+    - `accounts` / `account_last`: the first ACCOUNTS_PER_DEVICE + 1 accounts of the device in the order of their
+      first judged view, each with its latest judged view ts (account_farm, DEDUPE_S back).
     """
 
-    __slots__ = ("event_ids", "flagged", "max_ts", "ts", "video_ids", "viewer_ids")
+    __slots__ = (
+        "account_last",
+        "accounts",
+        "event_ids",
+        "flags",
+        "judged_through",
+        "kept_ends",
+        "kept_starts",
+        "max_ts",
+        "ts",
+        "video_ids",
+        "viewer_ids",
+        "watch_ms",
+    )
 
     def __init__(self) -> None:
         self.max_ts = -1
+        self.judged_through = -1
         self.ts: list[int] = []
+        self.watch_ms: list[int] = []
         self.video_ids: list[str] = []
         self.event_ids: list[str] = []
         self.viewer_ids: list[str] = []
-        self.flagged = bytearray()
+        self.flags = bytearray()
+        self.kept_starts: list[int] = []
+        self.kept_ends: list[int] = []
+        self.accounts: list[str] = []
+        self.account_last: list[int] = []
 
-    def insert(self, ts: int, video_id: str, event_id: str, viewer_id: str) -> int:
-        i = len(self.ts)
-        if i and ts < self.ts[-1]:
-            i = bisect_right(self.ts, ts)
-        self.ts.insert(i, ts)
+    # --- recent views -----------------------------------------------------------------------------------------
+
+    def insert(self, ts: int, watch_ms: int, video_id: str, event_id: str, viewer_id: str) -> int:
+        """Add a view in (ts, event_id) order; return its index."""
+        times = self.ts
+        i = len(times)
+        if i and (ts < times[-1] or (ts == times[-1] and event_id < self.event_ids[-1])):
+            i = bisect_left(times, ts)
+            ids = self.event_ids
+            while i < len(times) and times[i] == ts and ids[i] < event_id:
+                i += 1
+        times.insert(i, ts)
+        self.watch_ms.insert(i, watch_ms)
         self.video_ids.insert(i, video_id)
         self.event_ids.insert(i, event_id)
         self.viewer_ids.insert(i, viewer_id)
-        self.flagged.insert(i, 0)
+        self.flags.insert(i, NOT_FLAGGED)
         if ts > self.max_ts:
             self.max_ts = ts
         return i
 
     def drop_through(self, cutoff_ms: int) -> None:
+        """Forget the recent views at or before cutoff_ms."""
         cut = bisect_right(self.ts, cutoff_ms)
         if cut:
             del self.ts[:cut]
+            del self.watch_ms[:cut]
             del self.video_ids[:cut]
             del self.event_ids[:cut]
             del self.viewer_ids[:cut]
-            del self.flagged[:cut]
+            del self.flags[:cut]
 
     def ref(self, i: int) -> ViewRef:
         return ViewRef(self.video_ids[i], self.event_ids[i], self.viewer_ids[i], self.ts[i])
@@ -463,30 +507,153 @@ class DeviceState:
                 return i
         return None
 
-    def __len__(self) -> int:
-        return len(self.ts)
+    def pending_from(self) -> int:
+        """Index of the first recent view not judged yet by device_overlap / account_farm."""
+        return bisect_right(self.ts, self.judged_through)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "max_ts": self.max_ts,
-            "ts": self.ts,
-            "video_ids": self.video_ids,
-            "event_ids": self.event_ids,
-            "viewer_ids": self.viewer_ids,
-            "flagged": list(self.flagged),
-        }
+    # --- kept watch intervals (device_overlap) ----------------------------------------------------------------
+
+    def keep_interval(self, start: int, end: int) -> None:
+        if end <= start:
+            return  # a zero-length view takes no time on the screen: it can overlap nothing
+        ends = self.kept_ends
+        if not ends or end >= ends[-1]:
+            ends.append(end)
+            self.kept_starts.append(start)
+        else:
+            i = bisect_right(ends, end)
+            ends.insert(i, end)
+            self.kept_starts.insert(i, start)
+
+    def unkeep_interval(self, start: int, end: int) -> None:
+        """Forget a kept interval (its view was rejected by device_burst after it was judged)."""
+        ends = self.kept_ends
+        for i in range(bisect_left(ends, end), bisect_right(ends, end)):
+            if self.kept_starts[i] == start:
+                del ends[i]
+                del self.kept_starts[i]
+                return
+
+    def overlap_ms(self, start: int, end: int, since: int) -> int:
+        """Total overlap of [start, end] with the kept intervals that end after `since`, summed over intervals.
+
+        One bisect finds the first kept interval ending after max(start, since). When [start, end] is judged in
+        canonical order it ends at or after every kept interval, and kept intervals overlap one another by at most
+        OVERLAP_TOLERANCE_MS, so what follows is the handful it overlaps; a view judged late scans the intervals
+        that end after it too (a long one may reach back)."""
+        ends = self.kept_ends
+        starts = self.kept_starts
+        total = 0
+        for i in range(bisect_right(ends, max(start, since)), len(ends)):
+            s = starts[i]
+            if s < end:
+                e = ends[i]
+                total += (e if e < end else end) - (s if s > start else start)
+        return total
+
+    def drop_kept_through(self, cutoff_ms: int) -> None:
+        cut = bisect_right(self.kept_ends, cutoff_ms)
+        if cut:
+            del self.kept_ends[:cut]
+            del self.kept_starts[:cut]
+
+    # --- accounts (account_farm) ------------------------------------------------------------------------------
+
+    def forget_accounts_through(self, cutoff_ms: int) -> None:
+        """Forget the accounts whose latest judged view is at or before cutoff_ms (later ones move up)."""
+        last = self.account_last
+        if last and min(last) <= cutoff_ms:
+            keep = [k for k, ts in enumerate(last) if ts > cutoff_ms]
+            self.accounts = [self.accounts[k] for k in keep]
+            self.account_last = [last[k] for k in keep]
+
+    def __len__(self) -> int:
+        return len(self.ts) + len(self.kept_ends) + len(self.accounts)
+
+    def is_empty(self) -> bool:
+        return not (self.ts or self.kept_ends or self.accounts)
+
+    # --- stored form ------------------------------------------------------------------------------------------
+
+    def to_stored(self) -> list[Any]:
+        """The JSON-ready stored form: a positional array whose first element is the format (smaller than an
+        object: most devices hold one account and nothing else). It shares lists with the state, so serialise it
+        before the state changes again."""
+        return [
+            DEVICE_STATE_FORMAT,
+            self.max_ts,
+            self.judged_through,
+            self.ts,
+            self.watch_ms,
+            self.video_ids,
+            self.event_ids,
+            self.viewer_ids,
+            list(self.flags),
+            self.kept_starts,
+            self.kept_ends,
+            self.accounts,
+            self.account_last,
+        ]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeviceState:
-        _check_format(data, "DeviceState")
+    def from_stored(cls, data: Any) -> DeviceState:
+        """Read a stored DeviceState: the current format, or format 1 (device_burst only; an object), migrated.
+
+        Format 1 had no watch times and no account memory: its views are read as judged (they were judged by the
+        rules of their time), of zero length (they overlap nothing), and their accounts are remembered in ts
+        order. Any other format is refused (StateFormatError), since a newer worker may have written it."""
+        if isinstance(data, Mapping):
+            version = data.get("format")
+            if version == 1:
+                return cls._from_format_1(data)
+        else:
+            version = data[0] if isinstance(data, list) and data else None
+            if version == DEVICE_STATE_FORMAT and len(data) == 13:
+                return cls._from_format_2(data)
+        raise StateFormatError(
+            f"DeviceState: stored state format {version!r}; this worker reads formats 1 and "
+            f"{DEVICE_STATE_FORMAT} (state written by a newer version? run that version, or clear the "
+            "device-state table and its changelog)"
+        )
+
+    @classmethod
+    def _from_format_2(cls, data: list[Any]) -> DeviceState:
+        state = cls.__new__(cls)  # every slot is set below: no empty lists made only to be replaced
+        (
+            _,
+            state.max_ts,
+            state.judged_through,
+            state.ts,
+            state.watch_ms,
+            state.video_ids,
+            state.event_ids,
+            state.viewer_ids,
+            flags,
+            state.kept_starts,
+            state.kept_ends,
+            state.accounts,
+            state.account_last,
+        ) = data
+        state.flags = bytearray(flags)
+        return state
+
+    @classmethod
+    def _from_format_1(cls, data: Mapping[str, Any]) -> DeviceState:
         state = cls()
         state.max_ts = int(data["max_ts"])
         state.ts = list(data["ts"])
+        state.watch_ms = [0] * len(state.ts)
         state.video_ids = list(data["video_ids"])
         state.event_ids = list(data["event_ids"])
         state.viewer_ids = list(data["viewer_ids"])
-        state.flagged = bytearray(data["flagged"])
+        state.flags = bytearray(FLAG_BURST if flagged else NOT_FLAGGED for flagged in data["flagged"])
+        state.judged_through = state.ts[-1] if state.ts else -1
+        for viewer, ts in zip(state.viewer_ids, state.ts, strict=True):
+            if viewer in state.accounts:
+                state.account_last[state.accounts.index(viewer)] = ts
+            else:
+                state.accounts.append(viewer)
+                state.account_last.append(ts)
         return state
 
 

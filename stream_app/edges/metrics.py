@@ -77,6 +77,8 @@ SUSPICIOUS_REASONS: Final[tuple[str, ...]] = (
     "impossible_watch",
     "viewer_repeat",
     "device_burst",
+    "device_overlap",
+    "account_farm",
     "velocity_burst",
     "engagement_without_view",
     "duplicate_interaction",

@@ -93,7 +93,6 @@ async def replay_from_broker(
     from aiokafka.errors import KafkaError
 
     from stream_app.edges.partitioner import partition_for
-    from stream_app.streaming.devices import MAX_SOURCE_SKEW_MS
 
     consumer = reading.new_consumer(bootstrap, security)
     try:
@@ -106,9 +105,7 @@ async def replay_from_broker(
         # the ledger is checked with the input, so a missing one is refused before the long read
         required = (ledger_topic,) if read_ledger else ()
         snapshot = await reading.take_snapshot(consumer, bootstrap, prefix, selection, security, required)
-        engine = ReplayEngine(
-            [baseline, candidate], snapshot.partitions, partition_for, max_source_skew_ms=MAX_SOURCE_SKEW_MS
-        )
+        engine = ReplayEngine([baseline, candidate], snapshot.partitions, partition_for)
         total = sum(snapshot.records(t) for t in InputTopic)
         with _progress(total, progress) as advance:
             started, cpu0 = time.monotonic(), time.process_time()

@@ -108,7 +108,7 @@ class RunTotals:
 class PolicyRun:
     """One policy over every partition: scorers, device rules, and what they decided."""
 
-    def __init__(self, policy: Policy, partitions: int, start_ms: int, max_source_skew_ms: int) -> None:
+    def __init__(self, policy: Policy, partitions: int, start_ms: int) -> None:
         self.policy = policy
         self.policy_id = policy_hash(policy)
         self.profiles = ProfileHistory(policy)
@@ -119,7 +119,7 @@ class PolicyRun:
             )
             for p in range(partitions)
         ]
-        self.devices = ReplayDeviceRules(policy, partitions, max_source_skew_ms)
+        self.devices = ReplayDeviceRules(policy, partitions)
         self.effects: dict[int, Effects] = {}
         self.totals = RunTotals()
 
@@ -151,22 +151,23 @@ class PolicyRun:
             scorer.settle_due(now_ms, self.effects_of(partition))
             scorer.sweep_quiet_videos(now_ms)
 
-    def end_batch(self, now_ms: int, video_partition: Mapping[str, int]) -> None:
+    def end_batch(self, now_ms: int, video_partition: Mapping[str, int], *, drained: bool = False) -> None:
         """The device rules over the batch's accepted views, their flags back to the videos' partitions, then each
         partition's flush and state write (streaming/ingest.py and streaming/devices.py, in-process)."""
-        flags = []
         for partition in sorted(self.effects):
             views = self.effects[partition].device_views
             if views:
                 progress = self.scorers[partition].source_progress_ms()
-                flags.extend(self.devices.judge(partition, views, progress))
+                self.devices.judge(partition, views, progress)
+        if drained:
+            self.devices.drained([scorer.source_progress_ms() for scorer in self.scorers])
+        flags, watermark = self.devices.acknowledge()
         for flag in flags:
             partition = video_partition[flag.video_id]
             self.scorers[partition].on_device_flag(
-                flag.video_id, flag.event_id, flag.detail, now_ms, self.effects_of(partition), flag.reason
+                flag.video_id, flag.event_id, flag.reason, flag.detail, now_ms, self.effects_of(partition)
             )
         self.totals.device_flags += len(flags)
-        watermark = self.devices.acknowledge()
         if watermark is not None:
             for scorer in self.scorers:
                 scorer.on_device_ack(DEVICE_PARTITION, watermark)
@@ -189,7 +190,7 @@ class PolicyRun:
         self.totals.settlements.extend(effects.settlements)
 
     def finish(self, present_ms: int, now_ms: int, video_partition: Mapping[str, int]) -> None:
-        self.end_batch(now_ms, video_partition)
+        self.end_batch(now_ms, video_partition, drained=True)
         for partition, scorer in enumerate(self.scorers):
             scorer.settle_at_end_of_input(present_ms, self.effects_of(partition))
         self.end_batch(now_ms, video_partition)
@@ -237,14 +238,11 @@ class ReplayEngine:
         partition_counts: Mapping[InputTopic, int],
         partition_for: PartitionFor,
         *,
-        max_source_skew_ms: int,
         batch_events: int = BATCH_EVENTS,
     ) -> None:
-        """`max_source_skew_ms`: the device judge's skew bound, as the worker's (streaming/devices.py)."""
         self.partition_counts = dict(partition_counts)
         self.partition_for = partition_for
         self.batch_events = batch_events
-        self.max_source_skew_ms = max_source_skew_ms
         self.policies = list(policies)
         self.runs: list[PolicyRun] = []
         self.counts = ReadCounts()
@@ -256,7 +254,7 @@ class ReplayEngine:
 
     def _start(self, now_ms: int) -> None:
         partitions = self.partition_counts[VIEWS]
-        self.runs = [PolicyRun(policy, partitions, now_ms, self.max_source_skew_ms) for policy in self.policies]
+        self.runs = [PolicyRun(policy, partitions, now_ms) for policy in self.policies]
         self._now = self._last_tick = now_ms
         for run in self.runs:
             for profile in self._profiles:

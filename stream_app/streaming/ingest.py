@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.device_records import DeviceFlags
 from stream_app.domain.errors import PolicyMismatchError, StateFormatError
 from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, OutputTopic, ViewEvent
 from stream_app.domain.partition import Effects, PartitionMeta, PartitionScorer
@@ -49,8 +50,8 @@ class IngestProcessor:
         self._input_topics = {self.settings.topic(t): t for t in InputTopic}
         self.partitions: dict[int, PartitionScorer] = {}
         self._republish: set[int] = set()
-        # per partition: the progress last reported to the device partitions, and when (send_device_views)
-        self._reported: dict[int, tuple[int, float]] = {}
+        # per partition: the progress and drained state last reported to the device partitions, and when
+        self._reported: dict[int, tuple[int, bool, float]] = {}
         self._progress_due: set[int] = set()
         self._lag_ts: dict[InputTopic, list[int]] = {}  # per event topic: ts of the batch's events (event lag)
 
@@ -143,7 +144,7 @@ class IngestProcessor:
         """creator-profiles in the group: count outcomes and dead-letter the invalid (the ProfileReader, outside
         the group, builds every worker's profile history)."""
         await self.load_partition_counts()
-        outbox = self._outbox()
+        outbox = self.outbox()
         now_ms = _now_ms()
         for event in batch:
             message = event.message
@@ -169,7 +170,7 @@ class IngestProcessor:
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
         last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
-        outbox = self._outbox()
+        outbox = self.outbox()
         input_topics = self._input_topics
         processed = self.app.processed_offsets
         self._lag_ts = {InputTopic.VIEWS: [], InputTopic.INTERACTIONS: []}
@@ -214,7 +215,8 @@ class IngestProcessor:
         except Exception:
             fail_stop("could not send the outputs or write the state of a batch")
 
-    def _outbox(self) -> Outbox:
+    def outbox(self) -> Outbox:
+        """An Outbox for one batch's sends (this agent's and the device judge's)."""
         return Outbox(self.app.faust.producer, self.partition_count)
 
     def _on_device_flags(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
@@ -222,11 +224,11 @@ class IngestProcessor:
         if effects is None:
             effects = touched[message.partition] = Effects()
         flagged = self.scorer_for(message.partition, message.topic)
-        for flag in jsoncodec.loads(message.value):
-            if "ack" in flag:  # the device partition judged everything up to its watermark
-                flagged.on_device_ack(flag["ack"], flag["watermark"])
-            else:
-                flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
+        device_flags = DeviceFlags.from_bytes(message.value)
+        for flag in device_flags.flags:
+            flagged.on_device_flag(flag.video_id, flag.event_id, flag.reason, flag.detail, now_ms, effects)
+        for ack in device_flags.acks:  # after the flags: that device partition judged up to its watermark
+            flagged.on_device_ack(ack.device_partition, ack.watermark)
 
     def _publish_gauges(self, touched: dict[int, Effects]) -> None:
         if any(effects.pending_delta for effects in touched.values()):
@@ -271,22 +273,35 @@ class IngestProcessor:
                 effects.dead_letters.clear()
 
     async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects, outbox: Outbox) -> None:
-        """Send this batch's accepted views to the device partitions with the partition's progress; with none,
-        the progress alone when a tick asked for it, it moved, and PROGRESS_INTERVAL_S has passed since the last
-        report (after an assignment a partition reports where it stands before it accepts a new view)."""
-        progress = scorer.source_progress_ms()
+        """Send this batch's accepted views to the device partitions with the partition's progress. With none, on
+        a tick: whether its views topic-partition is drained (caught up) at once when that changed; else, at most
+        every PROGRESS_INTERVAL_S, its progress when it moved, and a drained state again (so a device partition
+        that changed hands hears it). After an assignment a partition reports where it stands before it accepts a
+        new view."""
+        latest = scorer.source_progress_ms()
+        progress = -1 if latest is None else latest
         due = partition in self._progress_due
         self._progress_due.discard(partition)
-        if progress is None:
-            return
+        views = effects.device_views
+        drained = not views and scorer.caught_up[InputTopic.VIEWS]
         last = self._reported.get(partition)
-        if not effects.device_views:
-            if not due:
-                return
-            if last is not None and (progress <= last[0] or time.monotonic() - last[1] < PROGRESS_INTERVAL_S):
-                return
-        await send_device_views(self.app, effects.device_views, partition, progress, outbox)
-        self._reported[partition] = (progress, time.monotonic())
+        if not views and not self._worth_reporting(due, last, latest, drained):
+            return
+        await send_device_views(self.app, views, partition, progress, drained, outbox)
+        self._reported[partition] = (progress, drained, time.monotonic())
+
+    @staticmethod
+    def _worth_reporting(due: bool, last: tuple[int, bool, float] | None, latest: int | None, drained: bool) -> bool:
+        """A report without views: on a tick only; a first one when there is something to say; then a change of
+        the drained state at once, else progress that moved, or a drained state again, every PROGRESS_INTERVAL_S."""
+        if not due:
+            return False
+        if last is None:
+            return latest is not None or drained
+        if drained != last[1]:
+            return True
+        progress = -1 if latest is None else latest
+        return time.monotonic() - last[2] >= PROGRESS_INTERVAL_S and (progress > last[0] or drained)
 
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
         scorer = self.scorer_for(partition, self.app.tick_topic_name)

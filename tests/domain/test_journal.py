@@ -127,7 +127,7 @@ class Run:
         effects = Effects()
         for item, position in items:
             if isinstance(item, Flag):
-                self.scorer.on_device_flag(item.video_id, item.event_id, "flagged", now, effects)
+                self.scorer.on_device_flag(item.video_id, item.event_id, "device_burst", "flagged", now, effects)
                 continue
             topic = InputTopic.VIEWS if isinstance(item, ViewEvent) else InputTopic.INTERACTIONS
             self.scorer.on_event(topic, item, position, item.ts + 1_000, now, effects)

@@ -232,7 +232,8 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
         3_600,
     )
     effects = Effects()
-    harness.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, effects)  # the GB view, already settled
+    # the GB view, already settled
+    harness.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, effects)
     harness.scorer.flush(NOW, effects)
     [clawback] = effects.settlements
     # 3_600 - (1_800 - 800) * 20_000 // 10_000 = 1_600
@@ -243,7 +244,7 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
     # 2 = 1 settled qualified view left + the open window's qualifying view by "c"
     # a second flag for the same view changes nothing
     again = Effects()
-    harness.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, again)
+    harness.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, again)
     assert again.outcomes == [] and again.settlements == []
 
 
@@ -268,14 +269,17 @@ def test_a_device_flag_after_a_wall_clock_settlement_still_claws_back() -> None:
     # device_burst judged on 2 device partitions that have acknowledged nothing: the view is kept for their flags
     scorer = _settled_by_the_wall_clock(device_partitions=2)
     effects = Effects()
-    scorer.on_device_flag("vid1", "v1", "device d-a burst", NOW, effects)
-    assert [(o.outcome.value, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
+    scorer.on_device_flag("vid1", "v1", "account_farm", "device d-a has more than 8 accounts", NOW, effects)
+    # the flag's reason is the clawback's
+    assert [(o.outcome.value, o.reason, o.detail) for o in effects.outcomes] == [
+        ("clawback", "account_farm", "device d-a has more than 8 accounts")
+    ]
 
 
 def test_without_a_device_judge_elsewhere_the_settled_view_is_forgotten() -> None:
     scorer = _settled_by_the_wall_clock(device_partitions=0)
     effects = Effects()
-    scorer.on_device_flag("vid1", "v1", "device d-a burst", NOW, effects)
+    scorer.on_device_flag("vid1", "v1", "device_burst", "device d-a burst", NOW, effects)
     assert effects.outcomes == []
 
 
@@ -334,7 +338,7 @@ def test_watch_time_in_the_window_state_and_the_settlement_record(
     )
     if clawed:  # a device rule rejects the looping view while its window is open: it leaves the mean too
         effects = Effects()
-        h.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, effects)
+        h.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, effects)
         h.store.apply(h.scorer.flush(NOW, effects))
     effects = h.send(_video_ms_view(4, "x", 12_000, 1_000), interaction(1, "vid1", "x", 12_000, "share"))
     [record] = effects.settlements  # window 0: no interaction, score 0

@@ -64,6 +64,10 @@ P = Policy()
         ("viewer_repeat_span_s", 600),
         ("device_burst_max", 60),
         ("device_burst_span_s", 60),
+        ("device_memory_s", 600),
+        ("overlap_tolerance_ms", 2_000),
+        ("accounts_per_device", 8),
+        ("max_source_skew_s", 3_600),  # ours, not the SPEC's: the 1 h skew bound of the device partitions
         ("velocity_span_s", 60),
         ("velocity_min_views", 200),
         ("velocity_baseline_factor", 10),
@@ -309,7 +313,9 @@ def test_settle(totals: WindowTotals, eligible: bool, expected: Settled) -> None
 
 # Computed once from the defaults; pinned so a change of any default, or of the canonical form, is noticed
 # (it would orphan state written under the old hash). test_every_field_changes_the_hash backs it up.
-DEFAULT_HASH = "v1-a4ba1e22"
+# Issue 11 (device_overlap, account_farm and their thresholds) and issue 9/13 (watch_weight_bps, the clawback
+# hold numbers) moved it from v1-055faa0c.
+DEFAULT_HASH = "v1-2fb6b859"
 
 
 def test_default_policy_hash_is_pinned() -> None:
@@ -456,6 +462,9 @@ def test_env_wins_over_file(tmp_path: Path) -> None:
         ("WATCH_WEIGHT_BPS", "2000", "watch_weight_bps", 2000),
         ("DEDUPE_S", "7200", "dedupe_s", 7200),
         ("QUALIFYING_SOURCES", "for_you, following,", "qualifying_sources", frozenset({"for_you", "following"})),
+        ("DEVICE_MEMORY_S", "300", "device_memory_s", 300),
+        ("OVERLAP_TOLERANCE_MS", "0", "overlap_tolerance_ms", 0),
+        ("ACCOUNTS_PER_DEVICE", "4", "accounts_per_device", 4),
     ],
 )
 def test_env_variables(var: str, raw: str, name: str, expected: object) -> None:
@@ -476,6 +485,9 @@ def test_every_env_variable_is_tested() -> None:
         "WATCH_WEIGHT_BPS",
         "DEDUPE_S",
         "QUALIFYING_SOURCES",
+        "DEVICE_MEMORY_S",
+        "OVERLAP_TOLERANCE_MS",
+        "ACCOUNTS_PER_DEVICE",
     }
 
 
@@ -490,6 +502,10 @@ def test_every_env_variable_is_tested() -> None:
         ("target_rate_bps = 0", "target_rate_bps must be an integer >= 1, got 0"),
         ("default_base_rate = -1", "default_base_rate must be an integer >= 0, got -1"),
         ("weight_like = -1", "weight_like must be an integer >= 0, got -1"),
+        ("accounts_per_device = 0", "accounts_per_device must be an integer >= 1, got 0"),
+        ("overlap_tolerance_ms = -1", "overlap_tolerance_ms must be an integer >= 0, got -1"),
+        ("device_memory_s = 1.5", "device_memory_s must be an integer >= 0, got 1.5"),
+        ("max_source_skew_s = -60", "max_source_skew_s must be an integer >= 0, got -60"),
         (
             "velocity_distinct_ratio_pct = 101",
             "velocity_distinct_ratio_pct must be an integer between 0 and 100, got 101",
@@ -553,6 +569,7 @@ def test_missing_file(tmp_path: Path) -> None:
         ({"WINDOW_S": "1.5"}, "WINDOW_S must be an integer >= 1, got '1.5'"),
         ({"WINDOW_S": "true"}, "WINDOW_S must be an integer >= 1, got 'true'"),
         ({"TARGET_RATE_BPS": "0"}, "TARGET_RATE_BPS must be an integer >= 1, got 0"),
+        ({"ACCOUNTS_PER_DEVICE": "0"}, "ACCOUNTS_PER_DEVICE must be an integer >= 1, got 0"),
         ({"EMIT_INTERVAL_S": "fast"}, "EMIT_INTERVAL_S must be a number >= 0, got 'fast'"),
         ({"EMIT_INTERVAL_S": "-1"}, "EMIT_INTERVAL_S must be a number >= 0, got -1.0"),
         ({"EMIT_INTERVAL_S": "nan"}, "EMIT_INTERVAL_S must be a number >= 0, got nan"),

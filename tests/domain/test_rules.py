@@ -577,7 +577,8 @@ class Feeder:
         copy = Feeder(self.policy)
         copy.state = VideoRulesState.from_dict(jsoncodec.loads(jsoncodec.dumps(self.state.to_dict())))
         copy.devices = {
-            d: DeviceState.from_dict(jsoncodec.loads(jsoncodec.dumps(ds.to_dict()))) for d, ds in self.devices.items()
+            d: DeviceState.from_stored(jsoncodec.loads(jsoncodec.dumps(ds.to_stored())))
+            for d, ds in self.devices.items()
         }
         copy.pending = {end: list(events) for end, events in self.pending.items()}
         return copy
@@ -655,7 +656,7 @@ def test_from_dict_refuses_another_format() -> None:
     with pytest.raises(SerializationError):
         VideoRulesState.from_dict(data)
     with pytest.raises(SerializationError):
-        DeviceState.from_dict({"format": 0})
+        DeviceState.from_stored({"format": 0})
 
 
 # --- the burst rules against a brute-force reading of the SPEC ---------------------------------------------------

@@ -10,7 +10,6 @@ from stream_app.domain.events import InputTopic
 from stream_app.domain.policy import Policy
 from stream_app.edges.partitioner import partition_for
 from stream_app.replay.engine import ReplayEngine
-from stream_app.streaming.devices import MAX_SOURCE_SKEW_MS
 from tests.integration.test_scoring_scenario import EXPECTED_ACCRUALS, EXPECTED_SETTLEMENTS, A, B, C, D, Z, scenario
 from tests.replay.helpers import PARTITIONS, records_of
 
@@ -20,7 +19,7 @@ COUNTS = {InputTopic.VIEWS: PARTITIONS, InputTopic.INTERACTIONS: PARTITIONS, Inp
 
 
 def replay(events: list[Any], present_ms: int, *policies: Policy) -> ReplayEngine:
-    engine = ReplayEngine(policies, COUNTS, partition_for, max_source_skew_ms=MAX_SOURCE_SKEW_MS)
+    engine = ReplayEngine(policies, COUNTS, partition_for)
     records = records_of(events)
     engine.add_profiles(r for r in records if r.topic is InputTopic.PROFILES)
     for record in records:
@@ -134,9 +133,7 @@ FARM_POLICY = Policy(window_s=60, grace_s=10, idle_settle_s=600)
 
 
 def run_farm(batch_events: int) -> Any:
-    engine = ReplayEngine(
-        [FARM_POLICY], COUNTS, partition_for, max_source_skew_ms=MAX_SOURCE_SKEW_MS, batch_events=batch_events
-    )
+    engine = ReplayEngine([FARM_POLICY], COUNTS, partition_for, batch_events=batch_events)
     records = records_of(device_farm())
     engine.add_profiles(r for r in records if r.topic is InputTopic.PROFILES)
     for record in records:

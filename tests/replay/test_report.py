@@ -12,7 +12,6 @@ from stream_app.replay import reading
 from stream_app.replay.command import ReplayOutcome, build_files
 from stream_app.replay.engine import ReplayEngine
 from stream_app.replay.report import FILES, Row, creator_rows, distribution, micros
-from stream_app.streaming.devices import MAX_SOURCE_SKEW_MS
 from tests.integration.test_scoring_scenario import B, scenario
 from tests.replay.helpers import records_of
 from tests.replay.test_engine import COUNTS, V1, V2
@@ -20,7 +19,7 @@ from tests.replay.test_engine import COUNTS, V1, V2
 
 def outcome(present_ms: int = 100_000) -> ReplayOutcome:
     first, second = scenario()
-    engine = ReplayEngine([V1, V2], COUNTS, partition_for, max_source_skew_ms=MAX_SOURCE_SKEW_MS)
+    engine = ReplayEngine([V1, V2], COUNTS, partition_for)
     records = records_of(first + second)
     engine.add_profiles(r for r in records if r.topic is InputTopic.PROFILES)
     for record in records:
