@@ -318,8 +318,9 @@ def per_video_phase_one() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
     """Window 0 of R, W, U, E (one reason each) and the closing events; V is published in between."""
     events: list[tuple[Any, ...]] = [(PROFILES, ELIGIBLE_C1)]
     # R: viewer r loops 7 times within 600 s: 5 accepted (only the first qualifies: QUALIFY_ONCE), 6th and 7th
-    # viewer_repeat. Settles 1 qv x US 1_000, score 0 -> 0.5x = 500.
-    events += [(VIEWS, view(f"r{n}", R, "r", 1_000 + n)) for n in range(1, 8)]
+    # viewer_repeat. Settles 1 qv x US 1_000, score 0 -> 0.5x = 500. (Each loop on a screen of its own: 7 views
+    # 1 ms apart on one device would overlap, and device_overlap would claw back the later ones.)
+    events += [(VIEWS, view(f"r{n}", R, "r", 1_000 + n, device=f"d-r{n}")) for n in range(1, 8)]
     # W: watch_ms exactly 20 x video_ms is allowed, one ms more is impossible_watch. 1 qv -> 500.
     events.append((VIEWS, view("w1", W, "w1", 1_500, watch=20 * 120_000)))
     events.append((VIEWS, view("w2", W, "w2", 1_501, watch=20 * 120_000 + 1)))
