@@ -23,7 +23,7 @@ from stream_app.domain.profiles import ProfileHistory
 from stream_app.edges.kafka_client import client_kwargs
 from stream_app.edges.metrics import RewardsMetrics, start_http_server
 from stream_app.edges.settings import Settings
-from stream_app.streaming import changelog_end, uncommitted_seek
+from stream_app.streaming import changelog_end, topology, uncommitted_seek
 from stream_app.streaming.devices import DeviceJudge
 from stream_app.streaming.ingest import IngestProcessor
 from stream_app.streaming.profile_reader import ProfileReader
@@ -97,6 +97,8 @@ class ScorerApp:
             producer_acks=-1,
             # linger 0 sends one request per record; a few ms lets aiokafka batch output records.
             producer_linger_ms=5,
+            # a record the broker has not acknowledged by then stops the worker (streaming/topology.py)
+            producer_request_timeout=topology.PRODUCER_REQUEST_TIMEOUT_S,
             key_serializer="raw",
             value_serializer="raw",
             autodiscover=False,
@@ -167,6 +169,8 @@ class ScorerApp:
         self.faust.timer(TICK_INTERVAL_S)(self._send_ticks)
         self.faust.timer(LAG_INTERVAL_S)(self._measure_lag)
         self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        # before the consumer joins the group: the topics exist as the worker needs them (SPEC §4)
+        topology.install(self)
 
     def _table(self, name: str) -> Any:
         changelog = self.faust.topic(
