@@ -36,10 +36,13 @@ def install() -> None:
         if not uncommitted:
             return
         earliest = await self.earliest_offsets(*uncommitted)
-        for tp in uncommitted:
-            offset = earliest.get(tp) or 0
+        offsets = {tp: earliest.get(tp) or 0 for tp in uncommitted}
+        for tp, offset in offsets.items():
             log.info("no committed offset for %s[%d]: starting from offset %d", tp.topic, tp.partition, offset)
-            await self.seek(tp, offset)
+        # seek_wait runs the seeks on the consumer's own thread. Consumer.seek would run them on this one, racing
+        # the fetcher that runs there: measured, a KeyError in aiokafka's fetched_records that crashed the worker
+        # right after an assignment.
+        await self.seek_wait(offsets)
 
     perform_seek._seeks_uncommitted = True  # type: ignore[attr-defined]
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
