@@ -7,7 +7,8 @@ producer's request timeout while the metrics count it as written. So, before the
 every topic the worker reads or writes must exist with the partitions it needs, else the worker exits
 `EXIT_TOPOLOGY` naming `stream-app topics apply`. Once the producer runs, its metadata is pinned to every topic the
 worker writes, and a record the broker has not acknowledged within `PRODUCER_REQUEST_TIMEOUT_S` stops the worker
-(exit 70, like any failed batch) instead of being dropped with a warning.
+(exit 70, like any failed batch) instead of being dropped with a warning. While the worker runs, it says when the
+broker stops answering and when it answers again (a paused broker otherwise shows only as silence).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 from faust.sensors import Sensor
 
 from stream_app.domain.errors import BrokerError
@@ -40,6 +44,11 @@ EXIT_TOPOLOGY = 78
 EXIT_BROKER_UNREACHABLE = 69
 # How long the start-up check keeps trying to reach the broker (a worker may start a little before it).
 BROKER_WAIT_S = 60.0
+# The broker watch: a metadata request every PING_INTERVAL_S; no answer for SILENT_AFTER_S is logged as a warning
+# (then every REPEAT_S while it lasts), and the first answer after that as the end of the outage.
+PING_INTERVAL_S = 1.0
+SILENT_AFTER_S = 5.0
+REPEAT_S = 10.0
 APPLY_HINT = (
     "Run `stream-app topics apply` with the same TOPIC_PREFIX and APP_ID before starting workers (it creates what "
     "is missing; it never alters an existing topic, so a topic with the wrong partition count must be recreated, "
@@ -131,9 +140,55 @@ def pin_producer_metadata(producer: Any, topics: list[str]) -> None:
     producer.on_started = on_started
 
 
+async def watch_broker(
+    bootstrap: str,
+    kwargs: Mapping[str, Any],
+    *,
+    interval_s: float = PING_INTERVAL_S,
+    silent_after_s: float = SILENT_AFTER_S,
+    repeat_s: float = REPEAT_S,
+) -> None:
+    """Log when the broker stops answering and when it answers again, until cancelled."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="stream-app-broker-watch", **dict(kwargs))
+    last_answer = time.monotonic()
+    warned_at: float | None = None
+    try:
+        while True:
+            try:
+                if client.cluster.brokers():
+                    await asyncio.wait_for(client.fetch_all_metadata(), silent_after_s)
+                else:
+                    await asyncio.wait_for(client.bootstrap(), silent_after_s)
+            except (TimeoutError, KafkaError) as exc:
+                silent = time.monotonic() - last_answer
+                if silent >= silent_after_s and (warned_at is None or time.monotonic() - warned_at >= repeat_s):
+                    log.warning(
+                        "the broker at %s has not answered for %.0f s (%s): scoring, output and commits wait; "
+                        "nothing is lost, and a record it has not acknowledged %.0f s after it was sent stops the "
+                        "worker (exit 70) so that a restart replays it",
+                        bootstrap,
+                        silent,
+                        type(exc).__name__,
+                        PRODUCER_REQUEST_TIMEOUT_S,
+                    )
+                    warned_at = time.monotonic()
+            else:
+                if warned_at is not None:
+                    log.warning(
+                        "the broker at %s answers again after %.0f s of silence: resuming",
+                        bootstrap,
+                        time.monotonic() - last_answer,
+                    )
+                    warned_at = None
+                last_answer = time.monotonic()
+            await asyncio.sleep(interval_s)
+    finally:
+        await client.close()
+
+
 class TopologyGuard(Sensor):
     """Started before Faust's producer and consumer (sensors start first): checks the topics, pins the producer's
-    metadata, and stops the worker when the broker did not acknowledge a record it was sent."""
+    metadata, watches the broker, and stops the worker when the broker did not acknowledge a record it was sent."""
 
     def __init__(self, scorer: ScorerApp, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -142,6 +197,8 @@ class TopologyGuard(Sensor):
     async def on_start(self) -> None:
         await check_topics(self.scorer)
         pin_producer_metadata(self.scorer.faust.producer, written_topics(self.scorer))
+        settings = self.scorer.settings
+        self.add_future(watch_broker(settings.kafka_bootstrap, client_kwargs(settings.env)))
 
     def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
         return topic

@@ -11,7 +11,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,21 +55,16 @@ def run_seeds(run: Callable[[int], T], seeds: Iterable[int] = SEEDS) -> dict[int
         return dict(zip(seeds, pool.map(guarded, seeds), strict=True))
 
 
-@dataclass
 class Cluster:
     """The workers of one seed's run (one prefix, one group), started and stopped by the test."""
 
-    bootstrap: str
-    log_dir: Path
-    name: str
-    env: dict[str, str] = field(init=False)
-    workers: list[WorkerProcess] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)  # what the test did, for failure messages
-
-    def __post_init__(self) -> None:
-        prefix = f"c{uuid.uuid4().hex[:6]}-{self.name}-"
-        self.env = worker_env(self.bootstrap, prefix, **CHAOS_ENV)
+    def __init__(self, bootstrap: str, log_dir: Path, name: str, **env: str) -> None:
+        self.log_dir = log_dir
+        prefix = f"c{uuid.uuid4().hex[:6]}-{name}-"
+        self.env = worker_env(bootstrap, prefix, **CHAOS_ENV, **env)
         run_cli(self.env, "topics", "apply")
+        self.workers: list[WorkerProcess] = []
+        self.events: list[str] = []  # what the test did, for failure messages
 
     @property
     def prefix(self) -> str:

@@ -310,7 +310,7 @@ class Publisher:
                 delay = started + sent / events_per_s - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-        assert self._producer.flush(30) == 0, "records not acknowledged by the broker"
+        assert self._producer.flush(90) == 0, "records not acknowledged by the broker"
 
     def send_in_background(self, records: Sequence[Record], events_per_s: float) -> threading.Thread:
         thread = threading.Thread(target=self.send, args=(records, events_per_s), daemon=True)

@@ -31,6 +31,8 @@ from tests.integration.harness import RawRecord, TopicReader
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
 PACE_EVENTS_PER_S = 400
+# Faust's commit interval per seed: never before the kills (every restart replays all it read), often, the default.
+COMMIT_INTERVAL_S = {1: "3600", 2: "1", 3: "2.8"}
 
 
 @dataclass
@@ -46,7 +48,7 @@ class KillRun:
 def kill_run(bootstrap: str, log_dir: Path, seed: int) -> KillRun:
     rng = random.Random(seed)
     data = sc.chaos_input(seed)
-    cluster = Cluster(bootstrap, log_dir, f"kill{seed}")
+    cluster = Cluster(bootstrap, log_dir, f"kill{seed}", BROKER_COMMIT_INTERVAL=COMMIT_INTERVAL_S[seed])
     prefix = cluster.prefix
     cut1, cut2 = sorted(rng.sample(range(len(data.traffic) // 5, 4 * len(data.traffic) // 5), 2))
     parts = data.traffic[:cut1], data.traffic[cut1:cut2], data.traffic[cut2:]

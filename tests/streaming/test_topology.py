@@ -5,11 +5,15 @@ written topic, and a record the broker did not acknowledge stops the worker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from stream_app.edges.broker import free_loopback_port
 from stream_app.edges.settings import load_settings
 from stream_app.edges.topics_admin import RequiredTopic, load_topic_plan, required_by_plan, topology_problems
 from stream_app.streaming import topology
@@ -110,3 +114,18 @@ def test_an_unacknowledged_record_stops_the_worker(scorer: Any, monkeypatch: pyt
 def test_the_guard_is_a_sensor_of_the_app(scorer: Any) -> None:
     assert any(isinstance(sensor, topology.TopologyGuard) for sensor in scorer.faust.sensors)
     assert scorer.faust.conf.producer_request_timeout == topology.PRODUCER_REQUEST_TIMEOUT_S <= 60
+
+
+async def test_the_broker_watch_says_when_the_broker_does_not_answer(caplog: pytest.LogCaptureFixture) -> None:
+    nobody = f"127.0.0.1:{free_loopback_port()}"  # a port nothing listens on
+    watch = asyncio.ensure_future(topology.watch_broker(nobody, {}, interval_s=0.05, silent_after_s=0.3, repeat_s=60))
+    try:
+        deadline = time.monotonic() + 10
+        while "has not answered for" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+    warnings = [r for r in caplog.records if "has not answered for" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING" and nobody in warnings[0].getMessage()
