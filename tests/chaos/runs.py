@@ -86,6 +86,15 @@ class Cluster:
     def note(self, what: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
 
+    def dump_stacks(self) -> None:
+        """Ask every live worker for the stacks of its threads and tasks (mode's SIGUSR1), into its log."""
+        live = [w for w in self.workers if w.process is not None and w.process.poll() is None]
+        for worker in live:
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGUSR1)
+        if live:
+            time.sleep(2.0)
+
     def stop_all(self) -> None:
         for worker in self.workers:
             worker.stop()

@@ -73,6 +73,7 @@ def freeze_run(
         assert worker.process is not None
         return FreezeRun(worker.log(), worker.process.poll(), converged, cluster.story())
     except Exception as exc:
+        cluster.dump_stacks()
         raise AssertionError(f"{exc} ({cluster.story()})") from exc
     finally:
         reader.close()

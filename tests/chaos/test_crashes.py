@@ -95,6 +95,7 @@ def kill_run(bootstrap: str, log_dir: Path, seed: int) -> KillRun:
         cluster.note("converged")
         return KillRun(prefix, expected, sc.oracle(without, prefix, policy), copy_positions, reader, cluster.story())
     except Exception as exc:
+        cluster.dump_stacks()
         reader.close()
         raise AssertionError(f"{exc} ({cluster.story()})") from exc
     finally:

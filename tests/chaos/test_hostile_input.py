@@ -80,6 +80,7 @@ def hostile_run(bootstrap: str, log_dir: Path, seed: int) -> HostileRun:
         alive = worker.process.poll() is None
         return HostileRun(expected, outcomes, dead_letters, metrics, alive, worker.log(), cluster.story())
     except Exception as exc:
+        cluster.dump_stacks()
         raise AssertionError(f"{exc} ({cluster.story()})") from exc
     finally:
         cluster.stop_all()

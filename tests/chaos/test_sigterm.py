@@ -99,6 +99,7 @@ def term_run(bootstrap: str, log_dir: Path, seed: int, grace_s: float) -> TermRu
             cluster.story(),
         )
     except Exception as exc:
+        cluster.dump_stacks()
         raise AssertionError(f"{exc} ({cluster.story()})") from exc
     finally:
         reader.close()
