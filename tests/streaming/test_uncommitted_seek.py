@@ -1,6 +1,7 @@
-"""uncommitted_seek: stream partitions without a committed offset start from their earliest offset, and the seek
-runs on the consumer's own thread (Consumer.seek from the app's thread raced aiokafka's fetcher and crashed a
-worker right after an assignment)."""
+"""uncommitted_seek: stream partitions without a committed offset start from their earliest offset, the seek runs
+on the consumer's own thread (Consumer.seek from the app's thread raced aiokafka's fetcher and crashed a worker
+right after an assignment), and Faust's resume of stream partitions waits until they are sought (records fetched
+from the old position reached the agent before the seek and were scored out of order)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from faust.types import TP
 from stream_app.streaming import uncommitted_seek
 
 VIEWS = "video-views"
+CHANGELOG = "app-video-state-changelog"
 
 
 class FakeConsumer:
@@ -20,10 +22,16 @@ class FakeConsumer:
         self.app = SimpleNamespace(**{uncommitted_seek.STREAM_TOPICS_ATTR: {VIEWS}})
         self._read_offset: dict[TP, int | None] = {}
         self._committed_offset: dict[TP, int | None] = {TP(VIEWS, 0): 12}
+        self._active: set[TP] = set()
+        self._paused_partitions: set[TP] = set()
         self.waited: list[dict[TP, int]] = []
+        self.active_when_sought: list[set[TP]] = []
+
+    def _get_active_partitions(self) -> set[TP]:
+        return self._active
 
     def assignment(self) -> set[TP]:
-        return {TP(VIEWS, 0), TP(VIEWS, 1), TP(VIEWS, 2), TP("elsewhere", 0)}
+        return {TP(VIEWS, 0), TP(VIEWS, 1), TP(VIEWS, 2), TP(CHANGELOG, 0)}
 
     async def seek_to_committed(self) -> dict[TP, int]:
         return {TP(VIEWS, 0): 12}
@@ -33,6 +41,7 @@ class FakeConsumer:
 
     async def seek_wait(self, partitions: dict[TP, int]) -> None:
         self.waited.append(dict(partitions))
+        self.active_when_sought.append(set(self._active))
 
     async def seek(self, partition: TP, offset: int) -> Any:
         raise AssertionError("Consumer.seek runs on the app's thread, racing the consumer thread's fetcher")
@@ -43,3 +52,14 @@ async def test_uncommitted_stream_partitions_seek_to_earliest_on_the_consumer_th
     consumer = FakeConsumer()
     await Consumer.perform_seek(consumer)  # type: ignore[arg-type]
     assert consumer.waited == [{TP(VIEWS, 1): 5, TP(VIEWS, 2): 0}]
+
+
+async def test_stream_partitions_are_resumed_only_once_sought() -> None:
+    uncommitted_seek.install()
+    consumer = FakeConsumer()
+    streams = {TP(VIEWS, 0), TP(VIEWS, 1), TP(VIEWS, 2)}
+    Consumer.resume_partitions(consumer, streams | {TP(CHANGELOG, 0)})  # type: ignore[arg-type]
+    assert consumer._active == {TP(CHANGELOG, 0)}  # changelogs resume at once, streams wait for their seek
+    await Consumer.perform_seek(consumer)  # type: ignore[arg-type]
+    assert consumer.active_when_sought == [{TP(CHANGELOG, 0)}]
+    assert consumer._active == streams | {TP(CHANGELOG, 0)}
