@@ -23,7 +23,7 @@ from stream_app.domain.profiles import ProfileHistory
 from stream_app.edges.kafka_client import client_kwargs
 from stream_app.edges.metrics import RewardsMetrics, start_http_server
 from stream_app.edges.settings import Settings
-from stream_app.streaming import changelog_end, topology, uncommitted_seek
+from stream_app.streaming import changelog_end, delivery_guard, topology, uncommitted_seek
 from stream_app.streaming.devices import DeviceJudge
 from stream_app.streaming.ingest import IngestProcessor
 from stream_app.streaming.profile_reader import ProfileReader
@@ -171,6 +171,7 @@ class ScorerApp:
         self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         # before the consumer joins the group: the topics exist as the worker needs them (SPEC §4)
         topology.install(self)
+        delivery_guard.install(self)
 
     def _table(self, name: str) -> Any:
         changelog = self.faust.topic(
@@ -269,6 +270,7 @@ class ScorerApp:
 
     async def _score_events(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
+            delivery_guard.check(self, batch)  # stops the worker if the consumer skipped records
             await finish_batch(self.ingest.process_batch(batch))
 
     async def _judge_devices(self, stream: Any) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
+from stream_app.streaming.delivery_guard import GUARD_ATTR
+
 log = logging.getLogger(__name__)
 
 # the faust.App attribute naming the topics whose uncommitted partitions must start from the beginning
@@ -56,6 +58,7 @@ def install() -> None:
         topics = _stream_topics(self)
         assigned = set(self.assignment())
         uncommitted = [tp for tp in assigned if tp.topic in topics and self._committed_offset.get(tp) is None]
+        offsets: dict[TP, int] = {}
         if uncommitted:
             earliest = await self.earliest_offsets(*uncommitted)
             offsets = {tp: earliest.get(tp) or 0 for tp in uncommitted}
@@ -65,8 +68,11 @@ def install() -> None:
             # racing the fetcher that runs there: measured, a KeyError in aiokafka's fetched_records that crashed
             # the worker right after an assignment.
             await self.seek_wait(offsets)
+        guard = getattr(self.app, GUARD_ATTR, None)
+        if guard is not None:  # where each stream partition's records start again (streaming/delivery_guard.py)
+            guard.sought({tp: offsets.get(tp, self._committed_offset.get(tp)) for tp in assigned})
         # only once sought (a failed seek leaves them held for the next perform_seek, which Faust repeats)
-        held = getattr(self, _HELD_ATTR, set())
+        held: set[TP] = getattr(self, _HELD_ATTR, set())
         setattr(self, _HELD_ATTR, set())
         original_resume(self, held & assigned)
 

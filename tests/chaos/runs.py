@@ -56,7 +56,11 @@ def run_seeds(run: Callable[[int], T], seeds: Iterable[int] = SEEDS) -> dict[int
 
 
 class Cluster:
-    """The workers of one seed's run (one prefix, one group), started and stopped by the test."""
+    """The workers of one seed's run (one prefix, one group), started and stopped by the test.
+
+    Like the deploy files' orchestrators (compose `restart: unless-stopped`, a Kubernetes StatefulSet), it restarts
+    a worker that exits on its own: a worker stops itself (exit 70) when it cannot vouch for a batch, and a restart
+    replays it. Each restart is in the story."""
 
     def __init__(self, bootstrap: str, log_dir: Path, name: str, **env: str) -> None:
         self.log_dir = log_dir
@@ -65,6 +69,11 @@ class Cluster:
         run_cli(self.env, "topics", "apply")
         self.workers: list[WorkerProcess] = []
         self.events: list[str] = []  # what the test did, for failure messages
+        self.restarts = 0
+        self._stopped: set[int] = set()  # ids of workers the test stopped on purpose
+        self._closing = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
 
     @property
     def prefix(self) -> str:
@@ -80,11 +89,28 @@ class Cluster:
         return worker
 
     def kill(self, worker: WorkerProcess, why: str) -> None:
+        self._stopped.add(id(worker))
         worker.stop(signal.SIGKILL)
         self.note(f"SIGKILL {worker.log_path.stem} {why}")
 
+    def terminate(self, worker: WorkerProcess, timeout: float) -> int | None:
+        self._stopped.add(id(worker))
+        self.note(f"SIGTERM {worker.log_path.stem}")
+        return worker.stop(signal.SIGTERM, timeout=timeout)
+
     def note(self, what: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
+
+    def _supervise(self) -> None:
+        while not self._closing.wait(0.5):
+            for worker in list(self.workers):
+                code = None if worker.process is None else worker.process.poll()
+                if code is None or id(worker) in self._stopped:
+                    continue
+                self._stopped.add(id(worker))
+                self.restarts += 1
+                self.note(f"{worker.log_path.stem} exited {code} on its own: restarted")
+                self.start(f"{worker.log_path.stem.removeprefix(self.prefix)}+")
 
     def dump_stacks(self) -> None:
         """Ask every live worker for the stacks of its threads and tasks (mode's SIGUSR1), into its log."""
@@ -96,6 +122,8 @@ class Cluster:
             time.sleep(2.0)
 
     def stop_all(self) -> None:
+        self._closing.set()
+        self._supervisor.join(5)
         for worker in self.workers:
             worker.stop()
 

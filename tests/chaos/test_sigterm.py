@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +73,8 @@ def term_run(bootstrap: str, log_dir: Path, seed: int, grace_s: float) -> TermRu
         wait_for_log(first, READY, 60)
         sending = in_background(lambda: publisher.send(data.traffic, PACE_EVENTS_PER_S))
         time.sleep(rng.uniform(3.0, 0.6 * sum(r.events for r in data.traffic) / PACE_EVENTS_PER_S))
-        cluster.note("SIGTERM")
         started = time.monotonic()
-        code = first.stop(signal.SIGTERM, timeout=grace_s + 30)
+        code = cluster.terminate(first, timeout=grace_s + 30)
         exit_s = time.monotonic() - started
         inputs = [prefix + InputTopic.VIEWS.value, prefix + InputTopic.INTERACTIONS.value]
         committed = committed_offsets(bootstrap, cluster.env["APP_ID"], inputs)

@@ -12,6 +12,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from stream_app.streaming import uncommitted_seek
+from stream_app.streaming.delivery_guard import GUARD_ATTR, DeliveryGuard
 
 VIEWS = "video-views"
 CHANGELOG = "app-video-state-changelog"
@@ -50,8 +51,17 @@ class FakeConsumer:
 async def test_uncommitted_stream_partitions_seek_to_earliest_on_the_consumer_thread() -> None:
     uncommitted_seek.install()
     consumer = FakeConsumer()
+    guard = DeliveryGuard([VIEWS])
+    setattr(consumer.app, GUARD_ATTR, guard)
     await Consumer.perform_seek(consumer)  # type: ignore[arg-type]
     assert consumer.waited == [{TP(VIEWS, 1): 5, TP(VIEWS, 2): 0}]
+    # the delivery guard knows where each stream partition's records start again: committed, else earliest
+    assert guard.hole([event(0, 12), event(1, 5), event(2, 0)]) is None
+    assert guard.hole([event(1, 7)]) == "video-views[1] offsets 6-6"
+
+
+def event(partition: int, offset: int) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(topic=VIEWS, partition=partition, offset=offset))
 
 
 async def test_stream_partitions_are_resumed_only_once_sought() -> None:
