@@ -270,7 +270,7 @@ class ScorerApp:
 
     async def _score_events(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
-            delivery_guard.check(self, batch)  # stops the worker if the consumer skipped records
+            await delivery_guard.check(self, batch)  # stops the worker if the consumer skipped records
             await finish_batch(self.ingest.process_batch(batch))
 
     async def _judge_devices(self, stream: Any) -> None:

@@ -6,30 +6,69 @@ a worker that kept a partition across a rebalance scored offsets 153-166 during 
 were never scored, later events moved the watermark, and the skipped ones were judged `late` by the next owner
 (or lost for good, had Faust's gap filling committed past them). Each stream partition must therefore arrive as an
 unbroken run of offsets from where it was sought (`uncommitted_seek.perform_seek` records that position). A
-hole stops the worker (exit 70) before the batch is acknowledged: nothing past the hole is committed, and the
-restarted worker replays from the committed offset (records seen twice are skipped by the replay guard, SPEC §4).
+hole that holds records stops the worker (exit 70) before the batch is acknowledged: nothing past the hole is
+committed, and the restarted worker replays from the committed offset (records seen twice are skipped by the replay
+guard, SPEC §4). A hole without records is normal (a transactional producer's commit markers take offsets) and is
+let through; telling them apart costs one fetch per hole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
 from stream_app.domain.events import InputTopic
+from stream_app.edges.kafka_client import client_kwargs
 from stream_app.streaming.sending import fail_stop
 
 # the faust.App attribute holding the guard (uncommitted_seek records where each stream partition was sought)
 GUARD_ATTR = "rewards_delivery_guard"
+HOLE_FETCH_TIMEOUT_S = 5.0
+
+# (topic, partition, first offset, end offset) -> whether a record sits in [first, end)
+RecordsIn = Callable[[str, int, int, int], Awaitable[bool]]
+
+
+def records_in(bootstrap: str, client_kwargs: Mapping[str, Any]) -> RecordsIn:
+    """Whether the broker holds a record with an offset in [first, end) of a partition (True when it cannot tell)."""
+
+    async def ask(topic: str, partition: int, first: int, end: int) -> bool:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(client_kwargs)
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, first)
+            deadline = time.monotonic() + HOLE_FETCH_TIMEOUT_S
+            while time.monotonic() < deadline:
+                records = (await consumer.getmany(tp, timeout_ms=200)).get(tp, [])
+                if records:
+                    return bool(records[0].offset < end)
+                position = await consumer.position(tp)
+                if position >= end or position >= (await consumer.end_offsets([tp]))[tp]:
+                    return False
+                await asyncio.sleep(0)
+            return True
+        finally:
+            await consumer.stop()
+
+    return ask
 
 
 class DeliveryGuard:
     """The next offset expected on each guarded input partition since it was last sought."""
 
-    def __init__(self, topics: Iterable[str]) -> None:
+    def __init__(self, topics: Iterable[str], holds_records: RecordsIn | None = None) -> None:
         self.topics = frozenset(topics)
         self._expected: dict[tuple[str, int], int] = {}
+        self._holds_records = holds_records
 
     def sought(self, offsets: dict[TP, int | None]) -> None:
         """The consumer positioned these partitions: their records start again there (None: unknown)."""
@@ -45,30 +84,35 @@ class DeliveryGuard:
         for tp in tps:
             self._expected.pop((tp.topic, tp.partition), None)
 
-    def hole(self, batch: Sequence[Any]) -> str | None:
-        """The first hole in this batch's offsets, described; records before it were checked in order."""
+    def holes(self, batch: Sequence[Any]) -> list[tuple[str, int, int, int]]:
+        """Every hole in this batch's guarded offsets: (topic, partition, first missing, end)."""
+        found = []
         for event in batch:
             message = event.message
-            key = (message.topic, message.partition)
             if message.topic not in self.topics:
                 continue
+            key = (message.topic, message.partition)
             expected = self._expected.get(key)
             if expected is not None and message.offset > expected:
-                return f"{message.topic}[{message.partition}] offsets {expected}-{message.offset - 1}"
+                found.append((message.topic, message.partition, expected, message.offset))
             self._expected[key] = max(expected or 0, message.offset + 1)
-        return None
+        return found
 
-    def check(self, batch: Sequence[Any]) -> None:
-        hole = self.hole(batch)
-        if hole is not None:
-            fail_stop(f"the consumer skipped input records ({hole}) before handing this batch to the agent")
+    async def check(self, batch: Sequence[Any]) -> None:
+        for topic, partition, first, end in self.holes(batch):
+            if self._holds_records is None or await self._holds_records(topic, partition, first, end):
+                fail_stop(
+                    f"the consumer skipped input records ({topic}[{partition}] offsets {first}-{end - 1}) before "
+                    "handing this batch to the agent"
+                )
 
 
 def install(scorer: Any) -> DeliveryGuard:
     """Guard the agent's event topics (views, interactions, device flags: ticks may be skipped harmlessly)."""
     settings = scorer.settings
     guard = DeliveryGuard(
-        [settings.topic(InputTopic.VIEWS), settings.topic(InputTopic.INTERACTIONS), scorer.device_flags_name]
+        [settings.topic(InputTopic.VIEWS), settings.topic(InputTopic.INTERACTIONS), scorer.device_flags_name],
+        records_in(settings.kafka_bootstrap, client_kwargs(settings.env)),
     )
     setattr(scorer.faust, GUARD_ATTR, guard)
 
@@ -79,8 +123,8 @@ def install(scorer: Any) -> DeliveryGuard:
     return guard
 
 
-def check(scorer: Any, batch: Sequence[Any]) -> None:
-    """Stop the worker if this batch shows a hole in a guarded partition (see the module docstring)."""
+async def check(scorer: Any, batch: Sequence[Any]) -> None:
+    """Stop the worker if this batch shows a hole with records in a guarded partition (see the module docstring)."""
     guard = getattr(scorer.faust, GUARD_ATTR, None)
     if guard is not None:
-        guard.check(batch)
+        await guard.check(batch)

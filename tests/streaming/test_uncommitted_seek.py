@@ -56,8 +56,8 @@ async def test_uncommitted_stream_partitions_seek_to_earliest_on_the_consumer_th
     await Consumer.perform_seek(consumer)  # type: ignore[arg-type]
     assert consumer.waited == [{TP(VIEWS, 1): 5, TP(VIEWS, 2): 0}]
     # the delivery guard knows where each stream partition's records start again: committed, else earliest
-    assert guard.hole([event(0, 12), event(1, 5), event(2, 0)]) is None
-    assert guard.hole([event(1, 7)]) == "video-views[1] offsets 6-6"
+    assert guard.holes([event(0, 12), event(1, 5), event(2, 0)]) == []
+    assert guard.holes([event(1, 7)]) == [(VIEWS, 1, 6, 7)]
 
 
 def event(partition: int, offset: int) -> Any:
