@@ -1,4 +1,5 @@
-"""Stops the worker when the consumer skipped input records, before the batch that shows it is acknowledged.
+"""Keeps the consumer honest about input records: a worker stops when records were skipped, and never commits past
+what its agent processed.
 
 Around a rebalance Faust can hand the agent a partition's records with a hole in them: it drops what it fetches
 while its flow is suspended (recovery) yet moves its read offset past those records. Measured in the chaos suite:
@@ -10,6 +11,12 @@ hole that holds records stops the worker (exit 70) before the batch is acknowled
 committed, and the restarted worker replays from the committed offset (records seen twice are skipped by the replay
 guard, SPEC §4). A hole without records is normal (a transactional producer's commit markers take offsets) and is
 let through; telling them apart costs one fetch per hole.
+
+Faust can also commit input records its agent never processed: measured in the chaos suite, a worker that took
+over partitions committed offsets for them during its table recovery, before it had scored any of their records,
+and those records never got an outcome. So every commit of an input partition is clamped to the offset after the
+last record this process's agent processed (`ScorerApp.processed_offsets`); a partition it has processed nothing
+of is not committed. A clamp only ever makes a restart replay more (replays are skipped), never less.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from stream_app.streaming.sending import fail_stop
 
 # the faust.App attribute holding the guard (uncommitted_seek records where each stream partition was sought)
 GUARD_ATTR = "rewards_delivery_guard"
+# the faust.App attribute holding (the topics whose commits are clamped, processed offsets by (topic, partition))
+CLAMP_ATTR = "rewards_commit_clamp"
 HOLE_FETCH_TIMEOUT_S = 5.0
 
 # (topic, partition, first offset, end offset) -> whether a record sits in [first, end)
@@ -107,6 +116,37 @@ class DeliveryGuard:
                 )
 
 
+def clamp_commits(offsets: dict[TP, int], topics: frozenset[str], processed: dict[tuple[str, int], int]) -> None:
+    """Lower (or drop) the commit of each input partition to the offset after the last record processed."""
+    for tp in list(offsets):
+        if tp.topic not in topics:
+            continue
+        done = processed.get((tp.topic, tp.partition))
+        if done is None:
+            del offsets[tp]
+        elif offsets[tp] > done:
+            offsets[tp] = done
+
+
+def install_commit_clamp() -> None:
+    """Patch Faust's Consumer._filter_committable_offsets (idempotent)."""
+    from faust.transport.consumer import Consumer
+
+    original = Consumer._filter_committable_offsets
+    if getattr(original, "_clamped", False):
+        return
+
+    def filter_committable_offsets(self: Any, tps: Iterable[TP]) -> dict[TP, int]:
+        offsets: dict[TP, int] = original(self, tps)
+        clamp = getattr(self.app, CLAMP_ATTR, None)
+        if clamp is not None:
+            clamp_commits(offsets, *clamp)
+        return offsets
+
+    filter_committable_offsets._clamped = True  # type: ignore[attr-defined]
+    Consumer._filter_committable_offsets = filter_committable_offsets  # type: ignore[method-assign]
+
+
 def install(scorer: Any) -> DeliveryGuard:
     """Guard the agent's event topics (views, interactions, device flags: ticks may be skipped harmlessly)."""
     settings = scorer.settings
@@ -115,6 +155,9 @@ def install(scorer: Any) -> DeliveryGuard:
         records_in(settings.kafka_bootstrap, client_kwargs(settings.env)),
     )
     setattr(scorer.faust, GUARD_ATTR, guard)
+    inputs = frozenset(settings.topic(topic) for topic in InputTopic)
+    setattr(scorer.faust, CLAMP_ATTR, (inputs, scorer.processed_offsets))
+    install_commit_clamp()
 
     async def on_revoked(app: Any, revoked: set[TP], **_: Any) -> None:
         guard.forget(revoked)

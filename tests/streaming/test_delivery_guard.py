@@ -92,3 +92,11 @@ async def test_records_in_asks_the_broker(bootstrap: str, topic_prefix: str) -> 
     holds = records_in(bootstrap, {})
     assert await holds(topic, 0, 1, 3) is True
     assert await holds(topic, 0, 5, 9) is False  # nothing from offset 5 on
+
+
+def test_commits_never_pass_what_the_agent_processed() -> None:
+    offsets = {TP(VIEWS, 0): 50, TP(VIEWS, 1): 20, TP(VIEWS, 2): 7, TP(TICKS, 0): 99}
+    processed = {(VIEWS, 0): 30, (VIEWS, 1): 25}
+    delivery_guard.clamp_commits(offsets, frozenset({VIEWS}), processed)
+    # lowered to what was processed, kept when behind it, dropped when nothing was processed; ticks untouched
+    assert offsets == {TP(VIEWS, 0): 30, TP(VIEWS, 1): 20, TP(TICKS, 0): 99}
