@@ -33,25 +33,24 @@ def _settings() -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream_app.edges.kafka_client import check_topics, client_kwargs
+    from stream_app.edges.kafka_client import check_broker, client_kwargs
     from stream_app.edges.logging_setup import configure_logging
     from stream_app.edges.metrics import RewardsMetrics
     from stream_app.edges.runtime import tune_gc
     from stream_app.streaming.app import build_app
-    from stream_app.streaming.lifecycle import ScorerWorker, required_topics
+    from stream_app.streaming.lifecycle import ScorerWorker
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     tune_gc()
     scorer = build_app(settings, RewardsMetrics())
-    # Refuse to start, in one line, on a broker that does not answer or lacks topics (SPEC §4), instead of
-    # letting Faust retry behind a wall of log lines.
-    topics, co_partitioned = required_topics(scorer)
-    check = check_topics(settings.kafka_bootstrap, topics, co_partitioned, client_kwargs(settings.env))
+    # Refuse to start, in one line, on a broker that does not answer, instead of letting Faust retry behind a
+    # wall of log lines. (Missing topics are the worker's own check, before it joins its group: streaming/topology.)
+    check = check_broker(settings.kafka_bootstrap, client_kwargs(settings.env))
     preflight_loop = asyncio.new_event_loop()  # not the current loop: Faust's worker makes and owns that one
     client_log = logging.getLogger("aiokafka")
     level = client_log.level
-    client_log.setLevel(logging.CRITICAL)  # a refused connection is reported once, by check_topics' error
+    client_log.setLevel(logging.CRITICAL)  # a refused connection is reported once, by check_broker's error
     try:
         preflight_loop.run_until_complete(check)
     finally:

@@ -8,9 +8,20 @@ from __future__ import annotations
 import base64
 from dataclasses import fields
 
+from stream_app.domain import jsoncodec
 from stream_app.domain.events import CreatorProfile, Event, InteractionEvent, ViewEvent
 
 BASE64 = "base64"  # the value of `key_encoding` / `value_encoding` when the bytes are not UTF-8
+# How much of a dead-lettered record's key and of its value a DeadLetter carries. An input record can be as large as
+# the broker allows (1 MiB by default, or more), and its DeadLetter must still fit one Kafka record beside its own
+# key, or writing it fails and stops the worker on that record again and again. So each field carries at most
+# 256 KiB of the original bytes and takes at most 4/3 of that once encoded (text that JSON escaping would make
+# longer goes as base64); anything longer is cut to its first 256 KiB, base64, with `*_truncated: true` and
+# `*_bytes` (the original length). Two such fields and the rest stay far under 1 MiB.
+DEAD_LETTER_KEEP_BYTES = 256 * 1024
+_KEEP_ENCODED = DEAD_LETTER_KEEP_BYTES * 4 // 3
+# JSON escapes a byte to at most 6 (\u00XX): shorter text cannot exceed the encoded bound and is not measured.
+_ALWAYS_TEXT = _KEEP_ENCODED // 6
 
 # Field names per event type, computed once: dataclasses.fields() and asdict() are too slow for the hot path.
 _EVENT_FIELDS: dict[type, tuple[str, ...]] = {
@@ -49,13 +60,25 @@ def dead_letter(
         "ts": ts,
     }
     if key is not None:
-        record["key"], key_is_base64 = _as_text(key)
-        if key_is_base64:
-            record["key_encoding"] = BASE64
-    record["value"], value_is_base64 = _as_text(value)
-    if value_is_base64:
-        record["value_encoding"] = BASE64
+        _carry(record, "key", key)
+    _carry(record, "value", value)
     return record
+
+
+def _carry(record: dict[str, object], name: str, data: bytes) -> None:
+    """Put raw bytes into a DeadLetter field: text, base64 with `{name}_encoding`, or cut (see the limit above)."""
+    if len(data) > DEAD_LETTER_KEEP_BYTES:
+        record[name] = base64.b64encode(data[:DEAD_LETTER_KEEP_BYTES]).decode("ascii")
+        record[f"{name}_encoding"] = BASE64
+        record[f"{name}_truncated"] = True
+        record[f"{name}_bytes"] = len(data)
+        return
+    text, is_base64 = _as_text(data)
+    if not is_base64 and len(data) > _ALWAYS_TEXT and len(jsoncodec.dumps(text)) > _KEEP_ENCODED:
+        text, is_base64 = base64.b64encode(data).decode("ascii"), True
+    record[name] = text
+    if is_base64:
+        record[f"{name}_encoding"] = BASE64
 
 
 def event_to_dict(event: Event) -> dict[str, object]:

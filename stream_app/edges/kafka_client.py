@@ -119,37 +119,16 @@ async def partition_counts(
         await client.close()
 
 
-async def check_topics(
-    bootstrap: str,
-    topics: Iterable[str],
-    co_partitioned: Iterable[str] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    timeout_s: float = 20.0,
-) -> dict[str, int]:
-    """A worker's start-up check (SPEC §4): the broker answers, every topic exists, and the `co_partitioned` ones
-    have equal partition counts. Returns the counts; BrokerError says what is wrong, in one line."""
+async def check_broker(bootstrap: str, kwargs: Mapping[str, Any] | None = None, timeout_s: float = 20.0) -> None:
+    """A worker's first step: the broker answers (BrokerError says so in one line otherwise). Which topics must
+    exist is the worker's own check (streaming/topology.py), before it joins its group."""
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
-    wanted = set(topics)
     client = AIOKafkaClient(bootstrap_servers=bootstrap, **dict(kwargs or {}))
     try:
-        try:
-            await asyncio.wait_for(client.bootstrap(), timeout_s)
-            # all topics, never named ones: naming a missing topic makes some brokers create it
-            metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerError(f"cannot reach the broker at {bootstrap}: {exc or type(exc).__name__}") from None
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerError(f"cannot reach the broker at {bootstrap}: {exc or type(exc).__name__}") from None
     finally:
         await client.close()
-    counts = {t: len(metadata.partitions_for_topic(t) or ()) for t in wanted}
-    missing = sorted(t for t, n in counts.items() if not n)
-    if missing:
-        raise BrokerError(
-            f"{len(missing)} topic(s) missing on {bootstrap} ({', '.join(missing)}): run `stream-app topics apply`"
-        )
-    groups = {name: counts[name] for name in co_partitioned if name in counts}
-    if len(set(groups.values())) > 1:
-        shown = ", ".join(f"{name} {n}" for name, n in sorted(groups.items()))
-        raise BrokerError(f"co-partitioned topics differ in partition count ({shown}): see `stream-app topics plan`")
-    return counts

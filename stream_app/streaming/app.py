@@ -23,7 +23,7 @@ from stream_app.domain.profiles import ProfileHistory
 from stream_app.edges.kafka_client import client_kwargs
 from stream_app.edges.metrics import RewardsMetrics, start_http_server
 from stream_app.edges.settings import Settings
-from stream_app.streaming import changelog_end, lifecycle, uncommitted_seek
+from stream_app.streaming import changelog_end, delivery_guard, lifecycle, topology, uncommitted_seek
 from stream_app.streaming.devices import DeviceJudge
 from stream_app.streaming.ingest import IngestProcessor
 from stream_app.streaming.profile_reader import ProfileReader
@@ -100,6 +100,8 @@ class ScorerApp:
             producer_acks=-1,
             # linger 0 sends one request per record; a few ms lets aiokafka batch output records.
             producer_linger_ms=5,
+            # a record the broker has not acknowledged by then stops the worker (streaming/topology.py)
+            producer_request_timeout=topology.PRODUCER_REQUEST_TIMEOUT_S,
             key_serializer="raw",
             value_serializer="raw",
             autodiscover=False,
@@ -171,6 +173,9 @@ class ScorerApp:
         self.faust.timer(TICK_INTERVAL_S)(self._send_ticks)
         self.faust.timer(LAG_INTERVAL_S)(self._measure_lag)
         self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        # before the consumer joins the group: the topics exist as the worker needs them (SPEC §4)
+        topology.install(self)
+        delivery_guard.install(self)
 
     def _table(self, name: str) -> Any:
         changelog = self.faust.topic(
@@ -271,6 +276,7 @@ class ScorerApp:
 
     async def _score_events(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
+            await delivery_guard.check(self, batch)  # stops the worker if the consumer skipped records
             await finish_batch(self.ingest.process_batch(batch))
 
     async def _judge_devices(self, stream: Any) -> None:

@@ -183,16 +183,6 @@ class ScorerWorker(faust.Worker):
         super()._schedule_shutdown(signal_)
 
 
-def required_topics(scorer: ScorerApp) -> tuple[list[str], list[str]]:
-    """Every topic the worker reads or writes, and those among them that must share one partition count (the
-    event topics, ticks, device repartitions and table changelogs: README, Topics)."""
-    t = scorer.topics
-    co_partitioned = [*t.events.topics, *scorer.device_views.topics]
-    co_partitioned += [table.changelog_topic.get_topic_name() for table in scorer.faust.tables.values()]
-    others = [*t.profiles.topics, *t.dlq.topics, *t.suspicious.topics, *t.accruals.topics, *t.settlements.topics]
-    return sorted(set(co_partitioned) | set(others)), sorted(set(co_partitioned))
-
-
 def install(scorer: ScorerApp) -> WorkerLifecycle:
     """Wire the lifecycle into a ScorerApp (one call from streaming/app.py)."""
     return WorkerLifecycle(scorer)
