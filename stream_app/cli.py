@@ -57,7 +57,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         client_log.setLevel(level)
         preflight_loop.close()
     worker = ScorerWorker(
-        scorer,
+        scorer.faust,
+        scorer.lifecycle,
         loglevel=settings.log_level,
         quiet=True,
         # Our logging is configured above; Faust's would add its spinner, which sets the root logger to DEBUG.

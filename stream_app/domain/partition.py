@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from stream_app.domain import codec, journal, rules
 from stream_app.domain import policy as pol
@@ -23,6 +23,7 @@ from stream_app.domain.codec import Kind
 from stream_app.domain.device_records import DeviceView
 from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.profiles import ProfileHistory
+from stream_app.domain.records import Accrual, LedgerRecord
 from stream_app.domain.rules import Reason
 from stream_app.domain.rules_state import ExpiryIndex
 from stream_app.domain.scoring import (
@@ -72,8 +73,8 @@ class Effects:
     outcomes: list[EventOutcome] = field(default_factory=list)  # every outcome but `accepted`
     accepted: dict[InputTopic, int] = field(default_factory=dict)  # accepted events, counted
     dead_letters: list[tuple[Position, str]] = field(default_factory=list)
-    accruals: list[dict[str, Any]] = field(default_factory=list)
-    settlements: list[dict[str, Any]] = field(default_factory=list)
+    accruals: list[Accrual] = field(default_factory=list)
+    settlements: list[LedgerRecord] = field(default_factory=list)
     # accepted views for the device rules, whose state is keyed by device (sent to the device topic)
     device_views: list[DeviceView] = field(default_factory=list)
     skipped_replays: int = 0
@@ -377,9 +378,7 @@ class PartitionScorer:
             )
         )
         if amount:
-            effects.settlements.append(
-                ledger.clawback_record(self.policy, recent.window, amount) | {"policy": self.policy_id}
-            )
+            effects.settlements.append(ledger.clawback_record(self.policy, self.policy_id, recent.window, amount))
         self._dirty[ledger.video_id] = None
         return True
 
@@ -489,7 +488,7 @@ class PartitionScorer:
             eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
             self.journal.record([journal.OP_SETTLE, video_id, k])
             judged = ledger.judge_pending(self.policy, k)
-            settlement = ledger.settle(self.policy, k, eligible, judged, now_ms)
+            settlement = ledger.settle(self.policy, self.policy_id, k, eligible, judged, now_ms)
             self.pending_interactions -= len(judged)
             effects.pending_delta -= len(judged)
             position = Position(self.partition, 0, 0)
@@ -504,7 +503,7 @@ class PartitionScorer:
                             INTERACTIONS, Outcome.SUSPICIOUS, verdict.reason, verdict.detail, item.event, position
                         )
                     )
-            effects.settlements.append(settlement.record | {"policy": self.policy_id})
+            effects.settlements.append(settlement.record)
             self._emit_now(ledger, now_ms, effects)
         self._expire(ledger, wm)
         ledger.updated_at = now_ms

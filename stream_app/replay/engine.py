@@ -187,7 +187,7 @@ class PolicyRun:
             if outcome.outcome is Outcome.CLAWBACK and outcome.reason in DEVICE_REASONS:
                 event = outcome.event
                 self.totals.device_clawed[(event.video_id, event.ts // window_ms * window_ms)] += 1
-        self.totals.settlements.extend(effects.settlements)
+        self.totals.settlements.extend(record.to_dict() for record in effects.settlements)
 
     def finish(self, present_ms: int, now_ms: int, video_partition: Mapping[str, int]) -> None:
         self.end_batch(now_ms, video_partition, drained=True)

@@ -158,8 +158,8 @@ async def take_snapshot(
 
 async def true_ends(bootstrap: str, reported: dict[TopicPartition, int], security: Mapping[str, Any]) -> dict[Any, int]:
     """The end offset of each partition (tansu, the embedded test broker, reports it too low after a multi-record
-    batch: streaming/changelog_end.py; a no-op on Apache Kafka)."""
-    from stream_app.streaming.changelog_end import true_end_offsets
+    batch: edges/kafka_client.py; a no-op on Apache Kafka)."""
+    from stream_app.edges.kafka_client import true_end_offsets
 
     return dict(await true_end_offsets(bootstrap, reported, security))
 

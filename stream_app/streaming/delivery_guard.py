@@ -6,8 +6,8 @@ while its flow is suspended (recovery) yet moves its read offset past those reco
 a worker that kept a partition across a rebalance scored offsets 153-166 during recovery, then 194 onwards; 167-193
 were never scored, later events moved the watermark, and the skipped ones were judged `late` by the next owner
 (or lost for good, had Faust's gap filling committed past them). Each stream partition must therefore arrive as an
-unbroken run of offsets from where it was sought (`uncommitted_seek.perform_seek` records that position). A
-hole that holds records stops the worker (exit 70) before the batch is acknowledged: nothing past the hole is
+unbroken run of offsets from where it was sought (faust_compat's seek hands that position to `DeliveryGuard.sought`).
+A hole that holds records stops the worker (exit 70) before the batch is acknowledged: nothing past the hole is
 committed, and the restarted worker replays from the committed offset (records seen twice are skipped by the replay
 guard, SPEC §4). A hole without records is normal (a transactional producer's commit markers take offsets) and is
 let through; telling them apart costs one fetch per hole.
@@ -15,8 +15,8 @@ let through; telling them apart costs one fetch per hole.
 Faust can also commit input records its agent never processed: measured in the chaos suite, a worker that took
 over partitions committed offsets for them during its table recovery, before it had scored any of their records,
 and those records never got an outcome. So every commit of an input partition is clamped to the offset after the
-last record this process's agent processed (`ScorerApp.processed_offsets`); a partition it has processed nothing
-of is not committed. A clamp only ever makes a restart replay more (replays are skipped), never less.
+last record this process's agent processed (`Positions.processed`; the patch is faust_compat's); a partition it has
+processed nothing of is not committed. A clamp only ever makes a restart replay more (replays are skipped), never less.
 """
 
 from __future__ import annotations
@@ -29,14 +29,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from stream_app.domain.events import InputTopic
-from stream_app.edges.kafka_client import client_kwargs
 from stream_app.streaming.sending import fail_stop
 
-# the faust.App attribute holding the guard (uncommitted_seek records where each stream partition was sought)
-GUARD_ATTR = "rewards_delivery_guard"
-# the faust.App attribute holding (the topics whose commits are clamped, processed offsets by (topic, partition))
-CLAMP_ATTR = "rewards_commit_clamp"
 HOLE_FETCH_TIMEOUT_S = 5.0
 
 # (topic, partition, first offset, end offset) -> whether a record sits in [first, end)
@@ -126,48 +120,3 @@ def clamp_commits(offsets: dict[TP, int], topics: frozenset[str], processed: dic
             del offsets[tp]
         elif offsets[tp] > done:
             offsets[tp] = done
-
-
-def install_commit_clamp() -> None:
-    """Patch Faust's Consumer._filter_committable_offsets (idempotent)."""
-    from faust.transport.consumer import Consumer
-
-    original = Consumer._filter_committable_offsets
-    if getattr(original, "_clamped", False):
-        return
-
-    def filter_committable_offsets(self: Any, tps: Iterable[TP]) -> dict[TP, int]:
-        offsets: dict[TP, int] = original(self, tps)
-        clamp = getattr(self.app, CLAMP_ATTR, None)
-        if clamp is not None:
-            clamp_commits(offsets, *clamp)
-        return offsets
-
-    filter_committable_offsets._clamped = True  # type: ignore[attr-defined]
-    Consumer._filter_committable_offsets = filter_committable_offsets  # type: ignore[method-assign]
-
-
-def install(scorer: Any) -> DeliveryGuard:
-    """Guard the agent's event topics (views, interactions, device flags: ticks may be skipped harmlessly)."""
-    settings = scorer.settings
-    guard = DeliveryGuard(
-        [settings.topic(InputTopic.VIEWS), settings.topic(InputTopic.INTERACTIONS), scorer.device_flags_name],
-        records_in(settings.kafka_bootstrap, client_kwargs(settings.env)),
-    )
-    setattr(scorer.faust, GUARD_ATTR, guard)
-    inputs = frozenset(settings.topic(topic) for topic in InputTopic)
-    setattr(scorer.faust, CLAMP_ATTR, (inputs, scorer.processed_offsets))
-    install_commit_clamp()
-
-    async def on_revoked(app: Any, revoked: set[TP], **_: Any) -> None:
-        guard.forget(revoked)
-
-    scorer.faust.on_partitions_revoked.connect(on_revoked)
-    return guard
-
-
-async def check(scorer: Any, batch: Sequence[Any]) -> None:
-    """Stop the worker if this batch shows a hole with records in a guarded partition (see the module docstring)."""
-    guard = getattr(scorer.faust, GUARD_ATTR, None)
-    if guard is not None:
-        await guard.check(batch)

@@ -12,22 +12,20 @@ SPEC §5) followed by the acknowledgements of the device partitions' watermarks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.device_judge import PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceFlags, DeviceView, DeviceViews
 from stream_app.domain.errors import SerializationError, StateFormatError
-from stream_app.domain.events import InputTopic
+from stream_app.domain.policy import Policy
 from stream_app.domain.rules_state import DeviceState
 from stream_app.edges.partitioner import partition_for
+from stream_app.streaming.emitter import Outbox
+from stream_app.streaming.faust_compat import writing_for
 from stream_app.streaming.sending import fail_stop
-from stream_app.streaming.tables import writing_for
-
-if TYPE_CHECKING:
-    from stream_app.streaming.app import ScorerApp
-    from stream_app.streaming.emitter import Outbox
+from stream_app.streaming.topics import PartitionCounts, TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +36,23 @@ FLAGS_PER_RECORD = 500
 
 
 async def send_device_views(
-    scorer: ScorerApp,
+    outbox: Outbox,
+    topic: str,
+    partitions: int,
     views: Sequence[DeviceView],
     source: int,
     through_ts: int,
     drained: bool,
-    outbox: Outbox | None = None,
 ) -> None:
-    """Forward an event partition's accepted views of one batch, with its progress, to the device partitions: a
-    record to every device partition (an empty one where no view maps to it: the progress reaches all)."""
-    count = scorer.ingest.partition_count(scorer.device_views_name)
-    by_partition: dict[int, list[DeviceView]] = {partition: [] for partition in range(count)}
+    """Forward an event partition's accepted views of one batch, with its progress, to the device partitions of
+    `topic`: a record to every device partition (an empty one where no view maps to it: the progress reaches all)."""
+    by_partition: dict[int, list[DeviceView]] = {partition: [] for partition in range(partitions)}
     for view in views:
-        by_partition[partition_for(view.device_id.encode(), count)].append(view)
+        by_partition[partition_for(view.device_id.encode(), partitions)].append(view)
     for partition, group in by_partition.items():
         for start in range(0, max(len(group), 1), VIEWS_PER_RECORD):
             record = DeviceViews.of(source, through_ts, drained, group[start : start + VIEWS_PER_RECORD])
-            if outbox is None:
-                await scorer.device_views.send(key=None, value=record.to_bytes(), partition=partition, force=True)
-            else:
-                await outbox.send(scorer.device_views_name, None, record.to_bytes(), partition)
+            await outbox.send(topic, None, record.to_bytes(), partition)
 
 
 class TableDeviceStore:
@@ -101,9 +96,20 @@ class TableDeviceStore:
 class DeviceJudge:
     """The judge-devices agent's work: one PartitionDeviceJudge per device partition this worker owns."""
 
-    def __init__(self, scorer: ScorerApp) -> None:
-        self.app = scorer
-        self.policy = scorer.settings.policy
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        names: TopicNames,
+        device_state: Any,
+        counts: PartitionCounts,
+        outbox: Callable[[], Outbox],
+    ) -> None:
+        self.policy = policy
+        self.names = names
+        self.device_state = device_state
+        self.partition_count = counts
+        self.outbox = outbox
         self._judges: dict[int, PartitionDeviceJudge] = {}
         self._stores: dict[int, TableDeviceStore] = {}
 
@@ -115,18 +121,15 @@ class DeviceJudge:
     def _judge(self, partition: int) -> PartitionDeviceJudge:
         judge = self._judges.get(partition)
         if judge is None:
-            count = self.app.ingest.partition_count(self.app.device_views_name)
-            store = self._stores[partition] = TableDeviceStore(self.app.device_state, partition, count)
+            count = self.partition_count(self.names.device_views)
+            store = self._stores[partition] = TableDeviceStore(self.device_state, partition, count)
             judge = self._judges[partition] = PartitionDeviceJudge(
-                self.policy,
-                partition,
-                store,
-                sources=self.app.ingest.partition_count(self.app.settings.topic(InputTopic.VIEWS)),
+                self.policy, partition, store, sources=self.partition_count(self.names.views)
             )
         return judge
 
     async def process_batch(self, batch: Sequence[Any]) -> None:
-        await self.app.ingest.load_partition_counts()
+        await self.partition_count.load()
         records: dict[int, list[DeviceViews]] = {}
         last_event: dict[int, Any] = {}  # per device-views partition: an event of it, for table writes
         for event in batch:
@@ -153,7 +156,7 @@ class DeviceJudge:
             fail_stop("could not judge device views")
         try:
             # the flags acknowledged by the broker first, then the device state that says they were judged
-            outbox = self.app.ingest.outbox()
+            outbox = self.outbox()
             await self._send(flags, acks, outbox)
             await outbox.acknowledged()
             for partition in records:
@@ -165,7 +168,7 @@ class DeviceJudge:
     async def _send(self, flags: list[DeviceFlag], acks: list[DeviceAck], outbox: Outbox) -> None:
         """Each event partition gets its flags, then (when a watermark moved) every acknowledgement, in one record
         (or several, the acknowledgements in the last): it applies the flags before it trusts the watermark."""
-        count = self.app.ingest.partition_count(self.app.device_flags_name)
+        count = self.partition_count(self.names.device_flags)
         by_partition: dict[int, list[DeviceFlag]] = {partition: [] for partition in range(count)} if acks else {}
         for flag in flags:
             by_partition.setdefault(partition_for(flag.video_id.encode(), count), []).append(flag)
@@ -174,4 +177,4 @@ class DeviceJudge:
             for start in starts:
                 last = start == starts[-1]
                 record = DeviceFlags(group[start : start + FLAGS_PER_RECORD], acks if last else ())
-                await outbox.send(self.app.device_flags_name, None, record.to_bytes(), partition)
+                await outbox.send(self.names.device_flags, None, record.to_bytes(), partition)

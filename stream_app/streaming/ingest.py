@@ -6,28 +6,32 @@ DLQ, because Faust acks a message whose agent raised and would otherwise lose it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.device_records import DeviceFlags
 from stream_app.domain.errors import PolicyMismatchError, StateFormatError
-from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, OutputTopic, ViewEvent
+from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.partition import Effects, PartitionMeta, PartitionScorer
+from stream_app.domain.policy import policy_hash
+from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.records import event_to_dict
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
-from stream_app.edges.kafka_client import client_kwargs, partition_counts
+from stream_app.edges.metrics import RewardsMetrics
 from stream_app.edges.partitioner import partition_for
+from stream_app.edges.settings import Settings
 from stream_app.streaming.devices import send_device_views
 from stream_app.streaming.emitter import Emitter, Outbox
+from stream_app.streaming.faust_compat import writing_for
+from stream_app.streaming.positions import Positions
 from stream_app.streaming.sending import fail_stop
-from stream_app.streaming.tables import TableState, writing_for
-
-if TYPE_CHECKING:
-    from stream_app.streaming.app import ScorerApp
+from stream_app.streaming.tables import TableState
+from stream_app.streaming.topics import PartitionCounts, TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +44,34 @@ def _now_ms() -> int:
 
 
 class IngestProcessor:
-    def __init__(self, scorer: ScorerApp) -> None:
-        self.app = scorer
-        self.settings = scorer.settings
-        self.policy = scorer.settings.policy
-        self.metrics = scorer.metrics
-        self.emitter = Emitter(scorer.settings, scorer.metrics)
-        self._partition_counts: dict[str, int] = {}
-        self._input_topics = {self.settings.topic(t): t for t in InputTopic}
+    """The score-events and track-profiles agents' work, over exactly what it uses."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        metrics: RewardsMetrics,
+        names: TopicNames,
+        video_state: Any,
+        profiles: ProfileHistory,
+        profiles_ready: asyncio.Event,
+        positions: Positions,
+        counts: PartitionCounts,
+        producer: Callable[[], Any],
+    ) -> None:
+        self.settings = settings
+        self.policy = settings.policy
+        self.policy_id = policy_hash(settings.policy)
+        self.metrics = metrics
+        self.names = names
+        self.video_state = video_state
+        self.profiles = profiles
+        self.profiles_ready = profiles_ready  # set once the profile reader caught up (eligibility needs it)
+        self.positions = positions
+        self.partition_count = counts
+        self._producer = producer  # Faust's producer exists only once the app runs
+        self.emitter = Emitter(settings, metrics)
+        self._input_topics = names.inputs
         self.partitions: dict[int, PartitionScorer] = {}
         self._republish: set[int] = set()
         # per partition: the progress and drained state last reported to the device partitions, and when
@@ -57,42 +81,24 @@ class IngestProcessor:
 
     # ---- partitions ----
 
-    def partition_count(self, topic: str) -> int:
-        """Partition counts are read once from the cluster (a count change is a migration, not an edit)."""
-        return self._partition_counts[topic]
-
-    async def load_partition_counts(self) -> None:
-        if not self._partition_counts:
-            self._partition_counts = await partition_counts(
-                self.settings.kafka_bootstrap,
-                [
-                    *self._input_topics,
-                    *(self.settings.topic(t) for t in OutputTopic),
-                    self.app.tick_topic_name,
-                    self.app.device_flags_name,
-                    self.app.device_views_name,
-                ],
-                client_kwargs(self.settings.env),
-            )
-
     def scorer_for(self, partition: int, topic: str) -> PartitionScorer:
         """The scorer of a partition of the co-partitioned topics (`topic`: the one a record came from; all of
         them have the partition count of video-views), restored from the table on first use."""
         scorer = self.partitions.get(partition)
         if scorer is None:
             count = self.partition_count(topic)
-            state = TableState(self.app.video_state, partition, count)
+            state = TableState(self.video_state, partition, count)
             try:
                 self._check_policy(partition, PartitionMeta.from_bytes(state.meta()).policy_id)
                 started = time.monotonic()
                 scorer = PartitionScorer(
                     self.policy,
-                    self.app.policy_id,
+                    self.policy_id,
                     partition,
                     state,
-                    self.app.profiles,
+                    self.profiles,
                     now_ms=_now_ms(),
-                    device_partitions=self.partition_count(self.app.device_views_name),
+                    device_partitions=self.partition_count(self.names.device_views),
                 )
             except StateFormatError as exc:
                 log.critical(
@@ -101,7 +107,7 @@ class IngestProcessor:
                     "under a new APP_ID (its state is rebuilt from the retained input; accrual versions start "
                     "again at 1, so readers of reward-accruals must drop what they hold for this app)",
                     partition,
-                    self.app.settings.internal_topic("video-state-changelog"),
+                    self.settings.internal_topic("video-state-changelog"),
                     exc,
                 )
                 fail_stop("state written by another layout", code=3)
@@ -118,11 +124,11 @@ class IngestProcessor:
         return scorer
 
     def _check_policy(self, partition: int, stored: str | None) -> None:
-        if stored is None or stored == self.app.policy_id or self.settings.allow_policy_change:
+        if stored is None or stored == self.policy_id or self.settings.allow_policy_change:
             return
         error = PolicyMismatchError(
             f"partition {partition} holds state written under policy {stored}, but this worker runs "
-            f"{self.app.policy_id}; refusing to continue (set ALLOW_POLICY_CHANGE=1 to score on under the new policy)"
+            f"{self.policy_id}; refusing to continue (set ALLOW_POLICY_CHANGE=1 to score on under the new policy)"
         )
         log.critical("%s", error)
         fail_stop("policy mismatch", code=3)
@@ -143,7 +149,7 @@ class IngestProcessor:
     async def process_profiles(self, batch: Sequence[Any]) -> None:
         """creator-profiles in the group: count outcomes and dead-letter the invalid (the ProfileReader, outside
         the group, builds every worker's profile history)."""
-        await self.load_partition_counts()
+        await self.partition_count.load()
         outbox = self.outbox()
         now_ms = _now_ms()
         for event in batch:
@@ -155,7 +161,7 @@ class IngestProcessor:
                 await self.emitter.dead_letter(
                     message, None, message.value or b"", f"internal error: {exc!r}", outbox, now_ms
                 )
-            self.app.processed_offsets[(message.topic, message.partition)] = message.offset + 1
+            self.positions.processed[(message.topic, message.partition)] = message.offset + 1
         try:
             await outbox.acknowledged()
         except Exception:
@@ -165,23 +171,23 @@ class IngestProcessor:
         """views, interactions, ticks and device flags of the partitions this worker owns (one agent: no
         interleaving). Outputs are sent and acknowledged before the batch's state is written (SPEC §4)."""
         # Eligibility "now" needs the profile history loaded: hold events until the profile reader caught up.
-        await self.app.profile_reader.caught_up.wait()
-        await self.load_partition_counts()
+        await self.profiles_ready.wait()
+        await self.partition_count.load()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
         last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
         outbox = self.outbox()
         input_topics = self._input_topics
-        processed = self.app.processed_offsets
+        processed = self.positions.processed
         self._lag_ts = {InputTopic.VIEWS: [], InputTopic.INTERACTIONS: []}
         for event in batch:
             message = event.message
             last_event[message.partition] = event
             try:
-                if message.topic == self.app.tick_topic_name:
+                if message.topic == self.names.ticks:
                     await self._on_tick(message.partition, now_ms, touched)
                     continue
-                if message.topic == self.app.device_flags_name:
+                if message.topic == self.names.device_flags:
                     self._on_device_flags(message, now_ms, touched)
                     continue
                 await self._process_record(message, now_ms, touched, outbox)
@@ -208,16 +214,16 @@ class IngestProcessor:
             for partition, effects in [*touched.items(), *republished.items()]:
                 if effects.state and partition in self.partitions:
                     with writing_for(last_event[partition]):
-                        TableState(
-                            self.app.video_state, partition, self.partition_count(self.app.tick_topic_name)
-                        ).write(effects.state)
+                        TableState(self.video_state, partition, self.partition_count(self.names.ticks)).write(
+                            effects.state
+                        )
             self._publish_gauges(touched)
         except Exception:
             fail_stop("could not send the outputs or write the state of a batch")
 
     def outbox(self) -> Outbox:
         """An Outbox for one batch's sends (this agent's and the device judge's)."""
-        return Outbox(self.app.faust.producer, self.partition_count)
+        return Outbox(self._producer(), self.partition_count)
 
     def _on_device_flags(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
         effects = touched.get(message.partition)
@@ -287,7 +293,15 @@ class IngestProcessor:
         last = self._reported.get(partition)
         if not views and not self._worth_reporting(due, last, latest, drained):
             return
-        await send_device_views(self.app, views, partition, progress, drained, outbox)
+        await send_device_views(
+            outbox,
+            self.names.device_views,
+            self.partition_count(self.names.device_views),
+            views,
+            partition,
+            progress,
+            drained,
+        )
         self._reported[partition] = (progress, drained, time.monotonic())
 
     @staticmethod
@@ -304,13 +318,13 @@ class IngestProcessor:
         return time.monotonic() - last[2] >= PROGRESS_INTERVAL_S and (progress > last[0] or drained)
 
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
-        scorer = self.scorer_for(partition, self.app.tick_topic_name)
+        scorer = self.scorer_for(partition, self.names.ticks)
         for topic in (InputTopic.VIEWS, InputTopic.INTERACTIONS):
-            scorer.observe_position(topic, await self.app.caught_up(topic, partition), now_ms)
+            scorer.observe_position(topic, await self.positions.caught_up(topic, partition), now_ms)
         effects = touched.get(partition)
         if effects is None:
             effects = touched[partition] = Effects()
-        scorer.settle_due(now_ms, effects, profiles_ready=self.app.profile_reader.caught_up.is_set())
+        scorer.settle_due(now_ms, effects, profiles_ready=self.profiles_ready.is_set())
         scorer.sweep_quiet_videos(now_ms)
         self._progress_due.add(partition)
 

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 from faust.exceptions import ConsumerNotStarted
 from mode import Service
 
-from stream_app.domain.events import InputTopic
 from stream_app.edges.health import HEARTBEAT_INTERVAL_S, WorkerHealth
-from stream_app.edges.metrics import start_http_server
-
-if TYPE_CHECKING:
-    from stream_app.streaming.app import ScorerApp
+from stream_app.edges.metrics import RewardsMetrics, start_http_server
+from stream_app.edges.settings import Settings
+from stream_app.streaming.faust_compat import SignalAwareWorker, table_recovery
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +35,36 @@ TEST_BLOCK_LOOP_FILE = "TEST_BLOCK_LOOP_FILE"
 class WorkerLifecycle:
     """Health of one worker process: the probes' state, the readiness verdict, the shutdown clock."""
 
-    def __init__(self, scorer: ScorerApp) -> None:
-        self.scorer = scorer
-        self.health = WorkerHealth(liveness_timeout_s=scorer.settings.liveness_timeout_s)
-        scorer.metrics.watch_health(self.health)
+    def __init__(
+        self,
+        app: faust.App,
+        *,
+        settings: Settings,
+        metrics: RewardsMetrics,
+        profiles_ready: Any,
+        views_topic: str,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.profiles_ready = profiles_ready  # an asyncio.Event, set once the profile history caught up
+        self.views_topic = views_topic
+        self.metrics_server: Any = None  # started by the sensor, first thing of the worker (probes included)
+        self.health = WorkerHealth(liveness_timeout_s=settings.liveness_timeout_s)
+        metrics.watch_health(self.health)
         self.stop_signal: str | None = None
         self._stop_started: float | None = None
         self._watchdog: threading.Timer | None = None
         self._logged_kind: str | None = "none yet"
         self.sensor = HealthSensor(self)
-        scorer.faust.sensors.add(self.sensor)
+        app.sensors.add(self.sensor)
 
     # ---- readiness ----
 
     def not_ready_reason(self) -> tuple[str | None, dict[str, object]]:
         """Why this worker cannot do its work yet (None when it can), and what the probe body shows."""
-        app = self.scorer.faust
-        views = self.scorer.settings.topic(InputTopic.VIEWS)
+        app = self.app
+        views = self.views_topic
         try:
             assignment = app.consumer.assignment()
         except ConsumerNotStarted:
@@ -62,7 +72,7 @@ class WorkerLifecycle:
         detail: dict[str, object] = {
             "partitions": sorted(tp.partition for tp in assignment if tp.topic == views),
         }
-        recovery: Any = getattr(app.tables, "recovery")  # noqa: B009 (TableManagerT does not declare it)
+        recovery = table_recovery(app)
         # Faust recovers tables inside a rebalance: recovery is the more telling reason, so it is asked first.
         if getattr(app, "in_recovery", False):
             remaining = recovery.active_remaining_total()
@@ -74,17 +84,17 @@ class WorkerLifecycle:
             return "waiting for the first partition assignment", detail
         if not assignment:
             return "no partitions assigned (more workers than partitions, or the group is forming)", detail
-        if not self.scorer.profile_reader.caught_up.is_set():
+        if not self.profiles_ready.is_set():
             return "reading the creator-profiles history: not caught up yet", detail
         return None, detail
 
     def beat(self) -> None:
         """One heartbeat of the event loop: stamp liveness and the readiness verdict; log a change."""
-        if self.stop_signal is None and self.scorer.faust.should_stop:
+        if self.stop_signal is None and self.app.should_stop:
             self.stop_requested("stop")  # `faust -A stream_app.app worker`: its Worker does not tell us first
         reason, detail = self.not_ready_reason()
         if self.health.beat(reason, detail):
-            self.scorer.metrics.count_readiness_change()
+            self.metrics.count_readiness_change()
         # One line per kind of reason ("recovering tables: 123 ... to go" counts down every second).
         kind = None if reason is None else reason.split(":", 1)[0]
         if kind != self._logged_kind:
@@ -100,10 +110,10 @@ class WorkerLifecycle:
         """A stop signal arrived: fail readiness, start the shutdown clock and its watchdog."""
         if not self.health.begin_stopping():
             return
-        self.scorer.metrics.count_readiness_change()
+        self.metrics.count_readiness_change()
         self.stop_signal = what
         self._stop_started = time.monotonic()
-        timeout = self.scorer.settings.shutdown_timeout_s
+        timeout = self.settings.shutdown_timeout_s
         log.info(
             "%s received: stopping (fetching stops, the batch in hand finishes, outputs flush, offsets "
             "commit, the worker leaves its group; SHUTDOWN_TIMEOUT_S=%d)",
@@ -139,7 +149,7 @@ class WorkerLifecycle:
     # ---- the test-only stall ----
 
     def _maybe_block_loop(self) -> None:
-        path = self.scorer.settings.env.get(TEST_BLOCK_LOOP_FILE)
+        path = self.settings.env.get(TEST_BLOCK_LOOP_FILE)
         if not path or not os.path.exists(path):
             return
         seconds = float(Path(path).read_text().strip() or "0")
@@ -156,12 +166,13 @@ class HealthSensor(faust.Sensor):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        scorer = self.lifecycle.scorer
-        if scorer.metrics_server is None and scorer.settings.metrics_port:
-            scorer.metrics_server = start_http_server(
-                scorer.metrics, scorer.settings.metrics_host, scorer.settings.metrics_port, self.lifecycle.health
+        life = self.lifecycle
+        settings = life.settings
+        if life.metrics_server is None and settings.metrics_port:
+            life.metrics_server = start_http_server(
+                life.metrics, settings.metrics_host, settings.metrics_port, life.health
             )
-        self.lifecycle.beat()
+        life.beat()
 
     @Service.task
     async def _heartbeat(self) -> None:
@@ -171,18 +182,10 @@ class HealthSensor(faust.Sensor):
             await self.sleep(HEARTBEAT_INTERVAL_S)
 
 
-class ScorerWorker(faust.Worker):
+class ScorerWorker(SignalAwareWorker):
     """faust.Worker that starts the shutdown clock the moment SIGTERM or SIGINT arrives."""
 
-    def __init__(self, scorer: ScorerApp, **kwargs: Any) -> None:
-        self.lifecycle: WorkerLifecycle = scorer.lifecycle
-        super().__init__(scorer.faust, **kwargs)
-
-    def _schedule_shutdown(self, signal_: signal.Signals) -> None:  # mode.Worker's handler of SIGTERM and SIGINT
-        self.lifecycle.stop_requested(signal.Signals(signal_).name)
-        super()._schedule_shutdown(signal_)
-
-
-def install(scorer: ScorerApp) -> WorkerLifecycle:
-    """Wire the lifecycle into a ScorerApp (one call from streaming/app.py)."""
-    return WorkerLifecycle(scorer)
+    def __init__(self, app: faust.App, lifecycle: WorkerLifecycle, **kwargs: Any) -> None:
+        self.lifecycle = lifecycle
+        self.on_shutdown_signal = lifecycle.stop_requested
+        super().__init__(app, **kwargs)

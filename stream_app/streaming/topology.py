@@ -18,20 +18,19 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from faust.sensors import Sensor
 
 from stream_app.domain.errors import BrokerError
-from stream_app.domain.events import InputTopic, OutputTopic
 from stream_app.edges.kafka_client import client_kwargs
+from stream_app.edges.settings import Settings
 from stream_app.edges.topics_admin import RequiredTopic, partition_counts_on_broker, topology_problems
+from stream_app.streaming.faust_compat import aiokafka_client
 from stream_app.streaming.sending import fail_stop
-
-if TYPE_CHECKING:
-    from stream_app.streaming.app import ScorerApp
+from stream_app.streaming.topics import Topology
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +55,24 @@ APPLY_HINT = (
 )
 
 
-def required_topics(scorer: ScorerApp) -> list[RequiredTopic]:
+def required_topics(topology: Topology) -> list[RequiredTopic]:
     """Every topic the worker reads or writes; the event, tick, device and changelog topics must have the partition
     count of video-views (one agent sees a partition of all of them; a table's changelog partition is its
     source partition)."""
-    settings = scorer.settings
-    views = settings.topic(InputTopic.VIEWS)
-    co_partitioned = [
-        settings.topic(InputTopic.INTERACTIONS),
-        scorer.tick_topic_name,
-        scorer.device_flags_name,
-        scorer.device_views_name,
-        *changelog_topics(scorer),
-    ]
+    names = topology.names
+    co_partitioned = [names.interactions, *names.internal, *topology.changelogs]
     return [
-        RequiredTopic(views),
-        *(RequiredTopic(name, views) for name in co_partitioned),
-        RequiredTopic(settings.topic(InputTopic.PROFILES)),
-        *(RequiredTopic(settings.topic(topic)) for topic in OutputTopic),
+        RequiredTopic(names.views),
+        *(RequiredTopic(name, names.views) for name in co_partitioned),
+        RequiredTopic(names.profiles),
+        *(RequiredTopic(name) for name in names.outputs),
     ]
 
 
-def written_topics(scorer: ScorerApp) -> list[str]:
+def written_topics(topology: Topology) -> list[str]:
     """Every topic the worker's producer writes: the outputs, its internal topics and the table changelogs."""
-    outputs = [scorer.settings.topic(topic) for topic in OutputTopic]
-    internal = [scorer.tick_topic_name, scorer.device_flags_name, scorer.device_views_name]
-    return sorted({*outputs, *internal, *changelog_topics(scorer)})
-
-
-def changelog_topics(scorer: ScorerApp) -> list[str]:
-    return sorted(table.changelog_topic.get_topic_name() for table in scorer.faust.tables.values())
+    names = topology.names
+    return sorted({*names.outputs, *names.internal, *topology.changelogs})
 
 
 def refuse_to_start(message: str, code: int) -> NoReturn:
@@ -96,9 +83,8 @@ def refuse_to_start(message: str, code: int) -> NoReturn:
     os._exit(code)
 
 
-async def check_topics(scorer: ScorerApp, wait_s: float = BROKER_WAIT_S) -> None:
+async def check_topics(topology: Topology, settings: Settings, wait_s: float = BROKER_WAIT_S) -> None:
     """Exit `EXIT_TOPOLOGY` unless every required topic exists with the partitions it needs."""
-    settings = scorer.settings
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -111,7 +97,7 @@ async def check_topics(scorer: ScorerApp, wait_s: float = BROKER_WAIT_S) -> None
                 refuse_to_start(f"cannot check the worker's topics: {exc}", EXIT_BROKER_UNREACHABLE)
             log.warning("cannot check the worker's topics yet (%s); retrying", exc)
             await asyncio.sleep(2.0)
-    required = required_topics(scorer)
+    required = required_topics(topology)
     problems = topology_problems(required, existing)
     if problems:
         refuse_to_start(
@@ -132,7 +118,7 @@ def pin_producer_metadata(producer: Any, topics: list[str]) -> None:
 
     async def on_started() -> None:
         await started()
-        client = producer._ensure_producer().client  # no public accessor for the aiokafka client
+        client = aiokafka_client(producer)
         await client.set_topics(topics)
         log.info("producer metadata covers the %d topics the worker writes", len(topics))
 
@@ -189,14 +175,16 @@ class TopologyGuard(Sensor):
     """Started before Faust's producer and consumer (sensors start first): checks the topics, pins the producer's
     metadata, watches the broker, and stops the worker when the broker did not acknowledge a record it was sent."""
 
-    def __init__(self, scorer: ScorerApp, **kwargs: Any) -> None:
+    def __init__(self, topology: Topology, settings: Settings, producer: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.scorer = scorer
+        self.topology = topology
+        self.settings = settings
+        self.producer = producer
 
     async def on_start(self) -> None:
-        await check_topics(self.scorer)
-        pin_producer_metadata(self.scorer.faust.producer, written_topics(self.scorer))
-        settings = self.scorer.settings
+        await check_topics(self.topology, self.settings)
+        pin_producer_metadata(self.producer, written_topics(self.topology))
+        settings = self.settings
         self.add_future(watch_broker(settings.kafka_bootstrap, client_kwargs(settings.env)))
 
     def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
@@ -207,5 +195,6 @@ class TopologyGuard(Sensor):
         fail_stop(f"the broker did not acknowledge a record sent to {state}: {exc!r}")
 
 
-def install(scorer: ScorerApp) -> None:
-    scorer.faust.sensors.add(TopologyGuard(scorer))
+def install(app: Any, topology: Topology, settings: Settings) -> None:
+    """Started before the producer and the consumer (a sensor)."""
+    app.sensors.add(TopologyGuard(topology, settings, app.producer))

@@ -71,6 +71,11 @@ class Record:
 # ---- input ----------------------------------------------------------------------------------------------------------
 
 
+def dicts(records: Any) -> list[dict[str, Any]]:
+    """Output records as the JSON objects they are written as."""
+    return [record.to_dict() for record in records]
+
+
 def simulated(seed: int, events: int, now_ms: int, duration_s: float = 480.0) -> list[SimEvent]:
     """The simulator's traffic (profiles first) ending END_BEFORE_NOW_MS before `now_ms`."""
     config = SimulationConfig(
@@ -382,7 +387,7 @@ def oracle(raw: dict[str, list[RawRecord]], prefix: str, policy: Policy, now_ms:
                 effects.dead_letters.clear()
         scorer.flush(now_ms, effects)
         for ledger in scorer.ledgers():
-            accrual = ledger.accrual(policy_id)
+            accrual = ledger.accrual(policy_id).to_dict()
             expected.accruals[ledger.video_id] = {k: v for k, v in accrual.items() if k not in VOLATILE}
     for topic, n in effects.accepted.items():
         expected.counts[(topic.value, Outcome.ACCEPTED.value)] += n
@@ -391,7 +396,7 @@ def oracle(raw: dict[str, list[RawRecord]], prefix: str, policy: Policy, now_ms:
             expected.counts[(outcome.topic.value, outcome.outcome.value)] += 1
         where = (prefix + outcome.topic.value, outcome.position.partition, outcome.position.offset)
         expected.outcomes[(*where, outcome.position.index_or_none)] = (outcome.outcome.value, outcome.reason)
-    expected.settlements = {canonical(s) for s in effects.settlements}
+    expected.settlements = {canonical(s) for s in dicts(effects.settlements)}
     expected.pending_interactions = sum(s.pending_interactions for s in scorers)
     return expected
 

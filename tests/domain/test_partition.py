@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from stream_app.domain.codec import Kind, decode
@@ -16,6 +18,11 @@ POLICY = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=0.0)
 NOW = 1_000_000_000
 VIEWS = InputTopic.VIEWS
 INTERACTIONS = InputTopic.INTERACTIONS
+
+
+def dicts(records: Any) -> list[dict[str, Any]]:
+    """Output records as the JSON objects they are written as."""
+    return [record.to_dict() for record in records]
 
 
 def view(
@@ -88,10 +95,10 @@ def test_window_settles_with_hand_worked_money(harness: Harness) -> None:
     # the open window: base 1000 (US) + 800 (GB) + 100 (IN) = 1900 provisional micros, 3 qualified views
     ledger = harness.scorer.ledger("vid1")
     assert ledger is not None
-    assert ledger.accrual("p")["provisional_micros"] == 1_900
+    assert ledger.accrual("p").to_dict()["provisional_micros"] == 1_900
     # both event topics pass the deadline of window 0: (0+1)*10_000 + 2_000 = 12_000 ms
     effects = harness.send(view(6, "vid1", "a", 12_400), interaction(3, "vid1", "a", 12_500, "share"))
-    [settlement] = effects.settlements
+    [settlement] = dicts(effects.settlements)
     # score = 1 like + 2*1 comment = 3; rate_bps = 3*10_000 // 3 = 10_000;
     # multiplier = clamp(10_000*10_000 // 1_000, 5_000, 20_000) = 20_000; settled = 1_900*20_000 // 10_000 = 3_800
     assert {
@@ -115,7 +122,7 @@ def test_window_settles_with_hand_worked_money(harness: Harness) -> None:
         "window_end": 10_000,
     }
     assert ("video-interactions", "accepted", "") in outcomes(effects)
-    accrual = effects.accruals[-1]
+    accrual = dicts(effects.accruals)[-1]
     # the 12_400 view by "a" repeats a qualifying view within QUALIFY_ONCE_S: accepted, not qualifying
     assert (
         accrual["settled_micros"],
@@ -131,9 +138,9 @@ def test_ineligible_creator_earns_nothing(harness: Harness) -> None:
     effects = harness.send(
         view(3, "vid2", "x", 12_000, creator="c2"), interaction(1, "vid2", "x", 12_000, "like", creator="c2")
     )
-    [settlement] = effects.settlements
+    [settlement] = dicts(effects.settlements)
     assert (settlement["qualified_views"], settlement["base_micros"], settlement["settled_micros"]) == (0, 0, 0)
-    assert effects.accruals[-1]["eligible"] is False
+    assert dicts(effects.accruals)[-1]["eligible"] is False
 
 
 def test_late_event_after_settlement(harness: Harness) -> None:
@@ -166,8 +173,8 @@ def test_state_survives_a_restart_on_the_same_store(harness: Harness) -> None:
     restarted = Harness(harness.store, harness.profiles)
     restarted.offset = harness.offset
     effects = restarted.send(view(3, "vid1", "c", 12_000), interaction(1, "vid1", "c", 12_000, "like"))
-    assert effects.settlements[0]["base_micros"] == 2_000
-    assert effects.accruals[-1]["version"] > version
+    assert dicts(effects.settlements)[0]["base_micros"] == 2_000
+    assert dicts(effects.accruals)[-1]["version"] > version
 
 
 def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
@@ -192,14 +199,14 @@ def test_republish_after_assignment_sends_only_records_not_yet_published() -> No
     harness = Harness(policy=paced)
     harness.profiles.add(profile("c1", 0))
     first = harness.send(view(1, "vid1", "a", 1_000), view(2, "vid2", "a", 1_000))
-    assert [a["video_id"] for a in first.accruals] == ["vid1", "vid2"]  # first versions go out at once
+    assert [a["video_id"] for a in dicts(first.accruals)] == ["vid1", "vid2"]  # first versions go out at once
     later = harness.send(view(3, "vid1", "b", 2_000), now=NOW + 1_000)
-    assert later.accruals == []  # paced: vid1's version 2 waits for EMIT_INTERVAL_S
+    assert dicts(later.accruals) == []  # paced: vid1's version 2 waits for EMIT_INTERVAL_S
     restarted = Harness(harness.store, harness.profiles, policy=paced)
     effects = restarted.scorer.republish(NOW + 2_000)
-    [accrual] = effects.accruals
+    [accrual] = dicts(effects.accruals)
     assert (accrual["video_id"], accrual["version"], accrual["views"]) == ("vid1", 2, 2)
-    assert effects.settlements == []
+    assert dicts(effects.settlements) == []
     restarted.store.apply(effects.state)
     # once re-published (and its head written after the broker acknowledged it), a restart has nothing to resend
     assert Harness(harness.store, harness.profiles, policy=paced).scorer.republish(NOW + 3_000).accruals == []
@@ -224,7 +231,7 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
         interaction(1, "vid1", "a", 3_000, "like"),
     )
     effects = harness.send(view(3, "vid1", "c", 12_000), interaction(2, "vid1", "c", 12_000, "like"))
-    [settlement] = effects.settlements
+    [settlement] = dicts(effects.settlements)
     # base 1_000 + 800 = 1_800; 1 like over 2 views: rate 5_000 -> 2x; settled 3_600
     assert (settlement["base_micros"], settlement["multiplier_bps"], settlement["settled_micros"]) == (
         1_800,
@@ -235,17 +242,17 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
     # the GB view, already settled
     harness.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, effects)
     harness.scorer.flush(NOW, effects)
-    [clawback] = effects.settlements
+    [clawback] = dicts(effects.settlements)
     # 3_600 - (1_800 - 800) * 20_000 // 10_000 = 1_600
     assert (clawback["kind"], clawback["clawback_micros"], clawback["clawed_base_micros"]) == ("clawback", 1_600, 800)
     assert [(o.outcome.value, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
-    accrual = effects.accruals[-1]
+    accrual = dicts(effects.accruals)[-1]
     assert (accrual["settled_micros"], accrual["clawback_micros"], accrual["qualified_views"]) == (3_600, 1_600, 2)
     # 2 = 1 settled qualified view left + the open window's qualifying view by "c"
     # a second flag for the same view changes nothing
     again = Effects()
     harness.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, again)
-    assert again.outcomes == [] and again.settlements == []
+    assert again.outcomes == [] and dicts(again.settlements) == []
 
 
 def _settled_by_the_wall_clock(device_partitions: int) -> PartitionScorer:
@@ -261,7 +268,7 @@ def _settled_by_the_wall_clock(device_partitions: int) -> PartitionScorer:
         scorer.observe_position(topic, True, NOW)
     scorer.settle_due(NOW + 5_000, effects)
     scorer.flush(NOW + 5_000, effects)
-    assert [s["kind"] for s in effects.settlements] == ["settlement"]
+    assert [s["kind"] for s in dicts(effects.settlements)] == ["settlement"]
     return scorer
 
 
@@ -341,7 +348,7 @@ def test_watch_time_in_the_window_state_and_the_settlement_record(
         h.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, effects)
         h.store.apply(h.scorer.flush(NOW, effects))
     effects = h.send(_video_ms_view(4, "x", 12_000, 1_000), interaction(1, "vid1", "x", 12_000, "share"))
-    [record] = effects.settlements  # window 0: no interaction, score 0
+    [record] = dicts(effects.settlements)  # window 0: no interaction, score 0
     # not clawed: mean (5_000 + 10_000) // 2 = 7_500; rate 7_500*2_000 // 10_000 = 1_500 -> 15_000; 2_000*1.5 = 3_000
     # clawed:     mean 5_000 // 1 = 5_000;            rate 1_000 -> 10_000 (1x);                 1_000*1.0 = 1_000
     assert (

@@ -269,3 +269,32 @@ def test_a_dead_letter_always_fits_one_kafka_record(value: bytes, encoding: str 
             assert len(kept) == DEAD_LETTER_KEEP_BYTES
         else:
             assert kept == value and f"{name}_truncated" not in record
+
+
+def test_every_output_record_round_trips_through_its_bytes_in_spec_field_order() -> None:
+    from stream_app.domain.records import (
+        Accrual,
+        AuditRecord,
+        Clawback,
+        DeadLetter,
+        Settlement,
+        ledger_record_from_bytes,
+    )
+
+    accrual = Accrual("v1", "c1", "v1-abc", 3, 8_000, 1_600, 1_000, 4, 9, 2, 1, True, 1_700)
+    assert Accrual.from_bytes(accrual.to_bytes()) == accrual
+    assert list(accrual.to_dict()) == [  # SPEC §7
+        "video_id", "creator_id", "currency", "policy", "version", "settled_micros", "clawback_micros",
+        "provisional_micros", "qualified_views", "views", "suspicious_views", "windows_settled", "eligible",
+        "updated_at",
+    ]  # fmt: skip
+    settlement = Settlement("v1", "c1", 0, 3_600_000, 4, 4_000, 2, 7_500, 20_000, 8_000, "v1-abc")
+    clawback = Clawback("v1", "c1", 0, 3_600_000, 4_000, 800, 20_000, 8_000, 1_600, "v1-abc")
+    assert ledger_record_from_bytes(settlement.to_bytes()) == settlement
+    assert ledger_record_from_bytes(clawback.to_bytes()) == clawback
+    assert (settlement.to_dict()["kind"], clawback.to_dict()["kind"]) == ("settlement", "clawback")
+    audit = AuditRecord({"event_id": "e1"}, "video-views", 2, 41, None, "suspicious", "viewer_repeat", "6 views", 9)
+    assert AuditRecord.from_bytes(audit.to_bytes()) == audit
+    for key, value in ((b"v1", b'{"video_id": "v1"}'), (None, b"\xff\xfe not utf-8")):
+        dead = DeadLetter("video-views", 0, 7, 3, key, value, "ts: missing", 99)
+        assert DeadLetter.from_bytes(dead.to_bytes()) == dead

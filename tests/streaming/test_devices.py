@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -57,18 +58,14 @@ class FakeProducer:
         return acknowledged
 
 
-class FakeIngest:
-    def __init__(self, app: FakeApp) -> None:
-        self.app = app
+class FakeCounts:
+    """PartitionCounts of a cluster where every topic has PARTITIONS."""
 
-    async def load_partition_counts(self) -> None:
+    async def load(self) -> None:
         return None
 
-    def partition_count(self, topic: str) -> int:
+    def __call__(self, topic: str) -> int:
         return PARTITIONS
-
-    def outbox(self) -> Outbox:
-        return Outbox(FakeProducer(self.app), self.partition_count)
 
 
 class FakeSettings:
@@ -86,7 +83,11 @@ class FakeApp:
         self.device_views = FakeTopic()
         self.device_flags_name = "flags"
         self.device_views_name = "device-views"
-        self.ingest = FakeIngest(self)
+        self.names = SimpleNamespace(views="video-views", device_views="device-views", device_flags="flags")
+        self.counts = FakeCounts()
+
+    def outbox(self) -> Outbox:
+        return Outbox(FakeProducer(self), self.counts)
 
     def records(self) -> list[tuple[int, DeviceFlags]]:
         return [(p, DeviceFlags.from_bytes(value)) for p, value in self.device_flags.sent]
@@ -122,7 +123,7 @@ def view(n: int, device: str, ts: int, watch_ms: int = 0, viewer: str = "u") -> 
 
 async def test_a_burst_flags_every_view_of_the_span_back_to_the_videos_partitions() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     await judge.process_batch(batch_of([view(n, "farm", T + n * 100) for n in range(61)]))
     flags = app.flags()
     assert sorted(f.event_id for _, f in flags) == sorted(f"efarm{n}" for n in range(61))
@@ -133,7 +134,7 @@ async def test_a_burst_flags_every_view_of_the_span_back_to_the_videos_partition
 
 async def test_overlap_and_account_flags_carry_their_reason() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     # one screen, two videos at once; then ten accounts in turn
     overlapping = [view(0, "tv", T, 10_000), view(1, "tv", T + 5_000, 10_000)]
     accounts = [view(10 + n, "tablet", T + n * 10_000, 9_000, viewer=f"acct{n}") for n in range(10)]
@@ -150,7 +151,7 @@ async def test_overlap_and_account_flags_carry_their_reason() -> None:
 
 async def test_the_watermark_is_acknowledged_to_every_event_partition_after_the_flags() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     views = [view(n, "farm", T + n * 100) for n in range(61)]
     await judge.process_batch(from_every_source(views))
     # every device partition heard from every source (through T + 6_000): each acknowledges that once, to each
@@ -168,7 +169,7 @@ async def test_the_watermark_is_acknowledged_to_every_event_partition_after_the_
 
 async def test_a_device_that_stops_viewing_leaves_the_table_once_the_watermark_is_past() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     await judge.process_batch(from_every_source([view(0, "quiet", T)]))
     assert list(app.device_state) == [b"quiet"]
     # every event partition moves on; without views of "quiet", its state stays until the watermark passes its
@@ -183,7 +184,7 @@ async def test_a_device_that_stops_viewing_leaves_the_table_once_the_watermark_i
 async def test_a_device_is_kept_while_a_source_lags() -> None:
     # three event partitions are two hours ahead, one is still at the device's view: nothing is forgotten
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     await judge.process_batch(batch_of([view(0, "dev", T)], source=0))
     for source in range(1, PARTITIONS):
         await judge.process_batch(batch_of([view(source, "busy", T + 1_800_000)], source=source))
@@ -194,7 +195,7 @@ async def test_a_burst_behind_the_partitions_newest_view_is_still_caught() -> No
     # event partitions feed the device partition at different event times: another device's view 10 minutes
     # ahead arrives first; the farm's 61 views (all earlier) must still add up to a burst
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     await judge.process_batch(batch_of([view(0, "ahead", T + 600_000)], source=1))
     for start in range(0, 61, 20):  # the farm's views come in several batches
         await judge.process_batch(batch_of([view(k, "farm", T + k * 100) for k in range(start, min(start + 20, 61))]))
@@ -203,7 +204,7 @@ async def test_a_burst_behind_the_partitions_newest_view_is_still_caught() -> No
 
 async def test_records_of_the_previous_format_are_still_judged() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     views = [
         {"video_id": "v", "event_id": f"e{n}", "viewer_id": "u", "device_id": "farm", "ts": T + n} for n in range(61)
     ]
@@ -215,7 +216,7 @@ async def test_records_of_the_previous_format_are_still_judged() -> None:
 
 async def test_a_bad_record_is_skipped_and_the_batch_judged() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     bad = FakeEvent(FakeMessage("device-views", 0, 7, b"[1, 2"))
     await judge.process_batch([bad, *batch_of([view(n, "farm", T + n) for n in range(61)])])
     assert len(app.flags()) == 61
@@ -231,7 +232,7 @@ async def test_device_state_in_an_unknown_format_stops_the_worker(monkeypatch: p
         raise SystemExit(code)
 
     monkeypatch.setattr(devices, "fail_stop", stop)
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
+    judge = judge_for(app)
     with pytest.raises(SystemExit):
         await judge.process_batch(batch_of([view(0, "farm", T)]))
     assert stops == [3] and app.device_flags.sent == []
@@ -261,19 +262,22 @@ def test_the_table_store_round_trips_and_lists_only_its_partition() -> None:
     assert b"d3" not in table
 
 
-class FakeScorer:
-    def __init__(self) -> None:
-        self.device_views = FakeTopic()
-        self.device_views_name = "device-views"
-        self.ingest = FakeIngest(self)
+def judge_for(app: FakeApp) -> DeviceJudge:
+    return DeviceJudge(
+        policy=app.settings.policy,
+        names=app.names,  # type: ignore[arg-type]
+        device_state=app.device_state,
+        counts=app.counts,  # type: ignore[arg-type]
+        outbox=app.outbox,
+    )
 
 
 async def test_send_device_views_reaches_every_device_partition_in_records_of_bounded_size() -> None:
-    scorer = FakeScorer()
+    scorer = FakeApp()
     many = [
         DeviceView("d" * 128, "v" * 128, f"{n:0128d}", "u" * 128, T + n, 9_000) for n in range(VIEWS_PER_RECORD + 3)
     ]
-    await send_device_views(scorer, many, 2, T + 10_000, False)  # type: ignore[arg-type]
+    await send_device_views(scorer.outbox(), "device-views", PARTITIONS, many, 2, T + 10_000, False)
     records = [(p, DeviceViews.from_bytes(v)) for p, v in scorer.device_views.sent]
     home = partition_for(b"d" * 128, PARTITIONS)
     assert sorted((p, len(r)) for p, r in records) == sorted(

@@ -50,7 +50,16 @@ def fake_scorer(shutdown_timeout_s: int = 60) -> Any:
         metrics=RewardsMetrics(CollectorRegistry()),
         faust=faust,
         profile_reader=SimpleNamespace(caught_up=asyncio.Event()),
-        metrics_server=None,
+    )
+
+
+def lifecycle_of(scorer: Any) -> WorkerLifecycle:
+    return WorkerLifecycle(
+        scorer.faust,
+        settings=scorer.settings,
+        metrics=scorer.metrics,
+        profiles_ready=scorer.profile_reader.caught_up,
+        views_topic=VIEWS,
     )
 
 
@@ -60,7 +69,7 @@ def verdict(life: WorkerLifecycle) -> str | None:
 
 def test_the_readiness_verdict_names_the_first_thing_missing() -> None:
     scorer = fake_scorer()
-    life = WorkerLifecycle(scorer)
+    life = lifecycle_of(scorer)
     faust, recovery = scorer.faust, scorer.faust.tables.recovery
     faust.consumer.started = False
     assert verdict(life) == "starting: the consumer has not joined the group yet"
@@ -93,7 +102,7 @@ def ready_scorer() -> Any:
 def test_beats_count_readiness_flips_and_log_each_kind_of_reason_once(caplog: pytest.LogCaptureFixture) -> None:
     scorer = ready_scorer()
     scorer.faust.in_recovery = True
-    life = WorkerLifecycle(scorer)
+    life = lifecycle_of(scorer)
     caplog.set_level(logging.INFO, logger=lifecycle_module.__name__)
     for remaining in (300, 200, 100):  # the count goes down every second: one line, not three
         scorer.faust.tables.recovery.remaining = remaining
@@ -113,7 +122,7 @@ def test_beats_count_readiness_flips_and_log_each_kind_of_reason_once(caplog: py
 def test_a_stop_signal_fails_readiness_and_the_watchdog_ends_a_hung_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
     scorer = ready_scorer()
     scorer.settings = Settings(shutdown_timeout_s=1)
-    life = WorkerLifecycle(scorer)
+    life = lifecycle_of(scorer)
     life.beat()
     exited: list[int] = []
     called = threading.Event()
@@ -135,7 +144,7 @@ def test_a_stop_signal_fails_readiness_and_the_watchdog_ends_a_hung_shutdown(mon
 def test_a_timely_shutdown_cancels_the_watchdog_and_logs_its_duration(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    life = WorkerLifecycle(ready_scorer())
+    life = lifecycle_of(ready_scorer())
     monkeypatch.setattr(os, "_exit", lambda code: pytest.fail("the watchdog fired after a clean stop"))
     caplog.set_level(logging.INFO, logger=lifecycle_module.__name__)
     life.stop_requested("SIGTERM")
@@ -149,7 +158,7 @@ def test_a_timely_shutdown_cancels_the_watchdog_and_logs_its_duration(
 
 def test_faust_a_worker_without_our_worker_class_is_seen_stopping_at_the_next_beat() -> None:
     scorer = ready_scorer()
-    life = WorkerLifecycle(scorer)
+    life = lifecycle_of(scorer)
     life.beat()
     scorer.faust.should_stop = True  # `faust -A stream_app.app worker`: Faust's own Worker stopped the app
     life.beat()

@@ -5,18 +5,23 @@ is drained (caught up) or stops being so, at once."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from stream_app.domain.device_records import DeviceView, DeviceViews
 from stream_app.domain.events import InputTopic
 from stream_app.domain.partition import Effects
-from stream_app.domain.policy import Policy
+from stream_app.domain.profiles import ProfileHistory
+from stream_app.edges.metrics import RewardsMetrics
+from stream_app.edges.settings import load_settings
 from stream_app.streaming import ingest
-from stream_app.streaming.emitter import Outbox
 from stream_app.streaming.ingest import IngestProcessor
+from stream_app.streaming.topics import TopicNames
 
 DEVICE_PARTITIONS = 4
 
@@ -30,22 +35,22 @@ class FakeProducer:
         self.sent.append((partition, DeviceViews.from_bytes(value)))
 
 
-class FakeSettings:
-    policy = Policy()
-    env: dict[str, str] = {}
-
-    def topic(self, topic: InputTopic) -> str:
-        return topic.value
-
-
 class FakeApp:
     def __init__(self) -> None:
-        self.settings = FakeSettings()
-        self.metrics = object()
+        settings = load_settings({})
+        names = TopicNames.of(settings)
         self.device_views = FakeProducer()
-        self.device_views_name = "device-views"
-        self.ingest = IngestProcessor(self)  # type: ignore[arg-type]
-        self.ingest._partition_counts = {self.device_views_name: DEVICE_PARTITIONS}
+        self.ingest = IngestProcessor(
+            settings=settings,
+            metrics=RewardsMetrics(CollectorRegistry()),
+            names=dataclasses.replace(names, device_views="device-views"),
+            video_state={},
+            profiles=ProfileHistory(settings.policy),
+            profiles_ready=asyncio.Event(),
+            positions=None,  # type: ignore[arg-type]  # no tick here
+            counts=lambda topic: DEVICE_PARTITIONS,  # type: ignore[arg-type]
+            producer=lambda: self.device_views,
+        )
 
 
 class FakeScorer:
@@ -66,8 +71,7 @@ async def report(app: FakeApp, scorer: FakeScorer, views: list[DeviceView], *, t
     if tick:
         app.ingest._progress_due.add(3)
     effects = Effects(device_views=views)
-    outbox = Outbox(app.device_views, lambda topic: DEVICE_PARTITIONS)
-    await app.ingest._report_progress(3, scorer, effects, outbox)  # type: ignore[arg-type]
+    await app.ingest._report_progress(3, scorer, effects, app.ingest.outbox())  # type: ignore[arg-type]
     return app.device_views.sent[before:]
 
 

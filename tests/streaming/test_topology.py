@@ -30,7 +30,7 @@ def scorer() -> Any:
 
 def test_the_worker_checks_exactly_the_topics_and_partners_that_topics_apply_declares(scorer: Any) -> None:
     declared = required_by_plan(load_topic_plan(prefix=PREFIX, app_id=APP_ID))
-    assert sorted(topology.required_topics(scorer), key=str) == sorted(declared, key=str)
+    assert sorted(topology.required_topics(scorer.topology), key=str) == sorted(declared, key=str)
     views = f"{PREFIX}video-views"
     partners = {t.name: t.co_partitioned_with for t in declared}
     assert partners[f"{PREFIX}video-interactions"] == views
@@ -39,8 +39,8 @@ def test_the_worker_checks_exactly_the_topics_and_partners_that_topics_apply_dec
 
 
 def test_written_topics_are_the_outputs_and_internal_topics(scorer: Any) -> None:
-    written = set(topology.written_topics(scorer))
-    required = {t.name for t in topology.required_topics(scorer)}
+    written = set(topology.written_topics(scorer.topology))
+    required = {t.name for t in topology.required_topics(scorer.topology)}
     inputs = {f"{PREFIX}{name}" for name in ("video-views", "video-interactions", "creator-profiles")}
     assert written == required - inputs
 
@@ -105,7 +105,7 @@ async def test_the_producer_tracks_every_written_topic_once_it_has_started() -> 
 def test_an_unacknowledged_record_stops_the_worker(scorer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     stops: list[str] = []
     monkeypatch.setattr(topology, "fail_stop", stops.append)
-    guard = topology.TopologyGuard(scorer)
+    guard = topology.TopologyGuard(scorer.topology, scorer.settings, producer=None)
     state = guard.on_send_initiated(None, f"{PREFIX}events-dlq", None, 0, 10)
     guard.on_send_error(None, TimeoutError("batch expired"), state)
     assert len(stops) == 1 and f"{PREFIX}events-dlq" in stops[0] and "batch expired" in stops[0]

@@ -1,4 +1,4 @@
-"""uncommitted_seek: stream partitions without a committed offset start from their earliest offset, the seek runs
+"""faust_compat's seek: stream partitions without a committed offset start from their earliest offset, the seek runs
 on the consumer's own thread (Consumer.seek from the app's thread raced aiokafka's fetcher and crashed a worker
 right after an assignment), and Faust's resume of stream partitions waits until they are sought (records fetched
 from the old position reached the agent before the seek and were scored out of order)."""
@@ -11,16 +11,32 @@ from typing import Any
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
-from stream_app.streaming import uncommitted_seek
-from stream_app.streaming.delivery_guard import GUARD_ATTR, DeliveryGuard
+from stream_app.streaming import faust_compat
+from stream_app.streaming.delivery_guard import DeliveryGuard
 
 VIEWS = "video-views"
 CHANGELOG = "app-video-state-changelog"
 
 
+def install(guard: DeliveryGuard | None = None) -> SimpleNamespace:
+    """faust_compat's patches, and an app whose stream topic is VIEWS (its seeks reported to `guard`)."""
+    app = SimpleNamespace()
+
+    async def true_ends(reported: Any) -> Any:
+        return reported
+
+    faust_compat.install(
+        app,  # type: ignore[arg-type]
+        true_ends=true_ends,
+        stream_topics=[VIEWS],
+        on_sought=None if guard is None else guard.sought,
+    )
+    return app
+
+
 class FakeConsumer:
-    def __init__(self) -> None:
-        self.app = SimpleNamespace(**{uncommitted_seek.STREAM_TOPICS_ATTR: {VIEWS}})
+    def __init__(self, app: SimpleNamespace) -> None:
+        self.app = app
         self._read_offset: dict[TP, int | None] = {}
         self._committed_offset: dict[TP, int | None] = {TP(VIEWS, 0): 12}
         self._active: set[TP] = set()
@@ -49,10 +65,8 @@ class FakeConsumer:
 
 
 async def test_uncommitted_stream_partitions_seek_to_earliest_on_the_consumer_thread() -> None:
-    uncommitted_seek.install()
-    consumer = FakeConsumer()
     guard = DeliveryGuard([VIEWS])
-    setattr(consumer.app, GUARD_ATTR, guard)
+    consumer = FakeConsumer(install(guard))
     await Consumer.perform_seek(consumer)  # type: ignore[arg-type]
     assert consumer.waited == [{TP(VIEWS, 1): 5, TP(VIEWS, 2): 0}]
     # the delivery guard knows where each stream partition's records start again: committed, else earliest
@@ -65,8 +79,7 @@ def event(partition: int, offset: int) -> Any:
 
 
 async def test_stream_partitions_are_resumed_only_once_sought() -> None:
-    uncommitted_seek.install()
-    consumer = FakeConsumer()
+    consumer = FakeConsumer(install())
     streams = {TP(VIEWS, 0), TP(VIEWS, 1), TP(VIEWS, 2)}
     Consumer.resume_partitions(consumer, streams | {TP(CHANGELOG, 0)})  # type: ignore[arg-type]
     assert consumer._active == {TP(CHANGELOG, 0)}  # changelogs resume at once, streams wait for their seek
