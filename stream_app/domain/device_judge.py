@@ -97,18 +97,23 @@ class PartitionDeviceJudge:
     def watermark(self) -> int | None:
         return self.clock.watermark
 
-    def judge(self, records: Sequence[DeviceViews]) -> DeviceVerdicts:
-        """Judge a batch of this partition's records (in partition order); save each device it changed once."""
+    def judge(self, records: Sequence[DeviceViews], offsets: Sequence[int] | None = None) -> DeviceVerdicts:
+        """Judge a batch of this partition's records (in partition order); save each device it changed once.
+
+        `offsets`: each record's offset in the device-views partition (increasing). A device's state remembers the
+        last record it took views from, so a record read again after a crash or a rebalance changes nothing for
+        the devices whose state holds it already. Without offsets (a replay, which reads each record once), a
+        view already in its device's recent views is skipped."""
         if not self._started:
             self._restore()
         out = DeviceVerdicts()
         touched: set[str] = set()
-        for record in records:
+        for n, record in enumerate(records):
             if record.through_ts >= 0:
                 self.clock.observe(record.source, record.through_ts)
             self._drained[record.source] = record.drained
             if record.ts:
-                self._on_views(record, out.flags, touched)
+                self._on_views(record, -1 if offsets is None else offsets[n], out.flags, touched)
         for device_id in touched:
             self._schedule(device_id, self._devices[device_id])
         watermark = self.clock.advance(self.sources)
@@ -124,23 +129,30 @@ class PartitionDeviceJudge:
 
     # --- per view: device_burst now, the later device rules when nothing can precede the view any more ---------
 
-    def _on_views(self, record: DeviceViews, flags: list[DeviceFlag], touched: set[str]) -> None:
+    def _on_views(self, record: DeviceViews, offset: int, flags: list[DeviceFlag], touched: set[str]) -> None:
         policy = self.policy
         devices = self._devices
         pending = self._pending
         burst: list[int] = []
         device_ids, video_ids, event_ids = record.device_ids, record.video_ids, record.event_ids
         viewer_ids, times, watches = record.viewer_ids, record.ts, record.watch_ms
+        taken: list[DeviceState] = []  # the devices this record adds views to: they hold it once it is done
         for k in range(len(times)):
             device_id = device_ids[k]
             state = devices.get(device_id)
             if state is None:
                 state = self._load(device_id)
             ts = times[k]
-            if state.index_of(event_ids[k], ts) is not None:
-                # a device-views record read again after a crash or a rebalance: this view is in the state already
-                # (judged, its flags sent before the state was written); counting it twice would make false flags
+            if 0 <= offset <= state.through_offset:
+                # read again after a crash or a rebalance: the device's state holds this record already (its views
+                # judged, their flags acknowledged, before the state was written)
                 continue
+            if state.holds(event_ids[k], ts):
+                # sent again: its event partition scored it again after a crash (its outputs were acknowledged,
+                # its state not written); or read again where no record offset is known (a replay, format 2)
+                continue
+            if offset >= 0:
+                taken.append(state)
             i = state.insert(ts, watches[k], video_ids[k], event_ids[k], viewer_ids[k])
             most = rules.device_burst_at(policy, state, i, burst)
             if most:
@@ -153,6 +165,8 @@ class PartitionDeviceJudge:
             else:
                 pending.add(device_id)
             touched.add(device_id)
+        for state in taken:
+            state.through_offset = offset
 
     # --- event time -------------------------------------------------------------------------------------------
 

@@ -239,7 +239,7 @@ def device_burst_at(policy: Policy, device: DeviceState, i: int, flagged_out: li
             while j != -1:
                 flags[j] = FLAG_BURST
                 if j != i and times[j] <= device.judged_through:  # judged and kept: no longer on the screen
-                    device.unkeep_interval(times[j] - device.watch_ms[j], times[j])
+                    device.unkeep_interval(times[j] - device.watch_ms[j], times[j], device.event_ids[j])
                 flagged_out.append(j)
                 j = flags.find(NOT_FLAGGED, j + 1, hi)
             covered = hi
@@ -340,7 +340,7 @@ def judge_device_view(policy: Policy, device: DeviceState, device_id: str, i: in
         )
         out.append(DeviceFlag(device.video_ids[i], device.event_ids[i], Reason.ACCOUNT_FARM, detail))
         return
-    device.keep_interval(start, ts)
+    device.keep_interval(start, ts, device.event_ids[i])
 
 
 def judge_device_views(

@@ -21,7 +21,7 @@ EXPIRY_BUCKET_MS = 300_000
 STATE_FORMAT = 1
 # The same for DeviceState, which reads the previous format too (DeviceState.from_stored). 2: watch times, verdicts
 # of device_overlap / account_farm, kept intervals and accounts.
-DEVICE_STATE_FORMAT = 2
+DEVICE_STATE_FORMAT = 3
 # DeviceState.flags: a view's device verdict. A flagged view is never flagged (or clawed back) again.
 NOT_FLAGGED = 0
 FLAG_BURST = 1  # rejected by device_burst
@@ -431,10 +431,17 @@ class DeviceState:
       in), each with its watch time, ids and a verdict code (`flags`: NOT_FLAGGED, or which rule rejected it);
       kept while device_burst can still count them and until device_overlap / account_farm have judged them;
     - `judged_through`: the views with ts at or before it have had their device_overlap / account_farm verdict;
-    - `kept_starts` / `kept_ends`: the watch intervals of judged views no device rule rejected, sorted by end (ts),
-      for device_overlap (DEVICE_MEMORY_S back; zero-length intervals, which overlap nothing, are not kept);
+    - `kept_starts` / `kept_ends` / `kept_ids`: the watch intervals of judged views no device rule rejected, sorted
+      by end (ts), and their event ids, for device_overlap (DEVICE_MEMORY_S back; zero-length intervals, which
+      overlap nothing, are not kept). The ids tell a view sent again (its event partition scored it again after a
+      crash) from another view of the same moment: counted again, it would overlap itself;
     - `accounts` / `account_last`: the first ACCOUNTS_PER_DEVICE + 1 accounts of the device in the order of their
-      first judged view, each with its latest judged view ts (account_farm, DEDUPE_S back).
+      first judged view, each with its latest judged view ts (account_farm, DEDUPE_S back);
+    - `through_offset`: the offset, in the device-views partition, of the last record whose views of this device
+      the state holds (-1: unknown). A record read again after a crash or a rebalance, at or before it, is skipped
+      for this device: its views were counted, judged, and may be forgotten already while their watch intervals
+      and accounts are still remembered (counting them again would make them overlap themselves). The state and
+      its offset are one stored value, so they are durable together.
     """
 
     __slots__ = (
@@ -444,8 +451,10 @@ class DeviceState:
         "flags",
         "judged_through",
         "kept_ends",
+        "kept_ids",
         "kept_starts",
         "max_ts",
+        "through_offset",
         "ts",
         "video_ids",
         "viewer_ids",
@@ -463,8 +472,10 @@ class DeviceState:
         self.flags = bytearray()
         self.kept_starts: list[int] = []
         self.kept_ends: list[int] = []
+        self.kept_ids: list[str] = []
         self.accounts: list[str] = []
         self.account_last: list[int] = []
+        self.through_offset = -1
 
     # --- recent views -----------------------------------------------------------------------------------------
 
@@ -513,26 +524,37 @@ class DeviceState:
 
     # --- kept watch intervals (device_overlap) ----------------------------------------------------------------
 
-    def keep_interval(self, start: int, end: int) -> None:
+    def keep_interval(self, start: int, end: int, event_id: str) -> None:
         if end <= start:
             return  # a zero-length view takes no time on the screen: it can overlap nothing
         ends = self.kept_ends
         if not ends or end >= ends[-1]:
             ends.append(end)
             self.kept_starts.append(start)
+            self.kept_ids.append(event_id)
         else:
             i = bisect_right(ends, end)
             ends.insert(i, end)
             self.kept_starts.insert(i, start)
+            self.kept_ids.insert(i, event_id)
 
-    def unkeep_interval(self, start: int, end: int) -> None:
+    def unkeep_interval(self, start: int, end: int, event_id: str) -> None:
         """Forget a kept interval (its view was rejected by device_burst after it was judged)."""
         ends = self.kept_ends
         for i in range(bisect_left(ends, end), bisect_right(ends, end)):
-            if self.kept_starts[i] == start:
+            if self.kept_starts[i] == start and self.kept_ids[i] in (event_id, ""):
                 del ends[i]
                 del self.kept_starts[i]
+                del self.kept_ids[i]
                 return
+
+    def holds(self, event_id: str, ts: int) -> bool:
+        """This view is here already: among the recent views, or judged, kept and forgotten from them."""
+        if self.index_of(event_id, ts) is not None:
+            return True
+        ends = self.kept_ends
+        ids = self.kept_ids
+        return any(ids[i] == event_id for i in range(bisect_left(ends, ts), bisect_right(ends, ts)))
 
     def overlap_ms(self, start: int, end: int, since: int) -> int:
         """Total overlap of [start, end] with the kept intervals that end after `since`, summed over intervals.
@@ -556,6 +578,7 @@ class DeviceState:
         if cut:
             del self.kept_ends[:cut]
             del self.kept_starts[:cut]
+            del self.kept_ids[:cut]
 
     # --- accounts (account_farm) ------------------------------------------------------------------------------
 
@@ -593,11 +616,15 @@ class DeviceState:
             self.kept_ends,
             self.accounts,
             self.account_last,
+            self.through_offset,
+            self.kept_ids,
         ]
 
     @classmethod
     def from_stored(cls, data: Any) -> DeviceState:
-        """Read a stored DeviceState: the current format, or format 1 (device_burst only; an object), migrated.
+        """Read a stored DeviceState: the current format (3), format 2 (the same without `through_offset` and
+        `kept_ids`), or
+        format 1 (device_burst only; an object), migrated.
 
         Format 1 had no watch times and no account memory: its views are read as judged (they were judged by the
         rules of their time), of zero length (they overlap nothing), and their accounts are remembered in ts
@@ -608,10 +635,15 @@ class DeviceState:
                 return cls._from_format_1(data)
         else:
             version = data[0] if isinstance(data, list) and data else None
-            if version == DEVICE_STATE_FORMAT and len(data) == 13:
+            if version == DEVICE_STATE_FORMAT and len(data) == 15:
+                state = cls._from_format_2(data[:13])
+                state.through_offset = data[13]
+                state.kept_ids = data[14]
+                return state
+            if version == 2 and len(data) == 13:
                 return cls._from_format_2(data)
         raise StateFormatError(
-            f"DeviceState: stored state format {version!r}; this worker reads formats 1 and "
+            f"DeviceState: stored state format {version!r}; this worker reads formats 1, 2 and "
             f"{DEVICE_STATE_FORMAT} (state written by a newer version? run that version, or clear the "
             "device-state table and its changelog)"
         )
@@ -635,6 +667,8 @@ class DeviceState:
             state.account_last,
         ) = data
         state.flags = bytearray(flags)
+        state.through_offset = -1  # format 2 did not say which records it holds
+        state.kept_ids = [""] * len(state.kept_ends)  # nor whose intervals it kept
         return state
 
     @classmethod

@@ -131,6 +131,7 @@ class DeviceJudge:
     async def process_batch(self, batch: Sequence[Any]) -> None:
         await self.partition_count.load()
         records: dict[int, list[DeviceViews]] = {}
+        offsets: dict[int, list[int]] = {}  # per device-views partition: its records' offsets (re-reads are known)
         last_event: dict[int, Any] = {}  # per device-views partition: an event of it, for table writes
         for event in batch:
             message = event.message
@@ -140,12 +141,13 @@ class DeviceJudge:
                 log.exception("bad device-views record at %s[%s]@%s", message.topic, message.partition, message.offset)
                 continue
             records.setdefault(message.partition, []).append(record)
+            offsets.setdefault(message.partition, []).append(message.offset)
             last_event[message.partition] = event
         flags: list[DeviceFlag] = []
         acks: list[DeviceAck] = []
         try:
             for partition, group in sorted(records.items()):
-                verdicts = self._judge(partition).judge(group)
+                verdicts = self._judge(partition).judge(group, offsets[partition])
                 flags.extend(verdicts.flags)
                 if verdicts.ack is not None:
                     acks.append(verdicts.ack)

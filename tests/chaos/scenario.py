@@ -484,5 +484,18 @@ def wait_for_money(reader: TopicReader, prefix: str, expected: Expected, timeout
         raise AssertionError(
             f"{exc}: accruals differ for {accrual_diff(reader, prefix, expected)}; "
             f"{len(expected.settlements - found)} settlements missing {missing}, "
-            f"{len(found - expected.settlements)} unexpected {extra}"
+            f"{len(found - expected.settlements)} unexpected {extra}; "
+            f"outcomes that differ, (expected, written): count {outcome_diff(reader, prefix, expected)}"
         ) from None
+
+
+def outcome_diff(reader: TopicReader, prefix: str, expected: Expected) -> dict[tuple[Any, ...], int]:
+    """How many events got which written outcomes instead of the oracle's (a diagnosis for a failed run)."""
+    counts: dict[tuple[Any, ...], int] = {}
+    found = outcome_view(reader, prefix)
+    for where in set(found) | set(expected.outcomes):
+        want, got = expected.outcomes.get(where), found.get(where, set())
+        if got != {want}:
+            key = (want, tuple(sorted(got)))
+            counts[key] = counts.get(key, 0) + 1
+    return counts

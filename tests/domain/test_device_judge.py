@@ -336,3 +336,94 @@ def test_a_device_views_record_read_again_counts_nothing_twice() -> None:
     assert again.judge([record]).flags == []
     state = store.load("dev")
     assert state is not None and sorted(state.event_ids) == sorted(f"e{n}" for n in range(40))
+
+
+def test_views_read_or_sent_again_after_they_were_forgotten_count_nothing_twice() -> None:
+    """The views of a record read again, or sent again, may be judged and forgotten from the recent views already
+    while their watch intervals are still remembered (DEVICE_MEMORY_S): found by the chaos suite, where such a view
+    overlapped itself (device_overlap clawbacks for views no rule rejects). The device's state says which record it
+    holds last, and whose intervals it keeps."""
+    views = [dv("v1", T, 3_000), dv("v2", T + 4_000, 3_000)]  # [T - 3_000, T], [T + 1_000, T + 4_000]
+    batches = [[(5, rec(0, views))], [(6, rec(0, [], through=T + 25_000))]]
+
+    def judged_then_restarted(with_offsets: bool) -> tuple[PartitionDeviceJudge, MemoryDeviceStore]:
+        store = MemoryDeviceStore()
+        judge = judge_of(store, sources=1)
+        for batch in batches:
+            offsets = [offset for offset, _ in batch] if with_offsets else None
+            assert judge.judge([record for _, record in batch], offsets).flags == []
+        state = store.load("dev")
+        assert state is not None and state.ts == [] and len(state.kept_ends) == 2  # forgotten, intervals kept
+        return judge_of(store, sources=1), store
+
+    again, store = judged_then_restarted(with_offsets=True)
+    for batch in batches:  # every record since the last commit, read again
+        assert again.judge([r for _, r in batch], [offset for offset, _ in batch]).flags == []
+    # the state still judges what is new: [T - 1_100, T + 3_900] overlaps both kept intervals, 4_000 ms in all
+    out = again.judge([rec(0, [dv("new", T + 3_900, 5_000)], through=T + 25_000)], [7])
+    assert reasons(out.flags) == {"new": "device_overlap"}
+    state = store.load("dev")
+    assert state is not None and state.through_offset == 7
+    # the same views sent again in a new record (their event partition scored them again after a crash): their
+    # kept intervals carry their ids
+    assert again.judge([rec(0, views, through=T + 25_000)], [8]).flags == []
+    resent, store = judged_then_restarted(with_offsets=False)
+    assert resent.judge([rec(0, views, through=T + 25_000)]).flags == []
+    state = store.load("dev")
+    assert state is not None and state.kept_ids == ["v1", "v2"] and state.ts == []
+    # another view of the very same interval is not the same view: the screen cannot show both
+    twin = dv("v1-twin", T, 3_000)
+    assert reasons(resent.judge([rec(0, [twin], through=T + 25_000)]).flags) == {"v1-twin": "device_overlap"}
+
+
+def test_views_of_other_devices_in_a_record_read_again_still_count() -> None:
+    """A crash between the writes of two devices' states: one state holds the record, the other does not. The
+    record read again adds its views to the second device only."""
+    store = MemoryDeviceStore()
+    judge = judge_of(store, sources=1)
+    record = rec(0, [dv("a", T, 100, device="d1"), dv("b", T, 100, device="d2")])
+    judge.judge([record], [3])
+    store.delete("d2")  # its write was lost
+    again = judge_of(store, sources=1)
+    again.judge([record], [3])
+    d1, d2 = store.load("d1"), store.load("d2")
+    assert d1 is not None and d1.event_ids == ["a"] and d1.through_offset == 3
+    assert d2 is not None and d2.event_ids == ["b"] and d2.through_offset == 3
+
+
+def test_a_state_without_a_record_offset_still_finds_views_read_again() -> None:
+    """A state written by the previous version (format 2) does not say which record it holds: a record read again
+    after the upgrade is recognised by its views while they are recent."""
+    store = MemoryDeviceStore()
+    record = rec(0, [dv(f"e{n}", T + n * 125, 100, viewer=f"u{n % 4}") for n in range(40)])
+    judge_of(store, sources=1).judge([record])  # no offsets: through_offset stays -1, as in format 2
+    state = store.load("dev")
+    assert state is not None and state.through_offset == -1
+    again = judge_of(store, sources=1)
+    assert again.judge([record], [12]).flags == []  # 80 views would be a device_burst
+    state = store.load("dev")
+    assert state is not None and len(state.ts) == 40
+
+
+def test_a_rejected_view_read_again_is_not_judged_again() -> None:
+    """A view rejected and forgotten leaves no interval to recognise it by: read again it would be judged anew,
+    against what the device remembers by then. The record offset keeps it out."""
+
+    def final_flags(with_offsets: bool) -> dict[str, str]:
+        store = MemoryDeviceStore()
+        judge = judge_of(store, sources=1)
+        a = rec(0, [dv("a", T, 3_000)])  # [T - 3_000, T]
+        b = rec(0, [dv("b", T + 1_000, 4_000)])  # [T - 3_000, T + 1_000]: 3_000 ms over `a`
+        found: dict[str, str] = {}
+        batches = [[(4, a)], [(5, b)], [(6, rec(0, [], through=T + 70_000))]]  # `a`'s interval is forgotten
+        for batch in batches:
+            found |= reasons(judge.judge([r for _, r in batch], [o for o, _ in batch] if with_offsets else None).flags)
+        assert found == {"b": "device_overlap"}
+        again = judge_of(store, sources=1)  # restarted: `b` read again
+        found = reasons(again.judge([b], [5] if with_offsets else None).flags)
+        c = rec(0, [dv("c", T + 1_000, 3_000, viewer="u2")])  # [T - 2_000, T + 1_000]: over `b` only, rejected
+        return found | reasons(again.judge([c], [7] if with_offsets else None).flags)
+
+    assert final_flags(with_offsets=True) == {}
+    # without the offset `b` is accepted the second time (nothing left to overlap) and `c` rejected for it
+    assert final_flags(with_offsets=False) == {"c": "device_overlap"}

@@ -269,11 +269,23 @@ def test_round_trip_keeps_every_memory() -> None:
     judge_all(POLICY, views[:20], device)
     for v in views[20:]:
         check_device_burst(POLICY, device, v, forget_behind_newest=False)
+    device.through_offset = 41
     data = jsoncodec.loads(jsoncodec.dumps(device.to_stored()))
-    assert data[0] == DEVICE_STATE_FORMAT == 2  # positional: the format first
+    assert data[0] == DEVICE_STATE_FORMAT == 3  # positional: the format first
     restored = DeviceState.from_stored(data)
-    assert restored.to_stored() == device.to_stored()
+    assert restored.to_stored() == device.to_stored() and restored.through_offset == 41
     assert {FLAG_OVERLAP, FLAG_ACCOUNT} <= set(device.flags)
+
+
+def test_a_format_2_state_is_read_without_its_record_offset() -> None:
+    device = DeviceState()
+    judge_all(POLICY, [dv(f"e{n}", 1_000 * n + 5_000, 4_000, viewer=f"u{n % 3}") for n in range(5)], device)
+    device.through_offset = 9
+    format_2 = [2, *device.to_stored()[1:13]]  # what the previous version wrote: no offset at the end
+    restored = DeviceState.from_stored(jsoncodec.loads(jsoncodec.dumps(format_2)))
+    # everything but the offset, which format 2 did not keep (a view read again is looked for in its recent views)
+    assert restored.through_offset == -1
+    assert restored.to_stored()[1:13] == device.to_stored()[1:13]
 
 
 def test_a_format_1_state_is_migrated() -> None:
@@ -292,10 +304,12 @@ def test_a_format_1_state_is_migrated() -> None:
     assert list(state.flags) == [NOT_FLAGGED, FLAG_BURST, NOT_FLAGGED]
     assert state.accounts == ["a", "b"] and state.account_last == [3_000, 2_000]
     assert state.kept_ends == []
-    assert DeviceState.from_stored(state.to_stored()).to_stored()[0] == 2
+    assert DeviceState.from_stored(state.to_stored()).to_stored()[0] == DEVICE_STATE_FORMAT
 
 
-@pytest.mark.parametrize(("stored", "version"), [({"format": 0}, 0), ([3, 0], 3), ({}, None), ([2, 1], 2)])
+@pytest.mark.parametrize(
+    ("stored", "version"), [({"format": 0}, 0), ([3, 0], 3), ({}, None), ([2, 1], 2), ([4] + [0] * 13, 4)]
+)
 def test_an_unknown_format_is_refused_with_a_clear_message(stored: object, version: int | None) -> None:
     with pytest.raises(StateFormatError, match=rf"DeviceState: stored state format {version!r}; this worker reads"):
         DeviceState.from_stored(stored)
