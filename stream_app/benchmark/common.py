@@ -151,9 +151,11 @@ class TopicBytes:
     by_bucket: dict[int, int] = field(default_factory=dict)
 
 
-def read_topic_bytes(bootstrap: str, topics: Sequence[str], buckets: Sequence[float] = ()) -> TopicBytes:
-    """Every record of `topics` read back (no group), key + value bytes summed; with `buckets` (epoch ms, sorted),
-    also summed by the bucket of each record's timestamp (index of the first bucket edge after it)."""
+def read_topic_bytes(
+    bootstrap: str, topics: Sequence[str], buckets: Mapping[tuple[str, int], Sequence[int]] | None = None
+) -> TopicBytes:
+    """Every record of `topics` read back (no group), key + value bytes summed; with `buckets` ((topic, partition)
+    -> sorted offsets), also summed by bucket: the number of those offsets at or below the record's offset."""
     from bisect import bisect_right
 
     from aiokafka import AIOKafkaConsumer
@@ -187,7 +189,7 @@ def read_topic_bytes(bootstrap: str, topics: Sequence[str], buckets: Sequence[fl
                         total.records += 1
                         total.bytes += size
                         if buckets:
-                            bucket = bisect_right(buckets, m.timestamp)
+                            bucket = bisect_right(buckets.get((m.topic, m.partition), ()), m.offset)
                             total.by_bucket[bucket] = total.by_bucket.get(bucket, 0) + size
                     if messages and messages[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
@@ -196,6 +198,56 @@ def read_topic_bytes(bootstrap: str, topics: Sequence[str], buckets: Sequence[fl
         return total
 
     return asyncio.run(read())
+
+
+class EndOffsetSampler:
+    """The end offsets of some topics' partitions over time (a librdkafka client: one connection, no event loop)."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str], every_s: float = 1.0) -> None:
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets", "log_level": 3})
+        self.topics = list(topics)
+        self.every_s = every_s
+        self.partitions: list[tuple[str, int]] = []
+        self.samples: list[tuple[float, dict[tuple[str, int], int]]] = []
+        self._last = 0.0
+
+    def sample(self) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        try:
+            if not self.partitions:
+                metadata = self.consumer.list_topics(timeout=2)
+                self.partitions = [
+                    (topic, p)
+                    for topic in self.topics
+                    if topic in metadata.topics
+                    for p in metadata.topics[topic].partitions
+                ]
+            ends = {
+                tp: self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2, cached=False)[1]
+                for tp in self.partitions
+            }
+        except KafkaException:
+            return
+        self.samples.append((now, ends))
+
+    def offsets_at(self, moments: Sequence[float]) -> dict[tuple[str, int], list[int]]:
+        """(topic, partition) -> the end offset last sampled at or before each moment (time.monotonic())."""
+        edges: dict[tuple[str, int], list[int]] = {tp: [] for tp in self.partitions}
+        for moment in moments:
+            before = [ends for t, ends in self.samples if t <= moment] or [self.samples[0][1]] if self.samples else []
+            for tp in self.partitions:
+                edges[tp].append(before[-1].get(tp, 0) if before else 0)
+        return edges
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def committed_offsets_reach_end(bootstrap: str, group: str, topics: Sequence[str], timeout_s: float) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 from stream_app.benchmark.common import (
     BenchError,
+    EndOffsetSampler,
     Measurement,
     changelog_topic_names,
     committed_offsets_reach_end,
@@ -250,6 +251,7 @@ class StoreRun:
     restart_peak_rss_mib: float | None = None
     restart_failure: str | None = None
     state_bytes_by_third: tuple[int, int, int] | None = None  # changelog bytes written in each third
+    sampler: EndOffsetSampler | None = None  # the changelog's end offsets during the pass
 
 
 @dataclass
@@ -322,8 +324,12 @@ def _store_run(
     env = {"STORE": store}
     name = f"scorer, hot workload, {store}"
     total = sum(expected.values())
+    sampler = EndOffsetSampler(bootstrap, changelog_topic_names(app_id, prefix))
     with ScorerRun(bootstrap, prefix, app_id, workdir, broker_pid=broker_pid, log_name="scorer", env=env) as run:
-        measurement = run.watch(expected, timeout_for(total), name)
+        try:
+            measurement = run.watch(expected, timeout_for(total), name, on_scrape=sampler.sample)
+        finally:
+            sampler.close()
         log.info("%s: %.0f events/s", name, measurement.events_per_s)
         if measurement.failure is not None:
             return StoreRun(store, measurement, thirds_of(measurement.timeline, total)), {}
@@ -331,6 +337,7 @@ def _store_run(
             log.warning("%s: offsets not all committed after %.0f s; killing it anyway", name, COMMIT_WAIT_S)
         run.kill()
     result = StoreRun(store, measurement, thirds_of(measurement.timeline, total))
+    result.sampler = sampler
     before = (workload.stats.views, workload.stats.interactions)
     now_ms = int(time.time() * 1000)
     publish_events(bootstrap, prefix, security, workload.events(TAIL_EVENTS, now_ms - 2_000, now_ms))
@@ -351,13 +358,14 @@ def _store_run(
 
 
 def _state_bytes_by_third(bootstrap: str, prefix: str, app_id: str, run: StoreRun) -> tuple[int, int, int] | None:
-    """Changelog bytes whose record timestamp falls in each third of the run (the producer stamps wall time)."""
-    if run.thirds is None:
+    """Changelog bytes written in each third of the pass: records between the end offsets sampled (every second)
+    when the pass reached 0, 1/3, 2/3 and all of the input."""
+    if run.thirds is None or run.sampler is None or not run.sampler.samples:
         return None
-    to_epoch_ms = time.time() - time.monotonic()
-    edges = [(t + to_epoch_ms) * 1000 for t in run.thirds.edges]
+    edges = run.sampler.offsets_at(run.thirds.edges)
     try:
         read = read_topic_bytes(bootstrap, changelog_topic_names(app_id, prefix), edges)
     except Exception as exc:  # a figure missing from the report must not lose the rest of the run
         raise BenchError(f"reading the changelog back failed: {exc}") from exc
+    log.info("hot workload: state bytes (before, thirds, after): %s", sorted(read.by_bucket.items()))
     return read.by_bucket.get(1, 0), read.by_bucket.get(2, 0), read.by_bucket.get(3, 0)

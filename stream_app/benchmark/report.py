@@ -427,7 +427,7 @@ def _soak_lines(soak: SoakResult, broker: str) -> list[str]:
     if soak.failure:
         lines.append(f"- **Not drained**: {soak.failure}.")
     lines += ["", "| t s | processed | events/s since previous | lag records | RSS MiB |", "|---:|---:|---:|---:|---:|"]
-    step = max(1, round(60 / 5))  # one row a minute
+    step = max(1, round(60 / soak.sample_s))  # one row a minute
     shown = soak.samples[::step] + ([soak.samples[-1]] if soak.samples and len(soak.samples) % step != 1 else [])
     previous = None
     for sample in shown:

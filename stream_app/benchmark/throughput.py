@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,7 +440,13 @@ class ScorerRun:
     def samples(self) -> dict[str, float] | None:
         return scrape(self.url)
 
-    def watch(self, expected_by_topic: Mapping[str, int], timeout: float, name: str = SCORER_NAME) -> Measurement:
+    def watch(
+        self,
+        expected_by_topic: Mapping[str, int],
+        timeout: float,
+        name: str = SCORER_NAME,
+        on_scrape: Callable[[], None] | None = None,
+    ) -> Measurement:
         """Scrape until every topic's expected events are processed; if the worker dies or stalls, what it did
         until then, with the reason in `failure`."""
         worker, broker_pid = self.worker, self.broker_pid
@@ -460,6 +466,8 @@ class ScorerRun:
             cpu, broker_cpu = cpu_seconds(pid), cpu_seconds(broker_pid)
             peak = peak_rss_mib(pid) or peak
             samples = self.samples()
+            if on_scrape is not None:
+                on_scrape()
             now_processed, done = (processed, False) if samples is None else progress_toward(samples, expected_by_topic)
             if now_processed == 0:
                 zero_at, zero_cpu, zero_broker = before, cpu, broker_cpu
