@@ -144,7 +144,7 @@ async def _topic_partitions(consumer: Any, topic: str) -> list[Any]:
 
 @dataclass
 class TopicBytes:
-    """What a topic holds: records, key + value bytes, and the bytes by record timestamp bucket."""
+    """What a topic holds: records, key + value bytes, and the bytes by offset bucket."""
 
     records: int = 0
     bytes: int = 0

@@ -18,6 +18,7 @@ show whether a batch's work grows with what a video remembers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from bisect import bisect
@@ -262,6 +263,7 @@ class HotResult:
     published: Published
     runs: list[StoreRun]
     tail_events: int
+    remembered_viewers: int  # of the input before any tail (HotStats.remembered_viewers)
 
 
 def measure_hot(
@@ -282,7 +284,9 @@ def measure_hot(
     published = publish_events(
         bootstrap, prefix, security, workload.events(events, start_ms, end_ms), workload.profiles(start_ms - 1000)
     )
-    stats = workload.stats
+    # the input's figures, before the tails add to the workload's counts
+    stats = dataclasses.replace(workload.stats, pairs=set())
+    remembered = workload.stats.remembered_viewers
     log.info(
         "hot workload: %d views (%.0f %% on the hot video), %d interactions, %d distinct viewers, published in %.0f s",
         stats.views,
@@ -306,7 +310,7 @@ def measure_hot(
             expected[topic] += count
     if runs and runs[0].thirds is not None:
         runs[0].state_bytes_by_third = _state_bytes_by_third(bootstrap, prefix, app_ids[runs[0].store], runs[0])
-    return HotResult(events, SPAN_S, stats, published, runs, TAIL_EVENTS)
+    return HotResult(events, SPAN_S, stats, published, runs, TAIL_EVENTS, remembered)
 
 
 def _store_run(

@@ -12,7 +12,9 @@ RSS and CPU time. When the simulator is done the worker gets up to DRAIN_S to pr
   soak), in records and in seconds of input; "no growth" when it grew by less than one second of input records;
 - RSS flat: the least-squares growth of RSS over the same stretch, in MiB per minute and over the stretch;
 - write amplification: key + value bytes of every record in the worker's `*-changelog` topics, read back at the
-  end, divided by the key + value bytes of every record the simulator published (read back the same way).
+  end, divided by the key + value bytes of every record the simulator published (read back the same way), times
+  the share of the published events the scorer processed (1 once it drained: a scorer left behind wrote state for
+  only part of the input).
 """
 
 from __future__ import annotations
@@ -110,8 +112,15 @@ class SoakResult:
         return self.published_records / self.simulate_elapsed_s if self.simulate_elapsed_s else 0.0
 
     @property
+    def processed_share(self) -> float:
+        """The share of the published events the scorer processed (all of them once drained)."""
+        return min(1.0, self.processed_total / self.published_events) if self.published_events else 0.0
+
+    @property
     def amplification(self) -> float | None:
-        return self.changelog_bytes / self.input_bytes if self.input_bytes else None
+        """Changelog bytes / the input bytes of the events processed (all input bytes once drained)."""
+        processed_bytes = self.input_bytes * self.processed_share
+        return self.changelog_bytes / processed_bytes if processed_bytes else None
 
     @property
     def stretch_s(self) -> float:
