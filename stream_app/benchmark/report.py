@@ -64,10 +64,13 @@ class BenchRun:
 
     @property
     def failed(self) -> bool:
+        """A measurement did not complete (its figures cover what it did): the command exits 1, logs are kept."""
         blocks = [self.envelope, self.single]
-        return bool(self.problems) or any(
-            m.failure for b in blocks if b for m in (b.scorer, b.noop, b.raw, b.quix) if m is not None
+        throughput = any(
+            m.failure for b in blocks if b for m in (b.scorer, b.noop, b.raw, b.quix, b.profiled) if m is not None
         )
+        hot = self.hot is not None and any(r.measurement.failure or r.restart_failure for r in self.hot.runs)
+        return bool(self.problems) or throughput or hot
 
 
 @dataclass
