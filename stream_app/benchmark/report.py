@@ -244,8 +244,12 @@ def _soak_targets(soak: SoakResult | None) -> list[Target]:
             "5. soak: offered vs achieved",
             f"{soak.target_rate:,.0f} ev/s for {soak.seconds:g} s",
             f"offered {soak.offered_rate:,.0f} ev/s, scorer {soak.achieved_rate:,.0f} ev/s",
-            ("met" if soak.offered_rate >= 0.98 * soak.target_rate else "**offered rate short**")
-            + ("" if soak.achieved_rate >= 0.98 * soak.offered_rate else "; **scorer behind**")
+            ("offered as asked" if soak.offered_rate >= 0.98 * soak.target_rate else "**offered rate short**")
+            + (
+                "; scorer kept up"
+                if soak.achieved_rate >= 0.98 * soak.offered_rate
+                else f"; **scorer behind**: {soak.achieved_rate / max(soak.offered_rate, 1):.0%} of the offered rate"
+            )
             + suffix,
         )
     ]
