@@ -13,9 +13,10 @@ line through the two largest runs (on 2 CPUs a 1,000,000 run took over 4 minutes
   in-memory store that keeps the ledger objects (as the scorer's cache does). Then one more view and one like per
   video 27 h after the window start move the watermark past every per-viewer horizon: the window settles and
   `VideoLedger.expire` runs, as it does for a video that stays active.
-- devices: N distinct devices, one view each, judged with `rules.check_device_burst` and kept as
-  `streaming/devices.py` keeps them (device_id -> DeviceState, and its table value); then `rules.expire_device`
-  at a watermark past DEVICE_BURST_SPAN + GRACE_S empties them.
+- devices: N distinct devices, one 30 s view each, through the device judge (`domain/device_judge.py`, what the
+  worker's judge-devices agent runs) over a table of JSON values; then the watermark moves past each memory's
+  horizon in turn: the view (DEVICE_BURST_SPAN + GRACE_S), its watch interval (DEVICE_MEMORY_S more), its
+  account (DEDUPE_S more).
 
 Heap is `tracemalloc`'s current traced size after `gc.collect()`, relative to just before the data was created.
 Serialized is what a table holds: key bytes + `jsoncodec.dumps(x.to_dict())` per key (the changelog's latest
@@ -33,17 +34,18 @@ import resource
 import sys
 import time
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from stream_app.benchmark import replace_section
 from stream_app.domain import jsoncodec, rules
-from stream_app.domain.events import CreatorProfile, InteractionEvent, ViewEvent
-from stream_app.domain.partition import Effects, PartitionScorer
+from stream_app.domain.device_judge import PartitionDeviceJudge
+from stream_app.domain.device_records import DeviceView, DeviceViews
+from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
+from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.domain.records import event_to_dict
 from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.scoring import INTERACTIONS, VIEWS, Position, VideoLedger
 
@@ -55,7 +57,7 @@ HOUR_MS = 3_600_000
 T0 = 1_767_225_600_000
 TAG = "5eed01"  # ids shaped like the simulator's (stream_app/edges/simulator.py)
 BATCH = 5_000  # events per PartitionScorer batch (flush writes each touched ledger once)
-DEVICE_BATCH = 500  # device-views per DeviceJudge batch (the worker takes batches of 500)
+DEVICE_BATCH = 500  # views per device-views record (streaming/devices.py sends up to 500)
 CREATORS = 100
 
 
@@ -88,22 +90,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class ObjectStore:
-    """A LedgerStore that keeps the ledger objects (the scorer caches every ledger it has loaded anyway)."""
-
-    def __init__(self) -> None:
-        self.ledgers: dict[str, VideoLedger] = {}
-
-    def load(self, video: str) -> VideoLedger | None:
-        return self.ledgers.get(video)
-
-    def save(self, ledger: VideoLedger) -> None:
-        self.ledgers[ledger.video_id] = ledger
-
-    def video_ids(self) -> Iterator[str]:
-        return iter(list(self.ledgers))
-
-
 @dataclass
 class Row:
     what: str
@@ -116,40 +102,39 @@ class ViewerRun:
     viewers: int
     videos: int
     rows: list[Row]
-    breakdown: dict[str, int]  # serialized bytes by part of the ledger
+    breakdown: dict[str, int]  # serialized bytes by kind of stored value
     entries_before: dict[str, int]
     entries_after: dict[str, int]
     seconds: float
+    restore_s: float  # rebuilding the partition (heads + journal replay) from its stored state
 
 
-def ledger_parts(ledger: VideoLedger) -> dict[str, int]:
-    """Serialized bytes of each part of one ledger's table value."""
-    d = ledger.to_dict()
-    r = d["rules"]
-    parts = {
-        "windows (counts, viewers set, pending)": d["windows"],
-        "qualified_at (QUALIFY_ONCE_S)": d["qualified_at"],
-        "recent (accepted views kept for clawback)": d["recent"],
-        "rules.view_ids (duplicate_event, DEDUPE_S)": r["view_ids"],
-        "rules.accepted_views (engagement_without_view)": r["accepted_views"],
-        "rules.repeats (viewer_repeat, 600 s)": r["repeats"],
-        "rules.velocity (head span 60 s, minute counts)": r["velocity"],
+def stored_parts(store: MemoryState) -> dict[str, int]:
+    """Bytes of each kind of value the state table holds for the partition (key bytes included)."""
+    return {
+        "journal segments (every memory's additions, in order)": sum(
+            len(value) + len(b"\xffj0:%d" % seq) for seq, value in store.segment_values.items()
+        ),
+        "video heads (totals, open windows, positions, version)": sum(
+            len(value) + 2 + len(video.encode()) for video, value in store.heads.items()
+        ),
+        "partition meta": len(store.meta_value or b""),
     }
-    sizes = {name: len(jsoncodec.dumps(part)) for name, part in parts.items()}
-    sizes["everything else (totals, settled, applied, ...)"] = len(jsoncodec.dumps(d)) - sum(sizes.values())
-    return sizes
+
+
+def stored_bytes(store: MemoryState) -> int:
+    return sum(stored_parts(store).values())
 
 
 def entries(ledgers: Sequence[VideoLedger]) -> dict[str, int]:
     """How many per-viewer entries each memory holds, over all ledgers."""
     return {
-        "window viewers": sum(len(w.viewers) for led in ledgers for w in led.windows.values()),
-        "qualified_at": sum(len(times) for led in ledgers for times in led.qualified_at.values()),
-        "recent": sum(len(led.recent) for led in ledgers),
-        "rules.view_ids": sum(len(led.rules.view_ids) for led in ledgers),
-        "rules.accepted_views": sum(len(led.rules.accepted_views) for led in ledgers),
-        "rules.repeats": sum(len(led.rules.repeats) for led in ledgers),
-        "rules.velocity": sum(len(led.rules.velocity) for led in ledgers),
+        "qualified (QUALIFY_ONCE_S)": sum(len(led.memory.qualified) for led in ledgers),
+        "recent (accepted views kept for clawback)": sum(len(led.memory.recent) for led in ledgers),
+        "rules.view_ids (duplicate_event, DEDUPE_S)": sum(len(led.memory.rules.view_ids) for led in ledgers),
+        "rules.accepted_views (engagement_without_view)": sum(len(led.memory.rules.accepted_views) for led in ledgers),
+        "rules.repeats (viewer_repeat, 600 s)": sum(len(led.memory.rules.repeats) for led in ledgers),
+        "rules.velocity (head span 60 s, minute counts)": sum(len(led.memory.rules.velocity) for led in ledgers),
     }
 
 
@@ -161,16 +146,34 @@ def view_event(n: int, video: int, ts: int, viewer: str) -> ViewEvent:
 
 
 def send(
-    scorer: PartitionScorer, offsets: dict[str, int], events: Sequence[ViewEvent | InteractionEvent], now_ms: int
+    scorer: PartitionScorer,
+    store: MemoryState,
+    offsets: dict[InputTopic, int],
+    events: Sequence[ViewEvent | InteractionEvent],
+    now_ms: int,
 ) -> None:
-    """One batch through the scorer, as the events agent does it (outcomes and outputs are dropped)."""
+    """One batch through the scorer, as the events agent does it (outcomes and outputs are dropped; the state the
+    batch writes is kept, as the table keeps it)."""
     effects = Effects()
     for event in events:
         topic = VIEWS if isinstance(event, ViewEvent) else INTERACTIONS
         position = Position(0, offsets[topic], -1)
         offsets[topic] += 1
-        scorer.on_event(topic, event, event_to_dict(event), position, event.ts, now_ms, effects)
-    scorer.flush(now_ms, effects)
+        scorer.on_event(topic, event, position, event.ts, now_ms, effects)
+    store.apply(scorer.flush(now_ms, effects))
+
+
+def restore(policy: Policy, store: MemoryState, profiles: ProfileHistory) -> tuple[int, float]:
+    """The heap a worker holds after taking the partition over (heads + journal replayed), and the time it took."""
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    started = time.monotonic()
+    restored = PartitionScorer(policy, policy_hash(policy), 0, store, profiles)
+    seconds = time.monotonic() - started
+    gc.collect()
+    size = tracemalloc.get_traced_memory()[0] - before
+    del restored
+    return size, seconds
 
 
 def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
@@ -178,7 +181,7 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
     profiles = ProfileHistory(policy)
     for c in range(CREATORS):
         profiles.add(CreatorProfile(creator_id(c), 50_000, 500_000, True, "good", 0))
-    store = ObjectStore()
+    store = MemoryState()
     scorer = PartitionScorer(policy, policy_hash(policy), 0, store, profiles)
     now_ms = T0 + 2 * HOUR_MS  # wall clock: only stamps updated_at here (no topic is caught up, so none is idle)
     window_ms = policy.window_s * 1000
@@ -190,6 +193,7 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
     for first in range(0, viewers, BATCH):
         send(
             scorer,
+            store,
             offsets,
             [
                 view_event(n, n % videos, T0 + n * window_ms // viewers, viewer_id(n))
@@ -197,34 +201,24 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
             ],
             now_ms,
         )
-    ledgers = list(store.ledgers.values())
+    ledgers = list(scorer.ledgers())
     assert sum(led.views for led in ledgers) == viewers, "every view must be accepted"
-    live_heap = heap() - base
-    live_serialized = 0
-    restored_heap = 0
-    breakdown: dict[str, int] = {}
-    for led in ledgers:
-        blob = jsoncodec.dumps(led.to_dict())
-        live_serialized += len(led.video_id.encode()) + len(blob)
-        for name, size in ledger_parts(led).items():
-            breakdown[name] = breakdown.get(name, 0) + size
-        # the same ledger restored from its table value, as a worker holds it after a restart or a rebalance
-        # (orjson makes a string object per occurrence, so ids are no longer shared). No cycles are made, so
-        # the traced size right after from_dict, with the decoded dict already freed, is the restored ledger.
-        before = tracemalloc.get_traced_memory()[0]
-        restored = VideoLedger.from_dict(jsoncodec.loads(blob))
-        restored_heap += tracemalloc.get_traced_memory()[0] - before
-        del restored, blob
+    live_heap = heap() - base - sum(len(v) for v in store.segment_values.values())  # the store is not the worker
+    live_serialized = stored_bytes(store)
+    breakdown = stored_parts(store)
+    restored_heap, restore_s = restore(policy, store, profiles)
     entries_before = entries(ledgers)
 
-    # 2. a day + window + grace after the last view (27 h after the window start): one more view and interaction
-    # per video. The first interaction moves the watermark to `later`; every video's window settles and its
-    # ledger expires what no rule can need any more.
-    later = T0 + 27 * HOUR_MS
+    # 2. a day + window + grace + the clawback hold after the last view (28 h after the window start): one more
+    # view and interaction per video. The first interaction moves the watermark to `later`; every video's window
+    # settles and its memories forget what no rule can need any more; the journal segments holding only that are
+    # dropped.
+    later = T0 + 28 * HOUR_MS
     horizon_ms = (policy.qualify_once_s + policy.window_s + policy.grace_s) * 1000
     assert later > T0 + window_ms + horizon_ms, "the expiry step must pass every per-viewer horizon"
     send(
         scorer,
+        store,
         offsets,
         [
             event
@@ -244,27 +238,21 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
         ],
         now_ms,
     )
+    ledgers = list(scorer.ledgers())
     assert all(led.windows_settled == 1 for led in ledgers), "every video's first window must have settled"
-    expired_heap = heap() - base
-    expired_serialized = 0
-    expired_restored_heap = 0
-    for led in ledgers:
-        blob = jsoncodec.dumps(led.to_dict())
-        expired_serialized += len(led.video_id.encode()) + len(blob)
-        before = tracemalloc.get_traced_memory()[0]
-        restored = VideoLedger.from_dict(jsoncodec.loads(blob))
-        expired_restored_heap += tracemalloc.get_traced_memory()[0] - before
-        del restored, blob
+    expired_heap = heap() - base - sum(len(v) for v in store.segment_values.values())
+    expired_serialized = stored_bytes(store)
+    expired_restored_heap, _ = restore(policy, store, profiles)
     entries_after = entries(ledgers)
     del scorer, store, ledgers
     seconds = time.monotonic() - started
     rows = [
-        Row("ledgers, live (as the scorer builds them)", live_heap, live_serialized),
-        Row("ledgers, restored from their table values", restored_heap, live_serialized),
-        Row("ledgers after expiry, live", expired_heap, expired_serialized),
-        Row("ledgers after expiry, restored from their table values", expired_restored_heap, expired_serialized),
+        Row("memories and heads, live (as the scorer builds them)", live_heap, live_serialized),
+        Row("restored from the table (heads + journal replayed)", restored_heap, live_serialized),
+        Row("after expiry, live", expired_heap, expired_serialized),
+        Row("after expiry, restored from the table", expired_restored_heap, expired_serialized),
     ]
-    return ViewerRun(viewers, videos, rows, breakdown, entries_before, entries_after, seconds)
+    return ViewerRun(viewers, videos, rows, breakdown, entries_before, entries_after, seconds, restore_s)
 
 
 @dataclass
@@ -275,58 +263,67 @@ class DeviceRun:
     seconds: float
 
 
+class BytesTable:
+    """A DeviceStore over a dict of key bytes -> JSON bytes, as streaming/devices.py's TableDeviceStore keeps the
+    device-state table."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, bytes] = {}
+
+    def load(self, device: str) -> DeviceState | None:
+        raw = self.values.get(device.encode())
+        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
+
+    def save(self, device: str, state: DeviceState) -> None:
+        self.values[device.encode()] = jsoncodec.dumps(state.to_stored())
+
+    def delete(self, device: str) -> None:
+        self.values.pop(device.encode(), None)
+
+    def device_ids(self) -> list[str]:
+        return [key.decode() for key in self.values]
+
+    def serialized(self) -> int:
+        return sum(len(k) + len(v) for k, v in self.values.items())
+
+
 def run_devices(policy: Policy, devices: int) -> DeviceRun:
-    """One view per distinct device, through rules.check_device_burst, kept as streaming/devices.py keeps it."""
+    """One 30 s view per distinct device through the device judge (domain/device_judge.py, what the worker's
+    judge-devices agent runs), then the watermark moved past each of the device memories' horizons."""
     started = time.monotonic()
-    # the views span less than DEVICE_BURST_SPAN + GRACE_S, so each device still holds its view when the whole
-    # run has been judged (one view per device costs the same at any rate)
-    spread_ms = (policy.device_burst_span_s + policy.grace_s) * 1000 - 1
+    delay = rules.device_flag_delay_ms(policy)
+    # the views span less than the judge's delay, so none is judged or forgotten before the whole run is in
+    spread_ms = delay - 1
     base = heap()
-    states: dict[str, DeviceState] = {}  # DeviceJudge._devices
+    table = BytesTable()
+    judge = PartitionDeviceJudge(policy, 0, table, sources=1)
     newest = 0
     for first in range(0, devices, DEVICE_BATCH):
-        touched = []
+        views = []
         for n in range(first, min(first + DEVICE_BATCH, devices)):
-            dev = device_id(n)
-            state = states.get(dev)
-            if state is None:
-                state = states[dev] = DeviceState()
             ts = T0 + n * spread_ms // devices
-            view = ViewEvent(event_id(n), video_id(n % 1000), "", viewer_id(n), dev, ts, 0, 1, "", "")
-            assert rules.check_device_burst(policy, state, view).verdict.passed
-            newest = max(newest, ts)
-            touched.append(dev)
-        # DeviceJudge._write: expire each touched device at the partition's newest ts, drop it when empty
-        for dev in touched:
-            if rules.expire_device(policy, states[dev], newest):
-                del states[dev]
-    assert len(states) == devices, "each device's one view is within its span when written: none expires yet"
-    states_heap = heap() - base
-    # the device-state table: key device_id bytes -> JSON value of each state written above, as jsoncodec.dumps
-    # returns it (what a memory:// table keeps), then as exact-size copies (what a store that copies keeps)
-    table = {dev.encode(): jsoncodec.dumps(state.to_dict()) for dev, state in states.items()}
-    table_heap = heap() - base - states_heap
-    serialized = sum(len(k) + len(v) for k, v in table.items())
-    exact = {key: memoryview(value).tobytes() for key, value in table.items()}
-    del table
-    exact_heap = heap() - base - states_heap
-
-    # a watermark DEVICE_BURST_SPAN + GRACE_S past the newest view: every device empties and its key is deleted
-    later = newest + (policy.device_burst_span_s + policy.grace_s) * 1000
-    for dev in list(states):
-        if rules.expire_device(policy, states[dev], later):
-            del states[dev]
-            del exact[dev.encode()]
-    after_heap = heap() - base
-    after_serialized = sum(len(k) + len(v) for k, v in exact.items())
-    left = len(states)
-    del states, exact
+            views.append(DeviceView(device_id(n), video_id(n % 1000), event_id(n), viewer_id(n), ts, 30_000))
+            newest = ts
+        assert not judge.judge([DeviceViews.of(0, newest, False, views)]).flags
+    assert judge.device_count() == devices, "no device's view is final yet: every device holds it"
+    # first every source reports it is drained: the views are judged (kept: a watch interval, an account each)
+    assert not judge.judge([DeviceViews.of(0, newest, True, [])]).flags
+    # the judge's heap (due times; it keeps no DeviceState between batches) and the table's keys and JSON values
     rows = [
-        Row("DeviceState objects (the DeviceJudge cache)", states_heap, None),
-        Row("device-state table values as `jsoncodec.dumps` returns them", table_heap, serialized),
-        Row("device-state table values as exact-size copies", exact_heap, serialized),
-        Row("device state after expiry (objects, dicts and values)", after_heap, after_serialized),
+        Row("viewing in the last 6 min: a view, its watch interval, its account", heap() - base, table.serialized())
     ]
+    # past the delay: every view judged (kept) and forgotten; its watch interval (DEVICE_MEMORY_S) and its account
+    # (DEDUPE_S) stay
+    stages = [
+        ("viewed 6-16 min ago: its watch interval and account", delay),
+        ("viewed 16 min to a day ago: its account", delay + policy.device_memory_s * 1000),
+        ("viewed over a day ago: nothing", delay + policy.dedupe_s * 1000),
+    ]
+    for what, after in stages:
+        judge.judge([DeviceViews.of(0, newest + after, False, [])])
+        rows.append(Row(what, heap() - base, table.serialized()))
+    left = judge.device_count()
+    del judge, table
     return DeviceRun(devices, rows, left, time.monotonic() - started)
 
 
@@ -389,7 +386,10 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
     viewer_counts = [r.viewers for r in vruns]
     device_counts = [r.devices for r in druns]
     extrapolated = MILLION not in viewer_counts or MILLION not in device_counts
-    vsizes = ", ".join(f"{r.viewers:,} viewers over {r.videos:,} videos ({r.seconds:,.0f} s)" for r in vruns)
+    vsizes = ", ".join(
+        f"{r.viewers:,} viewers over {r.videos:,} videos ({r.seconds:,.0f} s; restored in {r.restore_s:,.1f} s)"
+        for r in vruns
+    )
     dsizes = ", ".join(f"{r.devices:,} ({r.seconds:,.0f} s)" for r in druns)
     lines = [
         SECTION_HEADING,
@@ -403,23 +403,26 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
         "`u-xxxxxx-0000000` (16 characters), device_id 17, video_id 16.",
         f"- Viewers: {vsizes}. Each viewer views one video once (a qualifying view), {per_video:,} viewers per "
         "video, views spread evenly over one hour, fed through `PartitionScorer.on_event` + `flush` in batches "
-        f"of {BATCH:,}. A viewer is remembered in the window's viewers set, `qualified_at`, `recent` (for "
-        "clawback), `rules.view_ids`, `rules.accepted_views`, and for the last 600 s / 60 s in `rules.repeats` / "
-        "`rules.velocity`. Expiry: one more view and one like per video 27 h after the window start (a day + "
-        "window + grace after its last view) move the watermark: the window settles and `VideoLedger.expire` "
-        "runs (a video with no open window is also expired by the scorer's once-a-minute sweep of quiet videos).",
-        f"- Devices: {dsizes} distinct devices, one view each (within 360 s), judged by "
-        "`rules.check_device_burst` in batches of 500 and kept as "
-        "`streaming/devices.py` keeps them: device_id -> DeviceState (its cache) and the device-state table "
-        "(key + JSON value), with `rules.expire_device` at the newest ts after each batch. Expiry: "
-        "`rules.expire_device` for every device at a watermark DEVICE_BURST_SPAN + GRACE_S past the newest view "
-        "(the wiring does so for the devices of each batch and, once a minute, for every other device).",
+        f"of {BATCH:,}, the state each batch writes kept in a `MemoryState` (what the table holds). A viewer is "
+        "remembered in `qualified`, `recent` (for clawback), `rules.view_ids`, `rules.accepted_views`, and for the "
+        "last 600 s / 60 s in `rules.repeats` / `rules.velocity`; the table holds the journal segments that added "
+        "them and the video heads. Restored: a new PartitionScorer over that state (heads read, journal "
+        "replayed), as a worker taking the partition over builds it; the time is in the line above. Expiry: one "
+        "more view and one like per video 28 h after the window start (a day + window + grace + the clawback hold "
+        "after its last view) move the watermark: the window settles, the memories forget, and the journal "
+        "segments that held only what was forgotten are dropped.",
+        f"- Devices: {dsizes} distinct devices, one 30 s view each (within 360 s), fed to the device judge "
+        "(`domain/device_judge.py`, what the judge-devices agent runs) in device-views records of 500 over a "
+        "table of JSON values (what `streaming/devices.py` keeps). A device is remembered while device_burst "
+        "counts its view and until device_overlap / account_farm have judged it (DEVICE_BURST_SPAN + GRACE_S "
+        "behind the device partition's watermark), its watch interval for DEVICE_MEMORY_S more and its account "
+        "for DEDUPE_S more: the rows measure it in each of those stages, moving the watermark with progress "
+        "records; every stage is reached by the judge's due times, without a scan of the table.",
         "- Heap: `tracemalloc` current size after `gc.collect()`, relative to just before the data was made "
-        "(Python objects as allocated: no allocator slack, nothing outside Python such as RocksDB). Restored: "
-        "the same state rebuilt with `from_dict(jsoncodec.loads(value))`, as a worker holds it after a restart or "
-        "a rebalance. Serialized: key bytes + `jsoncodec.dumps(x.to_dict())` summed over keys, what RocksDB and "
-        "the compacted changelog hold (latest record per key). Per-video costs are included in the per-viewer "
-        "figures.",
+        "(Python objects as allocated: no allocator slack, nothing outside Python such as RocksDB; the stored "
+        "values themselves are left out of the live figures). Serialized: key and value bytes the state table "
+        "holds (what RocksDB and the compacted changelog hold: the latest record per key). Per-video costs are "
+        "included in the per-viewer figures.",
     ]
     if extrapolated:
         lines.append(
@@ -433,7 +436,7 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
     lines += [
         f"Where a viewer's serialized bytes go ({big.viewers:,} viewers, before expiry):",
         "",
-        "| part of the ledger | serialized per viewer | share |",
+        "| stored value | serialized per viewer | share |",
         "|---|---:|---:|",
     ]
     total = sum(big.breakdown.values())
@@ -441,7 +444,7 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
         lines.append(f"| {name} | {size / big.viewers:,.1f} B | {size * 100 / total:.1f} % |")
     lines += [
         "",
-        f"Entries held over all {big.videos:,} ledgers ({big.viewers:,} viewers), before and after expiry:",
+        f"Entries held over all {big.videos:,} videos ({big.viewers:,} viewers), before and after expiry:",
         "",
         "| memory | before | after |",
         "|---|---:|---:|",
@@ -451,12 +454,10 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
     lines += [
         "",
         "After expiry the per-viewer memories hold only the view per video sent to move the watermark, and "
-        f"{druns[-1].left_after:,} DeviceStates are left. What stays is per video (totals, the settled window kept "
-        "for CLAWBACK_HORIZON_S, the later view's open window): a live ledger also keeps the capacity its dicts "
-        "grew to (CPython does not shrink a dict on deletion; the next insertions that resize it do), which a "
-        "ledger restored from its table value does not. `jsoncodec.dumps` (orjson) returns a small document in "
-        "a buffer of about 4 KiB: a memory:// table that keeps those bytes pays that per key, an exact-size copy "
-        "does not.",
+        f"{druns[-1].left_after:,} DeviceStates are left. What stays is per video (its head: totals and the later "
+        "view's open window, and the journal segment of that last batch): a live scorer also keeps the capacity "
+        "its dicts grew to (CPython does not shrink a dict on deletion; the next insertions that resize it do), "
+        "which a restored one does not.",
         "",
     ]
     return "\n".join(lines)

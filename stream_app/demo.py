@@ -19,7 +19,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.errors import BrokerError
 from stream_app.edges.broker import broker_from_env_or_embedded
+from stream_app.edges.children import detached_child
 from stream_app.edges.localhost import free_port, scrape_metrics
 
 DEMO_POLICY = {"WINDOW_S": "20", "GRACE_S": "5", "IDLE_SETTLE_S": "5", "EMIT_INTERVAL_S": "1"}
@@ -136,7 +138,29 @@ async def _run(bootstrap: str, env: dict[str, str], duration_s: float, rate: flo
         await watch
 
 
+WORKER_STOP_TIMEOUT_S = 20.0  # SIGTERM, then SIGKILL: the demo's worker gives up its own shutdown after 10 s
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> str:
+    """SIGTERM the worker and wait for it (a second Ctrl-C kills it at once); a line saying how it went."""
+    started = time.monotonic()
+    if worker.poll() is None:
+        print("stopping the worker (Ctrl-C again to kill it) ...", flush=True)
+        worker.terminate()
+        try:
+            worker.wait(WORKER_STOP_TIMEOUT_S)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            worker.kill()
+            worker.wait()
+    return f"worker stopped in {time.monotonic() - started:.1f} s (exit {worker.returncode})"
+
+
 def run_demo(*, duration_s: float = 90.0, rate: float = 100.0, seed: int = 7) -> int:
+    """Broker, topics, worker and traffic; Ctrl-C (or the end of `duration_s`) stops the worker, then the broker.
+
+    The broker and the worker run in sessions of their own, so the terminal's Ctrl-C reaches only this process,
+    which stops them in order; they are also told to exit should this process die (edges/children.py).
+    """
     with broker_from_env_or_embedded() as bootstrap:
         prefix = os.environ.get("TOPIC_PREFIX") or f"demo{int(time.time())}-"
         env = dict(os.environ)
@@ -149,24 +173,29 @@ def run_demo(*, duration_s: float = 90.0, rate: float = 100.0, seed: int = 7) ->
             METRICS_PORT=env.get("METRICS_PORT") or str(free_port()),
             BROKER_SESSION_TIMEOUT=env.get("BROKER_SESSION_TIMEOUT", "6"),
             BROKER_HEARTBEAT_INTERVAL=env.get("BROKER_HEARTBEAT_INTERVAL", "2"),
+            SHUTDOWN_TIMEOUT_S=env.get("SHUTDOWN_TIMEOUT_S", "10"),
             LOG_LEVEL=env.get("LOG_LEVEL", "WARNING"),
         )
         os.environ.update({k: env[k] for k in ("KAFKA_BOOTSTRAP", "TOPIC_PREFIX", *DEMO_POLICY)})
         command = [sys.executable, "-m", "stream_app.cli"]
         print(f"broker {bootstrap}, topics under prefix {prefix!r}: applying topics ...", flush=True)
-        subprocess.run([*command, "topics", "apply"], env=env, check=True, stdout=subprocess.DEVNULL)
+        applied = subprocess.run(
+            [*command, "topics", "apply"], env=env, capture_output=True, text=True, check=False, **detached_child()
+        )
+        if applied.returncode != 0:
+            said = (applied.stderr.strip().splitlines() or [f"exit {applied.returncode}"])[-1]
+            raise BrokerError(f"topics apply failed: {said.removeprefix('stream-app topics: ')}")
         log_path = Path(tempfile.gettempdir()) / f"{prefix}worker.log"
         with log_path.open("wb") as log:
-            worker = subprocess.Popen([*command, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                [*command, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, **detached_child()
+            )
         print(f"worker pid {worker.pid} (log: {log_path}), metrics at http://127.0.0.1:{env['METRICS_PORT']}/metrics")
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_run(bootstrap, env, duration_s, rate, seed))
         finally:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        print(f"\ndemo over; worker log: {log_path}")
+            print(f"\n{_stop_worker(worker)}; worker log: {log_path}", flush=True)
+            print("stopping the broker ...", flush=True)
+    print("demo over", flush=True)
     return 0

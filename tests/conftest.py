@@ -4,6 +4,7 @@ for tests, and a unique topic prefix per test.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,31 @@ def broker_timing_for_tests() -> Iterator[None]:
     yield
     for name in added:
         os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def client_logging_restored() -> Iterator[None]:
+    """Commands run in-process (cli.main) quiet aiokafka's logger for the whole process; undo it after each test."""
+    client_log = logging.getLogger("aiokafka")
+    propagate, handlers = client_log.propagate, list(client_log.handlers)
+    yield
+    client_log.propagate = propagate
+    client_log.handlers[:] = handlers
+
+
+class FailStop(Exception):
+    """streaming.sending.fail_stop was reached (in a worker it ends the process at once)."""
+
+
+@pytest.fixture(autouse=True)
+def fail_stop_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests: fail_stop raises FailStop instead of ending the test run with os._exit."""
+    from stream_app.streaming import sending
+
+    def stop(code: int) -> None:
+        raise FailStop(f"fail_stop with exit code {code}")
+
+    monkeypatch.setattr(sending, "_exit", stop)
 
 
 @pytest.fixture(scope="session")

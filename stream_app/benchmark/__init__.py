@@ -10,12 +10,11 @@ Quix Streams peer), `hot` (the hot-video workload, flat with state, restart), `s
 
 from stream_app.benchmark.common import BenchError, machine_info, processed_events, worker_env
 from stream_app.benchmark.report import replace_section, write_section
-from stream_app.benchmark.run import positive_int, run_bench
+from stream_app.benchmark.run import run_bench
 
 __all__ = [
     "BenchError",
     "machine_info",
-    "positive_int",
     "processed_events",
     "replace_section",
     "run_bench",

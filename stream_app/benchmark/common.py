@@ -90,6 +90,23 @@ def fresh_broker(explicit: str | None) -> Iterator[Broker]:
         yield Broker(broker.bootstrap, f"embedded tansu ({tansu_version()}), memory storage, fresh", broker.pid)
 
 
+def check_configured_broker(explicit: str | None) -> None:
+    """Before minutes of measuring: a configured broker (--bootstrap, KAFKA_BOOTSTRAP) answers (BrokerError says
+    so in one line otherwise). The embedded brokers are started, and checked, per measurement."""
+    configured = (explicit or os.environ.get("KAFKA_BOOTSTRAP", "")).strip()
+    if not configured:
+        return
+    from stream_app.edges.kafka_client import check_broker
+
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # a refused connection is reported once, by check_broker's error
+    try:
+        asyncio.run(check_broker(configured, security_kwargs(), timeout_s=10.0))
+    finally:
+        client_log.setLevel(level)
+
+
 def tansu_version() -> str:
     try:
         from stream_app.edges.broker import resolve_tansu_binary

@@ -17,6 +17,7 @@ from stream_app.benchmark import report
 from stream_app.benchmark.common import (
     BenchError,
     apply_topics,
+    check_configured_broker,
     fresh_broker,
     input_topic_names,
     load_average,
@@ -35,6 +36,7 @@ from stream_app.benchmark.throughput import (
     simulated_input,
 )
 from stream_app.domain.errors import StreamAppError
+from stream_app.edges.cli_args import USAGE_ERROR, OneLineParser, non_negative_float, positive_float, positive_int
 
 DEFAULT_EVENTS = 200_000
 DEFAULT_HOT_EVENTS = 1_100_000  # issue 9 asks >= 600,000; this many gives 1,000,000 remembered viewers
@@ -48,14 +50,6 @@ QUIX_WINDOW_S = 3600
 QUIX_GRACE_S = 300
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (underscores allowed)."""
-    value = int(text.replace("_", ""))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _measurements(text: str) -> tuple[str, ...]:
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [part for part in chosen if part not in MEASUREMENTS]
@@ -65,7 +59,7 @@ def _measurements(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="stream-app bench",
         description="Issue 9's targets in one run: throughput against the raw ceiling, a no-op Faust agent and Quix "
         "Streams (envelopes and single records), flat-with-state and restart on a hot-video workload, a realtime "
@@ -73,12 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--events", type=positive_int, default=DEFAULT_EVENTS, help="events of the throughput input")
     p.add_argument(
-        "--input-rate", type=float, default=DEFAULT_RATE, help="simulated events/s of event time (throughput input)"
+        "--input-rate",
+        type=positive_float,
+        default=DEFAULT_RATE,
+        help="simulated events/s of event time (throughput input)",
     )
     p.add_argument("--hot-events", type=positive_int, default=DEFAULT_HOT_EVENTS, help="events of the hot workload")
     p.add_argument("--hot-viewers", type=positive_int, default=DEFAULT_HOT_VIEWERS, help="its distinct viewers")
-    p.add_argument("--soak", type=float, default=DEFAULT_SOAK_S, help="seconds of realtime soak (0: none)")
-    p.add_argument("--rate", type=float, default=DEFAULT_SOAK_RATE, help="events/s offered during the soak")
+    p.add_argument("--soak", type=non_negative_float, default=DEFAULT_SOAK_S, help="seconds of realtime soak (0: none)")
+    p.add_argument("--rate", type=positive_float, default=DEFAULT_SOAK_RATE, help="events/s offered during the soak")
     p.add_argument("--soak-store", choices=("memory://", "rocksdb://"), default="memory://", help="STORE of the soak")
     p.add_argument("--profile", action="store_true", help="profile the scorer on the envelope input with py-spy")
     p.add_argument(
@@ -105,6 +102,14 @@ def run_bench(argv: list[str] | None = None) -> int:
         log.setLevel(logging.INFO)
         log.propagate = False
     command = "stream-app bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if not args.output.parent.is_dir():  # found out now, not after minutes of measuring
+        print(f"stream-app bench: --output {args.output}: no directory {args.output.parent}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        check_configured_broker(args.bootstrap)
+    except StreamAppError as exc:  # an unreachable broker: nothing to measure
+        print(f"stream-app bench: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     run = BenchRun(
         command=command.strip(),
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

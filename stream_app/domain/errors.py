@@ -31,5 +31,11 @@ class PolicyMismatchError(StreamAppError):
     """Stored state was written under another reward policy than the one configured."""
 
 
-class StateFormatError(StreamAppError):
-    """Stored state was written in a layout this worker cannot read; the message says which."""
+class StateFormatError(SerializationError):
+    """Stored state was written in a layout or format this worker cannot read (by another version); the message
+    says which."""
+
+
+class ReplaySelectionError(StreamAppError):
+    """`stream-app replay` cannot read what was asked: a topic that does not exist, --from after --to, or a range
+    with no event in it; the message says which."""

@@ -7,11 +7,18 @@ memory: a view or interaction that reached the rules, a device flag, a settlemen
 takes the partition over rebuilds every memory by replaying the segments through the same functions the live
 path calls (`replay`), so what it rebuilds is what the live worker held.
 
-Consistency across a crash. A segment is written before the heads of the videos it touched, and each head
-records the newest segment it includes (`VideoLedger.journal_seq`); writes to one changelog partition keep
-their order. On replay, a video's operations from segments newer than its head are not applied: the head that
-would include them was never written, and the input they came from is read again (SPEC §4 replay positions).
-Those orphaned operations are then removed from their segments, so a later head cannot adopt them.
+A segment also carries the heads of the videos its batch changed (`VideoLedger.head()`), so a batch's whole
+state is one Kafka record: one table write per batch and partition, however many videos it touched. A video's
+head is also written to a key of its own when the segment holding its newest head is dropped, or when the video
+leaves the worker's memory; restore takes each video's head from the newest live segment holding one, else
+from its key.
+
+Consistency across a crash. Each head records the newest segment it includes (`VideoLedger.journal_seq`). A
+batch too big for one record is split in parts, a video's head in the part with its last operations; the parts
+go to one changelog partition, in order. On replay, a video's operations from segments newer than its newest
+head are not applied: the head that would include them was never written, and the input they came from is read
+again (SPEC §4 replay positions). Those orphaned operations are then removed from their segments, so a later
+head cannot adopt them.
 
 A segment is dropped once every entry it added is older than any memory keeps (`Journal.droppable`).
 """
@@ -40,6 +47,8 @@ OP_TRIM = 5  # [OP_TRIM, video_id, cutoff_ms]: accepted views kept for clawback 
 
 # A segment is one Kafka record of the state changelog: kept well under the broker's default 1 MB record size.
 SEGMENT_BYTES = 512 * 1024
+# What a video head takes in a segment, at most (ids of up to 128 code points, a few windows): room kept per head.
+HEAD_BYTES = 4096
 
 
 def view_op(view: ViewEvent, offset: int, index: int) -> list[Any]:
@@ -126,61 +135,157 @@ def replay(policy: pol.Policy, ledger: VideoLedger, op: list[Any]) -> None:
 
 @dataclass(slots=True)
 class Segment:
-    """One batch's operations on one partition's memories."""
+    """One batch's operations on one partition's memories, and the heads of the videos the batch changed."""
 
     seq: int
     max_ts: int  # the newest event time it concerns (its views', interactions' or watermark's)
     ops: list[list[Any]]
+    heads: list[list[Any]]  # VideoLedger.head() of each video the batch changed, journal_seq = this seq
 
     def to_payload(self) -> list[Any]:
-        return [self.seq, self.max_ts, self.ops]
+        return [self.seq, self.max_ts, self.ops, self.heads]
 
     @classmethod
     def from_payload(cls, payload: list[Any]) -> Segment:
-        seq, max_ts, ops = payload
-        return cls(seq, max_ts, ops)
+        seq, max_ts, ops, heads = payload
+        return cls(seq, max_ts, ops, heads)
 
 
 @dataclass(slots=True)
 class Journal:
-    """The live segments of one partition (seq, newest ts), oldest first, and the segment being written."""
+    """One partition's journal: the operations of the batch being processed, the live segments (seq, newest ts),
+    oldest first, and where each video's newest head is stored (a segment, or its own head key: -1)."""
 
     next_seq: int = 0
     live: deque[tuple[int, int]] = field(default_factory=deque)
     ops: list[list[Any]] = field(default_factory=list)
     max_ts: int = -1
+    head_seq: dict[str, int] = field(default_factory=dict)  # video -> segment holding its newest head
+    heads_in: dict[int, set[str]] = field(default_factory=dict)  # segment -> videos whose newest head it holds
 
     def record(self, op: list[Any], ts: int = -1) -> None:
         self.ops.append(op)
         if ts > self.max_ts:
             self.max_ts = ts
 
-    def seal(self, watermark_ms: int | None) -> list[tuple[int, bytes]]:
-        """The batch's segments, encoded and numbered (none if no memory changed): one, or as many as keep each
-        under SEGMENT_BYTES (a batch of envelopes can hold millions of events). The next batch starts anew."""
-        if not self.ops:
+    def seal(self, changed: dict[str, VideoLedger], watermark_ms: int | None) -> list[tuple[int, bytes]]:
+        """The batch's segments, encoded and numbered: its operations and the heads of `changed` (none if both
+        are empty). One segment, or, for a batch too big for one record (a batch of envelopes can hold millions
+        of events), several under SEGMENT_BYTES, each with whole videos where it can: a video's head goes in the
+        last segment holding its operations (a segment written without the ones after it is still consistent:
+        replay follows each video's head). The next batch starts anew."""
+        if not self.ops and not changed:
             return []
         max_ts = max(self.max_ts, watermark_ms if watermark_ms is not None else -1)
-        sealed: list[tuple[int, bytes]] = []
-        pending = [self.ops]
-        while pending:
-            ops = pending.pop(0)
-            value = codec.encode(Kind.SEGMENT, Segment(self.next_seq, max_ts, ops).to_payload())
-            if len(value) > SEGMENT_BYTES and len(ops) > 1:
-                half = len(ops) // 2
-                pending[:0] = [ops[:half], ops[half:]]
-                continue
-            sealed.append((self.next_seq, value))
-            self.live.append((self.next_seq, max_ts))
-            self.next_seq += 1
-        self.ops = []
-        self.max_ts = -1
+        ops, self.ops, self.max_ts = self.ops, [], -1
+        whole = self._seal_part(ops, list(changed.values()), max_ts)
+        if whole is not None:
+            return [whole]
+        sealed = []
+        for part_ops, ledgers in _split(ops, changed):
+            part = self._seal_part(part_ops, ledgers, max_ts, force=True)
+            assert part is not None
+            sealed.append(part)
         return sealed
 
-    def droppable(self, cutoff_ms: int) -> list[int]:
-        """Segments whose every entry is at or before cutoff_ms, from the oldest on (forgotten here)."""
-        dropped = []
+    def _seal_part(
+        self, ops: list[list[Any]], ledgers: list[VideoLedger], max_ts: int, *, force: bool = False
+    ) -> tuple[int, bytes] | None:
+        seq = self.next_seq
+        for ledger in ledgers:
+            ledger.journal_seq = seq
+        segment = Segment(seq, max_ts, ops, [ledger.head() for ledger in ledgers])
+        value = codec.encode(Kind.SEGMENT, segment.to_payload())
+        if len(value) > SEGMENT_BYTES and not force:
+            return None
+        self.next_seq += 1
+        self.live.append((seq, max_ts))
+        for ledger in ledgers:
+            self._head_at(ledger.video_id, seq)
+        return seq, value
+
+    def _head_at(self, video_id: str, seq: int) -> None:
+        old = self.head_seq.get(video_id)
+        if old is not None and old >= 0:
+            holders = self.heads_in.get(old)
+            if holders is not None:
+                holders.discard(video_id)
+                if not holders:
+                    del self.heads_in[old]
+        self.head_seq[video_id] = seq
+        if seq >= 0:
+            self.heads_in.setdefault(seq, set()).add(video_id)
+
+    def head_stored_apart(self, video_id: str) -> None:
+        """The video's newest head was written to its own head key (it leaves the working set, or the segment
+        holding it is dropped)."""
+        self._head_at(video_id, -1)
+
+    def forget_video(self, video_id: str) -> None:
+        self._head_at(video_id, -1)
+        del self.head_seq[video_id]
+
+    def adopt(self, segment: Segment) -> None:
+        """A stored segment found at restore (in seq order)."""
+        self.live.append((segment.seq, segment.max_ts))
+        self.next_seq = max(self.next_seq, segment.seq + 1)
+        for head in segment.heads:
+            self._head_at(head[0], segment.seq)
+
+    def droppable(self, cutoff_ms: int) -> tuple[list[int], list[str]]:
+        """Segments whose every entry is at or before cutoff_ms, from the oldest on (forgotten here), and the
+        videos whose newest head is in one of them: their head must be written to its own key first."""
+        dropped: list[int] = []
+        rescue: list[str] = []
         live = self.live
         while live and live[0][1] <= cutoff_ms:
-            dropped.append(live.popleft()[0])
-        return dropped
+            seq = live.popleft()[0]
+            dropped.append(seq)
+            rescue.extend(sorted(self.heads_in.pop(seq, ())))
+        return dropped, rescue
+
+
+def _split(ops: list[list[Any]], changed: dict[str, VideoLedger]) -> list[tuple[list[list[Any]], list[VideoLedger]]]:
+    """A batch's operations and heads in parts under SEGMENT_BYTES: whole videos per part where a video fits,
+    each video's operations in order, its head in the part with its last operations."""
+    by_video: dict[str, list[list[Any]]] = {}
+    for op in ops:
+        by_video.setdefault(op[1], []).append(op)
+    for video_id in changed:
+        by_video.setdefault(video_id, [])
+    budget = SEGMENT_BYTES // 2  # room for the heads and the encoding's slack
+    parts: list[tuple[list[list[Any]], list[VideoLedger]]] = []
+    part_ops: list[list[Any]] = []
+    part_heads: list[VideoLedger] = []
+    size = 0
+    for video_id, video_ops in by_video.items():
+        chunks = _chunks(video_ops, budget)
+        for chunk in chunks[:-1]:  # a video too big for one part: its first operations in parts of their own
+            parts.append((chunk, []))
+        last = chunks[-1]
+        last_size = len(codec.encode(Kind.SEGMENT, last)) + HEAD_BYTES
+        if part_ops and size + last_size > budget:
+            parts.append((part_ops, part_heads))
+            part_ops, part_heads, size = [], [], 0
+        part_ops.extend(last)
+        ledger = changed.get(video_id)
+        if ledger is not None:
+            part_heads.append(ledger)
+        size += last_size
+    if part_ops or part_heads:
+        parts.append((part_ops, part_heads))
+    return parts
+
+
+def _chunks(ops: list[list[Any]], budget: int) -> list[list[list[Any]]]:
+    """ops in consecutive chunks whose encoding fits `budget` (at least one chunk, maybe empty)."""
+    pending = [ops]
+    chunks = []
+    while pending:
+        chunk = pending.pop(0)
+        if len(chunk) > 1 and len(codec.encode(Kind.SEGMENT, chunk)) > budget:
+            half = len(chunk) // 2
+            pending[:0] = [chunk[:half], chunk[half:]]
+        else:
+            chunks.append(chunk)
+    return chunks

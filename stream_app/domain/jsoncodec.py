@@ -29,3 +29,16 @@ def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise SerializationError(str(exc)) from exc
+
+
+def dumps_indented(obj: Any) -> bytes:
+    """Like dumps, indented by two spaces: for files people read (a replay's summary.json)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+    except TypeError as exc:
+        raise SerializationError(str(exc)) from exc
+
+
+def dumps_to_keep(obj: Any) -> bytes:
+    """dumps, copied to its exact size: for a value a table keeps in memory (see dumps)."""
+    return memoryview(dumps(obj)).tobytes()

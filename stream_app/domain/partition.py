@@ -15,13 +15,15 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from stream_app.domain import codec, journal, rules
 from stream_app.domain import policy as pol
 from stream_app.domain.codec import Kind
+from stream_app.domain.device_records import DeviceView
 from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.profiles import ProfileHistory
+from stream_app.domain.records import Accrual, LedgerRecord
 from stream_app.domain.rules import Reason
 from stream_app.domain.rules_state import ExpiryIndex
 from stream_app.domain.scoring import (
@@ -71,10 +73,10 @@ class Effects:
     outcomes: list[EventOutcome] = field(default_factory=list)  # every outcome but `accepted`
     accepted: dict[InputTopic, int] = field(default_factory=dict)  # accepted events, counted
     dead_letters: list[tuple[Position, str]] = field(default_factory=list)
-    accruals: list[dict[str, Any]] = field(default_factory=list)
-    settlements: list[dict[str, Any]] = field(default_factory=list)
+    accruals: list[Accrual] = field(default_factory=list)
+    settlements: list[LedgerRecord] = field(default_factory=list)
     # accepted views for the device rules, whose state is keyed by device (sent to the device topic)
-    device_views: list[ViewEvent] = field(default_factory=list)
+    device_views: list[DeviceView] = field(default_factory=list)
     skipped_replays: int = 0
     pending_delta: int = 0
     state: StateWrite = field(default_factory=StateWrite)
@@ -154,13 +156,18 @@ class PartitionScorer:
     # ---- restore: heads and the journal ----
 
     def _restore(self) -> None:
-        """Rebuild the working set from the stored journal: each video's head, and its memories by replaying
-        the operations its head includes (domain/journal.py)."""
+        """Rebuild the working set from the stored journal: each video's newest head (from the newest live
+        segment holding one, else its own key), and its memories by replaying the operations that head includes
+        (domain/journal.py)."""
         segments = sorted(
             (journal.Segment.from_payload(codec.decode(Kind.SEGMENT, raw)) for raw in self.source.segments()),
             key=lambda s: s.seq,
         )
         loaded: dict[str, VideoLedger | None] = {}
+        for segment in segments:
+            self.journal.adopt(segment)
+            for head in segment.heads:
+                loaded[head[0]] = VideoLedger.from_head(head)
         for segment in segments:
             orphans = False
             for op in segment.ops:
@@ -175,8 +182,6 @@ class PartitionScorer:
                 journal.replay(self.policy, ledger, op)
             if orphans:
                 self._rewrites.append((segment.seq, self._without_orphans(segment, loaded)))
-            self.journal.live.append((segment.seq, segment.max_ts))
-            self.journal.next_seq = max(self.journal.next_seq, segment.seq + 1)
         for ledger in loaded.values():
             if ledger is not None:
                 self._adopt(ledger)
@@ -187,9 +192,10 @@ class PartitionScorer:
             ledger = loaded.get(op[1])
             if ledger is not None and segment.seq <= ledger.journal_seq:
                 kept.append(op)
-        if not kept:
+        if not kept and not segment.heads:
             return None
-        return codec.encode(Kind.SEGMENT, journal.Segment(segment.seq, segment.max_ts, kept).to_payload())
+        payload = journal.Segment(segment.seq, segment.max_ts, kept, segment.heads).to_payload()
+        return codec.encode(Kind.SEGMENT, payload)
 
     def _read_head(self, video_id: str) -> VideoLedger | None:
         raw = self.source.head(video_id)
@@ -264,7 +270,7 @@ class PartitionScorer:
             return
         ledger.eligible = self.profiles.eligible_now(ledger.creator_id)
         ts = event.ts
-        if ts > record_ts_ms + self.policy.max_clock_skew_s * 1000:  # rules.check_future_timestamp, inlined
+        if rules.check_future_timestamp(self.policy, ts, record_ts_ms):
             effects.outcomes.append(
                 EventOutcome(
                     topic,
@@ -282,7 +288,10 @@ class PartitionScorer:
                 EventOutcome(topic, Outcome.LATE, Reason.LATE, f"window {k} already settled", event, position)
             )
             return
-        self._quiet.note(video_id, ts)
+        quiet_bucket = ts // self._quiet.bucket_ms
+        if quiet_bucket != ledger.quiet_bucket:  # once per bucket of event time is enough to find it quiet
+            ledger.quiet_bucket = quiet_bucket
+            self._quiet.note(video_id, ts)
         if type(event) is ViewEvent:
             accepted = self._on_view(ledger, event, position, effects)
         else:
@@ -314,7 +323,9 @@ class PartitionScorer:
         self._open_window(ledger, recent.window)
         ledger.count_view(self.policy, recent)
         effects.accepted[VIEWS] = effects.accepted.get(VIEWS, 0) + 1
-        effects.device_views.append(view)
+        effects.device_views.append(
+            DeviceView(view.device_id, view.video_id, view.event_id, view.viewer_id, view.ts, view.watch_ms)
+        )
         return True
 
     def _on_interaction(
@@ -334,16 +345,10 @@ class PartitionScorer:
         return True
 
     def on_device_flag(
-        self,
-        video_id: str,
-        event_id: str,
-        detail: str,
-        now_ms: int,
-        effects: Effects,
-        reason: str = Reason.DEVICE_BURST,
+        self, video_id: str, event_id: str, reason: str, detail: str, now_ms: int, effects: Effects
     ) -> None:
-        """A device rule (judged where device state lives) rejects an accepted view of a video here: claw it
-        back."""
+        """A device rule (judged where device state lives) rejects an accepted view of a video here: claw it back
+        with that rule's reason."""
         ledger = self.ledger(video_id)
         if ledger is None or event_id not in ledger.memory.recent:
             return
@@ -373,9 +378,7 @@ class PartitionScorer:
             )
         )
         if amount:
-            effects.settlements.append(
-                ledger.clawback_record(self.policy, recent.window, amount) | {"policy": self.policy_id}
-            )
+            effects.settlements.append(ledger.clawback_record(self.policy, self.policy_id, recent.window, amount))
         self._dirty[ledger.video_id] = None
         return True
 
@@ -407,7 +410,7 @@ class PartitionScorer:
             return -1
         # a view can still be clawed back by the device's views up to the device memory later, which a source
         # may send up to GRACE_S out of order
-        return min(a for a in acks if a is not None) - rules.device_memory_ms(self.policy)
+        return min(a for a in acks if a is not None) - rules.device_flag_delay_ms(self.policy)
 
     # ---- watermark and settling ----
 
@@ -457,6 +460,14 @@ class PartitionScorer:
         self.idle(now_ms)
         self._settle_if_due(now_ms, effects, settle=profiles_ready)
 
+    def settle_at_end_of_input(self, present_ms: int, effects: Effects) -> None:
+        """`stream-app replay` (SPEC §11): the end of the input read stands for the present. Both topic-partitions
+        count as idle, so `present_ms` stands in for the watermark (never moving it back) and every window whose
+        end + GRACE_S is at or before it settles."""
+        for topic in EVENT_TOPICS:
+            self._idle[topic] = True
+        self._settle_if_due(present_ms, effects)
+
     def _settle_due_videos(self, now_ms: int, effects: Effects) -> None:
         wm = self.watermark
         assert wm is not None
@@ -477,7 +488,7 @@ class PartitionScorer:
             eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
             self.journal.record([journal.OP_SETTLE, video_id, k])
             judged = ledger.judge_pending(self.policy, k)
-            settlement = ledger.settle(self.policy, k, eligible, judged, now_ms)
+            settlement = ledger.settle(self.policy, self.policy_id, k, eligible, judged, now_ms)
             self.pending_interactions -= len(judged)
             effects.pending_delta -= len(judged)
             position = Position(self.partition, 0, 0)
@@ -492,7 +503,7 @@ class PartitionScorer:
                             INTERACTIONS, Outcome.SUSPICIOUS, verdict.reason, verdict.detail, item.event, position
                         )
                     )
-            effects.settlements.append(settlement.record | {"policy": self.policy_id})
+            effects.settlements.append(settlement.record)
             self._emit_now(ledger, now_ms, effects)
         self._expire(ledger, wm)
         ledger.updated_at = now_ms
@@ -574,23 +585,28 @@ class PartitionScorer:
                 ledger = ledgers[video_id]
                 self._emit(ledger, now_ms, effects)
                 changed[video_id] = ledger
-        sealed = self.journal.seal(self.watermark)
         state.segments.extend(self._rewrites)
         self._rewrites.clear()
-        state.segments.extend(sealed)
-        for ledger in changed.values():
-            if sealed:
-                ledger.journal_seq = sealed[-1][0]
-            state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
-        state.meta = self.meta().to_bytes()
+        state.segments.extend(self.journal.seal(changed, self.watermark))
         if self.watermark is not None:
-            state.dropped.extend(self.journal.droppable(self._journal_cutoff()))
+            dropped, rescue = self.journal.droppable(self._journal_cutoff())
+            for video_id in rescue:
+                self._store_head_apart(ledgers[video_id], state)
+            state.dropped.extend(dropped)
         for video_id in self._evict:
-            if video_id not in self._touched and video_id not in self._dirty:
-                ledgers.pop(video_id, None)
+            evicted = ledgers.get(video_id)
+            if evicted is not None and video_id not in self._dirty:
+                self._store_head_apart(evicted, state)
+                self.journal.forget_video(video_id)
+                del ledgers[video_id]
                 self._last_emit.pop(video_id, None)
         self._evict.clear()
+        state.meta = self.meta().to_bytes()
         return state
+
+    def _store_head_apart(self, ledger: VideoLedger, state: StateWrite) -> None:
+        state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
+        self.journal.head_stored_apart(ledger.video_id)
 
     def _journal_cutoff(self) -> int:
         """Segments whose entries are all at or before this ts hold nothing a memory keeps: the longest memory
@@ -607,12 +623,16 @@ class PartitionScorer:
 
     def republish(self, now_ms: int) -> Effects:
         """After an assignment: the current record of every video whose newest version the broker may not have
-        (SPEC §7: nothing lost between a state write and a crash), unchanged."""
+        (SPEC §7: nothing lost between a state write and a crash), unchanged; their heads, which now say so, are
+        in effects.state."""
         effects = Effects()
+        republished: dict[str, VideoLedger] = {}
         for ledger in self._ledgers.values():
             if ledger.version and ledger.published_version < ledger.version:
                 self._emit(ledger, now_ms, effects)
-                effects.state.heads.append((ledger.video_id, codec.encode(Kind.HEAD, ledger.head())))
+                republished[ledger.video_id] = ledger
+        effects.state.segments.extend(self.journal.seal(republished, self.watermark))
+        effects.state.meta = self.meta().to_bytes()
         return effects
 
 

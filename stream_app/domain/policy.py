@@ -70,6 +70,17 @@ class Policy:
     viewer_repeat_span_s: int = 600
     device_burst_max: int = 60  # more than this many views ...
     device_burst_span_s: int = 60  # ... within this span
+    # SPEC §6 device_overlap: one screen shows one video at a time. A view's watch interval may overlap the device's
+    # other views of the last DEVICE_MEMORY_S by at most OVERLAP_TOLERANCE_MS in total (clock skew, a player that
+    # starts the next video a moment early).
+    device_memory_s: int = 600
+    overlap_tolerance_ms: int = 2_000
+    # SPEC §6 account_farm: a phone has few owners; the 9th and later accounts of a device within DEDUPE_S.
+    accounts_per_device: int = 8
+    # Ours (README, Authenticity): a device partition's event-time watermark is the slowest of the event partitions
+    # feeding it, but never more than this behind the most advanced one, so a source that stalls or has no owner
+    # cannot hold the device judge (and the clawback memory waiting for it) back without limit.
+    max_source_skew_s: int = 3_600
     velocity_span_s: int = 60
     velocity_min_views: int = 200
     velocity_baseline_factor: int = 10
@@ -126,6 +137,10 @@ _INT_MIN: Mapping[str, int] = MappingProxyType(
         "viewer_repeat_span_s": 1,
         "device_burst_max": 1,
         "device_burst_span_s": 1,
+        "device_memory_s": 0,  # 0: device_overlap remembers nothing (off)
+        "overlap_tolerance_ms": 0,
+        "accounts_per_device": 1,
+        "max_source_skew_s": 0,
         "velocity_span_s": 1,
         "velocity_min_views": 1,
         "velocity_baseline_factor": 1,
@@ -160,8 +175,12 @@ ENV_FIELDS: Mapping[str, str] = MappingProxyType(
         "QUALIFY_ONCE_S": "qualify_once_s",
         "CLAWBACK_HORIZON_S": "clawback_horizon_s",
         "TARGET_RATE_BPS": "target_rate_bps",
+        "WATCH_WEIGHT_BPS": "watch_weight_bps",
         "DEDUPE_S": "dedupe_s",
         "QUALIFYING_SOURCES": "qualifying_sources",
+        "DEVICE_MEMORY_S": "device_memory_s",
+        "OVERLAP_TOLERANCE_MS": "overlap_tolerance_ms",
+        "ACCOUNTS_PER_DEVICE": "accounts_per_device",
     }
 )
 
@@ -365,13 +384,19 @@ def interaction_weight(policy: Policy, kind: str) -> int:
 
 
 def engagement_score(policy: Policy, likes: int, comments: int, shares: int, follows: int) -> int:
-    """score = 1*likes + 2*comments + 3*shares + 3*follows (weights as configured)."""
+    """score = 1*likes + 2*comments + 3*shares + 3*follows (weights as configured, by interaction_weight)."""
     return (
-        policy.weight_like * likes
-        + policy.weight_comment * comments
-        + policy.weight_share * shares
-        + policy.weight_follow * follows
+        interaction_weight(policy, "like") * likes
+        + interaction_weight(policy, "comment") * comments
+        + interaction_weight(policy, "share") * shares
+        + interaction_weight(policy, "follow") * follows
     )
+
+
+def view_completion_bps(watch_ms: int, video_ms: int) -> int:
+    """How much of its video one view watched, in basis points: min(watch_ms*10_000 // video_ms, 10_000) (SPEC §5).
+    Capped at the whole video (a view may loop past its length); video_ms > 0 is guaranteed by validation."""
+    return min(watch_ms * BPS // video_ms, BPS)
 
 
 def mean_completion_bps(completion_bps_sum: int, qualified_views: int) -> int:

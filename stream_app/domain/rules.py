@@ -9,11 +9,18 @@ from __future__ import annotations
 import enum
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from typing import Protocol
 
+from stream_app.domain.device_records import DeviceFlag
 from stream_app.domain.events import InteractionEvent, ViewEvent
 from stream_app.domain.policy import Policy
 from stream_app.domain.rules_state import (
+    FLAG_ACCOUNT,
+    FLAG_BURST,
+    FLAG_ELSEWHERE,
+    FLAG_OVERLAP,
     MINUTE_MS,
+    NOT_FLAGGED,
     DedupeMemory,
     DeviceState,
     TimestampsByKey,
@@ -27,11 +34,15 @@ __all__ = [
     "PASS_JUDGEMENT",
     "AuthenticityVerdict",
     "DeviceState",
+    "DeviceViewLike",
     "Reason",
     "VideoRulesState",
     "ViewJudgement",
     "ViewRef",
+    "advance_device",
+    "check_account_farm",
     "check_device_burst",
+    "check_device_overlap",
     "check_duplicate_event",
     "check_duplicate_interaction",
     "check_engagement_without_view",
@@ -39,13 +50,19 @@ __all__ = [
     "check_impossible_watch",
     "check_velocity_burst",
     "check_viewer_repeat",
-    "device_memory_ms",
+    "device_burst_at",
+    "device_burst_detail",
+    "device_due_ms",
+    "device_flag_delay_ms",
     "expire",
     "expire_device",
     "has_supporting_view",
+    "judge_device_view",
+    "judge_device_views",
     "judge_interaction_at_settlement",
     "judge_interaction_on_arrival",
     "judge_view",
+    "note_account",
     "note_clawback",
 ]
 
@@ -59,6 +76,8 @@ class Reason(enum.StrEnum):
     IMPOSSIBLE_WATCH = "impossible_watch"
     VIEWER_REPEAT = "viewer_repeat"
     DEVICE_BURST = "device_burst"
+    DEVICE_OVERLAP = "device_overlap"
+    ACCOUNT_FARM = "account_farm"
     VELOCITY_BURST = "velocity_burst"
     ENGAGEMENT_WITHOUT_VIEW = "engagement_without_view"
     DUPLICATE_INTERACTION = "duplicate_interaction"
@@ -149,8 +168,25 @@ def check_viewer_repeat(policy: Policy, repeats: TimestampsByKey, viewer_id: str
     return earlier >= policy.viewer_repeat_max
 
 
+class DeviceViewLike(Protocol):
+    """What the device rules read of a view (a ViewEvent, or the DeviceView the device judge receives)."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def video_id(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def viewer_id(self) -> str: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def watch_ms(self) -> int: ...
+
+
 def check_device_burst(
-    policy: Policy, device: DeviceState, view: ViewEvent, *, forget_behind_newest: bool = True
+    policy: Policy, device: DeviceState, view: DeviceViewLike, *, forget_behind_newest: bool = True
 ) -> ViewJudgement:
     """SPEC §6 device_burst: "a `device_id` with more than 60 views within 60 s across all videos: every view of
     that device in that span, the earlier ones by clawback, and its further views while it stays above the
@@ -166,15 +202,30 @@ def check_device_burst(
     sources running at different event times passes False and expires with `expire_device` at the watermark
     of its sources instead.
     """
+    if forget_behind_newest:
+        device.drop_through(max(device.max_ts, view.ts) - device_flag_delay_ms(policy))
+    i = device.insert(view.ts, view.watch_ms, view.video_id, view.event_id, view.viewer_id)
+    flagged: list[int] = []
+    most = device_burst_at(policy, device, i, flagged)
+    if not most:
+        return PASS_JUDGEMENT
+    verdict = AuthenticityVerdict(Reason.DEVICE_BURST, device_burst_detail(policy, view.device_id, most))
+    clawbacks = tuple(device.ref(j) for j in flagged if j != i)
+    return ViewJudgement(verdict, clawbacks, Reason.DEVICE_BURST if clawbacks else None)
+
+
+def device_burst_at(policy: Policy, device: DeviceState, i: int, flagged_out: list[int]) -> int:
+    """device_burst for the view just inserted at index i of `device` (check_device_burst without the objects).
+
+    Marks every view of the spans over the threshold that no device rule flagged before, i included, and appends
+    their indexes to flagged_out in ts order. Returns the most views of those spans (0: no burst). A view judged
+    and kept by device_overlap / account_farm that a later view puts in a burst leaves the kept intervals."""
     span_ms = policy.device_burst_span_s * 1000
     limit = policy.device_burst_max
-    if forget_behind_newest:
-        device.drop_through(max(device.max_ts, view.ts) - device_memory_ms(policy))
-    i = device.insert(view.ts, view.video_id, view.event_id, view.viewer_id)
     times = device.ts
-    flagged = device.flagged
-    last_end = bisect_left(times, view.ts + span_ms)
-    clawbacks: list[ViewRef] = []
+    flags = device.flags
+    ts = times[i]
+    last_end = bisect_left(times, ts + span_ms)
     most = 0
     covered = 0  # indexes below this were handled by an earlier span of this same call
     k = i
@@ -184,22 +235,177 @@ def check_device_burst(
         lo = bisect_right(times, end_ts - span_ms, 0, i + 1)
         if hi - lo > limit:
             most = max(most, hi - lo)
-            j = flagged.find(0, max(lo, covered), hi)
+            j = flags.find(NOT_FLAGGED, max(lo, covered), hi)
             while j != -1:
-                flagged[j] = 1
-                if j != i:
-                    clawbacks.append(device.ref(j))
-                j = flagged.find(0, j + 1, hi)
+                flags[j] = FLAG_BURST
+                if j != i and times[j] <= device.judged_through:  # judged and kept: no longer on the screen
+                    device.unkeep_interval(times[j] - device.watch_ms[j], times[j])
+                flagged_out.append(j)
+                j = flags.find(NOT_FLAGGED, j + 1, hi)
             covered = hi
         k = hi
-    if not most:
-        return PASS_JUDGEMENT
-    verdict = AuthenticityVerdict(
-        Reason.DEVICE_BURST,
-        f"device {view.device_id} has {most} views within {policy.device_burst_span_s}s across all videos "
-        f"(more than {limit})",
+    return most
+
+
+def device_burst_detail(policy: Policy, device_id: str, most: int) -> str:
+    return (
+        f"device {device_id} has {most} views within {policy.device_burst_span_s}s across all videos "
+        f"(more than {policy.device_burst_max})"
     )
-    return ViewJudgement(verdict, tuple(clawbacks), Reason.DEVICE_BURST if clawbacks else None)
+
+
+def check_device_overlap(policy: Policy, device: DeviceState, start: int, end: int) -> int:
+    """SPEC §6 device_overlap: "a view whose watch interval overlaps, by more than `OVERLAP_TOLERANCE_MS` 2000 in
+    total, the watch intervals of that device's views not rejected by a device rule within the last
+    `DEVICE_MEMORY_S` 600 (one screen shows one video at a time): that view, whatever order the views arrive in".
+
+    [start, end] = [ts - watch_ms, ts] is the view's watch interval. "The device's views not rejected by a device
+    rule" are the kept intervals (DeviceState): the judged views that no device rule rejected, ending within
+    DEVICE_MEMORY_S before `end`. "In total": the overlaps with each of them, summed. Returns that total when it
+    exceeds the tolerance (the view is rejected), else 0. Order: see judge_device_views.
+    """
+    if not policy.device_memory_s:
+        return 0
+    total = device.overlap_ms(start, end, end - policy.device_memory_s * 1000)
+    return total if total > policy.overlap_tolerance_ms else 0
+
+
+def check_account_farm(policy: Policy, device: DeviceState, viewer_id: str, ts: int) -> int:
+    """SPEC §6 account_farm: "a `device_id` seen with more than `ACCOUNTS_PER_DEVICE` 8 distinct `viewer_id`s
+    within `DEDUPE_S`, counting every account whose view reached the device rules, rejected by one or not: each
+    view by the 9th and later accounts (in order of their first view of that device)".
+
+    Records the account (see note_account) and returns its number in order of first view when that is over
+    ACCOUNTS_PER_DEVICE (the view is rejected), else 0. "Within DEDUPE_S": an account counts while its latest
+    view is less than DEDUPE_S before this one; when an earlier account drops out, the later ones move up.
+    """
+    rank = note_account(policy, device, viewer_id, ts)
+    return rank if rank > policy.accounts_per_device else 0
+
+
+def note_account(policy: Policy, device: DeviceState, viewer_id: str, ts: int) -> int:
+    """Count an account seen on the device at ts (every view that reaches the device rules is counted, the rejected
+    ones too); return its number in order of first view (0: DEDUPE_S is 0, no memory).
+
+    Bounded memory: the first ACCOUNTS_PER_DEVICE + 1 accounts are remembered, which is all the rule needs to
+    know who is allowed and who is next when an allowed one drops out; an account beyond them is numbered
+    ACCOUNTS_PER_DEVICE + 2 (rejected) until a place frees up, then it takes the first free place as it next
+    views."""
+    dedupe_ms = policy.dedupe_s * 1000
+    if not dedupe_ms:
+        return 0
+    device.forget_accounts_through(ts - dedupe_ms)
+    accounts = device.accounts
+    try:
+        k = accounts.index(viewer_id)
+    except ValueError:
+        if len(accounts) > policy.accounts_per_device:
+            return policy.accounts_per_device + 2
+        accounts.append(viewer_id)
+        device.account_last.append(ts)
+        return len(accounts)
+    if ts > device.account_last[k]:
+        device.account_last[k] = ts
+    return k + 1
+
+
+def judge_device_view(policy: Policy, device: DeviceState, device_id: str, i: int, out: list[DeviceFlag]) -> None:
+    """device_overlap then account_farm for the view at index i (SPEC order, after device_burst): appends a
+    DeviceFlag to `out` when one rejects it, else keeps its watch interval for device_overlap."""
+    ts = device.ts[i]
+    viewer_id = device.viewer_ids[i]
+    if device.flags[i] != NOT_FLAGGED:  # rejected by device_burst: not seen by the later rules, but its account
+        note_account(policy, device, viewer_id, ts)  # reached the device rules and counts
+        return
+    start = ts - device.watch_ms[i]
+    overlap = check_device_overlap(policy, device, start, ts)
+    if overlap:
+        device.flags[i] = FLAG_OVERLAP
+        note_account(policy, device, viewer_id, ts)
+        detail = (
+            f"device {device_id} shows this view (watched {start}..{ts}) and others of the last "
+            f"{policy.device_memory_s}s at the same time: {overlap} ms of overlap in total (more than "
+            f"{policy.overlap_tolerance_ms}); one screen shows one video at a time"
+        )
+        out.append(DeviceFlag(device.video_ids[i], device.event_ids[i], Reason.DEVICE_OVERLAP, detail))
+        return
+    rank = check_account_farm(policy, device, viewer_id, ts)
+    if rank:
+        device.flags[i] = FLAG_ACCOUNT
+        limit = policy.accounts_per_device
+        which = f"its account number {rank}" if rank <= limit + 1 else f"not among its first {limit + 1} accounts"
+        detail = (
+            f"device {device_id} has more than {limit} distinct accounts within {policy.dedupe_s}s: account "
+            f"{viewer_id} is {which} in order of first view"
+        )
+        out.append(DeviceFlag(device.video_ids[i], device.event_ids[i], Reason.ACCOUNT_FARM, detail))
+        return
+    device.keep_interval(start, ts)
+
+
+def judge_device_views(
+    policy: Policy, device: DeviceState, device_id: str, through_ts: int, out: list[DeviceFlag]
+) -> None:
+    """Give every view of the device with ts up to through_ts its device_overlap / account_farm verdict.
+
+    Order (our reading of "whatever order the views arrive in"; README, Authenticity): a device's views are
+    judged in (ts, event_id) order, ts being when a view ended, each against the verdicts of the views before it,
+    so the outcome is the same in any arrival order, a replay's included. The device judge calls this once a view
+    can no longer be preceded by one still on its way: when the device partition's watermark is
+    device_flag_delay_ms past it, or when every event partition has reported it is drained. A view that reaches
+    the judge after its device was judged past its ts is judged at once, against the final verdicts on both
+    sides of it (judge_device_view), without changing them.
+    """
+    if through_ts <= device.judged_through:
+        return
+    for i in range(device.pending_from(), bisect_right(device.ts, through_ts)):
+        judge_device_view(policy, device, device_id, i, out)
+    device.judged_through = through_ts
+
+
+def device_flag_delay_ms(policy: Policy) -> int:
+    """How far behind the device partition's watermark a view's device verdicts are final: DEVICE_BURST_SPAN (a
+    later view can still put it in a burst) plus GRACE_S (views reach the device rules up to that much out of
+    order). Also how long device_burst keeps a view: its recent views are those within this of the watermark."""
+    return (policy.device_burst_span_s + policy.grace_s) * 1000
+
+
+def advance_device(
+    policy: Policy, device: DeviceState, device_id: str, watermark_ms: int, out: list[DeviceFlag]
+) -> bool:
+    """The device partition's watermark reached watermark_ms: judge what is final, then forget what no rule needs
+    (expire_device). True when nothing is left (the wiring may delete the device's key)."""
+    judge_device_views(policy, device, device_id, watermark_ms - device_flag_delay_ms(policy), out)
+    return expire_device(policy, device, watermark_ms)
+
+
+def expire_device(policy: Policy, device: DeviceState, now_ms: int) -> bool:
+    """Forget a device's views at or before now_ms - (DEVICE_BURST_SPAN + GRACE_S), kept intervals DEVICE_MEMORY_S
+    and accounts DEDUPE_S further back; True when none is left (the wiring may then delete the device's key).
+    now_ms: the device partition's event-time watermark (or the newest ts seen there); views that reach the
+    device rules more than GRACE_S out of order may be judged against an incomplete span (a missed flag, never a
+    false one). Judge the views first (advance_device): views are forgotten judged or not."""
+    cutoff = now_ms - device_flag_delay_ms(policy)
+    device.drop_through(cutoff)
+    device.drop_kept_through(cutoff - policy.device_memory_s * 1000)
+    device.forget_accounts_through(cutoff - policy.dedupe_s * 1000)
+    return device.is_empty()
+
+
+def device_due_ms(policy: Policy, device: DeviceState) -> int | None:
+    """The device partition watermark at which advance_device next has something to do for this device (judge or
+    forget a view, forget a kept interval or an account); None when the device holds nothing."""
+    delay = device_flag_delay_ms(policy)
+    due: int | None = None
+    if device.ts:
+        due = device.ts[0] + delay
+    if device.kept_ends:
+        kept = device.kept_ends[0] + policy.device_memory_s * 1000 + delay
+        due = kept if due is None else min(due, kept)
+    if device.account_last:
+        account = min(device.account_last) + policy.dedupe_s * 1000 + delay
+        due = account if due is None else min(due, account)
+    return due
 
 
 def check_velocity_burst(policy: Policy, velocity: VelocityState, view: ViewEvent) -> ViewJudgement:
@@ -325,10 +531,11 @@ def judge_view(
     """Apply the view rules in SPEC order; a view rejected by one is not seen by the later ones.
 
     Call after the §4 checks (invalid, late, future_timestamp). `device` is the DeviceState of view.device_id
-    when the caller holds it (device_burst is then judged in order, here); None when device state lives in
-    another partition: the caller then sends each *accepted* view to check_device_burst there, and routes the
-    clawbacks it returns back to each video's partition (note_clawback). An accepted view is remembered as
-    support for engagement (judge_interaction_at_settlement).
+    when the caller holds it (device_burst is then judged in order, here; device_overlap and account_farm need
+    the device's views in canonical order and are the device judge's, domain/device_judge.py); None when device
+    state lives in another partition: the caller then sends each *accepted* view to the device judge there, and
+    routes the flags it returns back to each video's partition (PartitionScorer.on_device_flag, note_clawback).
+    An accepted view is remembered as support for engagement (judge_interaction_at_settlement).
     """
     if check_duplicate_event(policy, state.view_ids, view.event_id, view.ts):
         return _rejected(
@@ -359,7 +566,7 @@ def judge_view(
         # rejected after device_burst saw it: the device rule must not claw it back later
         at = device.index_of(view.event_id, view.ts)
         if at is not None:
-            device.flagged[at] = 1
+            device.flags[at] = FLAG_ELSEWHERE
     return judgement
 
 
@@ -401,7 +608,7 @@ def judge_interaction_at_settlement(
 
 def note_clawback(state: VideoRulesState, ref: ViewRef) -> None:
     """Tell a video's rules that one of its accepted views was clawed back by a rule whose state is elsewhere
-    (device_burst): it stops supporting engagement, and velocity_burst will not claw it back again."""
+    (the device rules): it stops supporting engagement, and velocity_burst will not claw it back again."""
     state.accepted_views.discard(ref.viewer_id, ref.ts)
     at = state.velocity.index_of(ref.event_id, ref.ts)
     if at is not None:
@@ -434,18 +641,3 @@ def expire(policy: Policy, state: VideoRulesState, watermark_ms: int) -> None:
         memory.expire(reach - dedupe_ms)
         if not memory.by_key:
             del state.interactions[kind]
-
-
-def device_memory_ms(policy: Policy) -> int:
-    """How far behind the newest view (or the device partition's watermark) a device's views still matter:
-    DEVICE_BURST_SPAN, plus GRACE_S for views that reach the device rule out of order."""
-    return (policy.device_burst_span_s + policy.grace_s) * 1000
-
-
-def expire_device(policy: Policy, device: DeviceState, now_ms: int) -> bool:
-    """Forget a device's views at or before now_ms - (DEVICE_BURST_SPAN + GRACE_S); True when none is left (the
-    wiring may then delete the device's key). now_ms: the device partition's event-time watermark (or the
-    newest ts seen there); views that reach the device rule more than GRACE_S out of order may be judged against
-    an incomplete span (a missed flag, never a false one)."""
-    device.drop_through(now_ms - device_memory_ms(policy))
-    return not device.ts

@@ -10,7 +10,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from stream_app.domain.errors import SerializationError, StreamAppError
+from stream_app.domain.errors import SerializationError, StateFormatError, StreamAppError
 from stream_app.domain.events import InputTopic
 
 MINUTE_MS = 60_000
@@ -19,6 +19,15 @@ MINUTE_MS = 60_000
 EXPIRY_BUCKET_MS = 300_000
 # Bumped when the layout of to_dict() changes; from_dict() refuses other formats.
 STATE_FORMAT = 1
+# The same for DeviceState, which reads the previous format too (DeviceState.from_stored). 2: watch times, verdicts
+# of device_overlap / account_farm, kept intervals and accounts.
+DEVICE_STATE_FORMAT = 2
+# DeviceState.flags: a view's device verdict. A flagged view is never flagged (or clawed back) again.
+NOT_FLAGGED = 0
+FLAG_BURST = 1  # rejected by device_burst
+FLAG_OVERLAP = 2  # rejected by device_overlap
+FLAG_ACCOUNT = 3  # rejected by account_farm
+FLAG_ELSEWHERE = 4  # rejected by a later per-video rule after device_burst saw it (rules.judge_view with a device)
 # Above any event ts (< 2^53, SPEC §3): the "oldest" of an empty memory.
 _NEVER = 1 << 62
 
@@ -96,7 +105,13 @@ class DedupeMemory:
         """Remember event_id at ts (rules.expire forgets it, against the watermark: an event that is not late
         can carry a ts far behind the video's newest one, when the other event topic holds the watermark back)."""
         self.seen[event_id] = ts
-        self.index.note(event_id, ts)
+        index = self.index  # ExpiryIndex.note, inlined: this runs for every event
+        bucket = ts // index.bucket_ms
+        keys = index.buckets.get(bucket)
+        if keys is None:
+            index.note(event_id, ts)
+        else:
+            keys.append(event_id)
         if ts > self.max_ts:
             self.max_ts = ts
 
@@ -128,65 +143,103 @@ class DedupeMemory:
 class TimestampsByKey:
     """key -> ascending event timestamps: the shape of every per-viewer memory.
 
-    Forgetting goes through an ExpiryIndex of the keys touched per span of event time, so it costs what is
-    forgotten, not what is held.
+    Most keys (viewers) hold one timestamp: it is stored as a bare int, a list only from the second one on (a
+    list costs 64 bytes more per key, and a day of a busy partition remembers millions of keys). Forgetting goes
+    through an ExpiryIndex of the keys touched per span of event time, so it costs what is forgotten, not what is
+    held.
     """
 
     __slots__ = ("by_key", "index", "max_ts")
 
     def __init__(self) -> None:
-        self.by_key: dict[str, list[int]] = {}
+        self.by_key: dict[str, int | list[int]] = {}
         self.max_ts = -1
         self.index = ExpiryIndex()
 
+    def times(self, key: str) -> list[int]:
+        """The timestamps of key, ascending (a copy)."""
+        held = self.by_key.get(key)
+        if held is None:
+            return []
+        return [held] if isinstance(held, int) else list(held)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {key: self.times(key) for key in self.by_key}
+
     def add(self, key: str, ts: int) -> None:
-        times = self.by_key.get(key)
-        if times is None:
-            self.by_key[key] = [ts]
-        elif ts >= times[-1]:
-            times.append(ts)  # the common case: events arrive in ts order
+        by_key = self.by_key
+        held = by_key.get(key)
+        if held is None:
+            by_key[key] = ts
+        elif isinstance(held, int):
+            by_key[key] = [held, ts] if ts >= held else [ts, held]
+        elif ts >= held[-1]:
+            held.append(ts)  # the common case: events arrive in ts order
         else:
-            insort(times, ts)
-        self.index.note(key, ts)
+            insort(held, ts)
+        index = self.index  # ExpiryIndex.note, inlined: this runs for every event
+        keys = index.buckets.get(ts // index.bucket_ms)
+        if keys is None:
+            index.note(key, ts)
+        else:
+            keys.append(key)
         if ts > self.max_ts:
             self.max_ts = ts
 
     def count_in(self, key: str, first_ms: int, last_ms: int) -> int:
         """How many timestamps of key lie in [first_ms, last_ms] (both ends included)."""
-        times = self.by_key.get(key)
-        if not times or last_ms < first_ms:
+        held = self.by_key.get(key)
+        if held is None or last_ms < first_ms:
             return 0
-        return bisect_right(times, last_ms) - bisect_left(times, first_ms)
+        if isinstance(held, int):
+            return 1 if first_ms <= held <= last_ms else 0
+        return bisect_right(held, last_ms) - bisect_left(held, first_ms)
 
     def discard(self, key: str, ts: int) -> bool:
         """Remove one occurrence of ts under key; False when it is not there."""
-        times = self.by_key.get(key)
-        if times is None:
+        held = self.by_key.get(key)
+        if held is None:
             return False
+        if isinstance(held, int):
+            if held != ts:
+                return False
+            del self.by_key[key]
+            return True
+        times: list[int] = held
         i = bisect_left(times, ts)
         if i == len(times) or times[i] != ts:
             return False
         del times[i]
-        if not times:
-            del self.by_key[key]
+        if len(times) == 1:
+            self.by_key[key] = times[0]
         return True
 
     def prune_key(self, key: str, cutoff_ms: int) -> None:
         """Drop the timestamps of one key at or before cutoff_ms (cheap: one bisect)."""
-        times = self.by_key.get(key)
-        if times is None:
+        held = self.by_key.get(key)
+        if held is None:
             return
+        if isinstance(held, int):
+            if held <= cutoff_ms:
+                del self.by_key[key]
+            return
+        times: list[int] = held
         if times[0] > cutoff_ms:
             return
         cut = bisect_right(times, cutoff_ms)
         if cut == len(times):
             del self.by_key[key]
+        elif cut == len(times) - 1:
+            self.by_key[key] = times[-1]
         else:
             del times[:cut]
 
     def maybe_sweep(self, horizon_ms: int) -> None:
         """Forget what lies more than horizon_ms behind the newest timestamp seen."""
-        self.expire(self.max_ts - horizon_ms)
+        cutoff = self.max_ts - horizon_ms
+        index = self.index
+        if (cutoff + 1) // index.bucket_ms - 1 >= index.first:  # ExpiryIndex.due has something to hand out
+            self.expire(cutoff)
 
     def expire(self, cutoff_ms: int) -> None:
         """Drop timestamps at or before cutoff_ms of the keys noted in buckets wholly before it (the others wait
@@ -195,18 +248,17 @@ class TimestampsByKey:
             self.prune_key(key, cutoff_ms)
 
     def __len__(self) -> int:
-        return sum(len(times) for times in self.by_key.values())
+        return sum(1 if isinstance(held, int) else len(held) for held in self.by_key.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"by_key": self.by_key, "max_ts": self.max_ts}
+        return {"by_key": self.as_dict(), "max_ts": self.max_ts}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TimestampsByKey:
         memory = cls()
         for key, times in data["by_key"].items():
-            memory.by_key[key] = list(times)
             for ts in times:
-                memory.index.note(key, ts)
+                memory.add(key, ts)
         memory.max_ts = int(data["max_ts"])
         return memory
 
@@ -226,6 +278,7 @@ class VelocityState:
 
     __slots__ = (
         "event_ids",
+        "first_minute",
         "flagged",
         "flagged_minutes",
         "in_burst",
@@ -248,6 +301,7 @@ class VelocityState:
         # True when the last view judged found the head span in a burst (lets the next in-order view skip a scan).
         self.in_burst = False
         self.minute_counts: dict[int, int] = {}
+        self.first_minute = _NEVER  # a lower bound of the minutes counted
         self.flagged_minutes: set[int] = set()
 
     @property
@@ -258,6 +312,8 @@ class VelocityState:
         minute = ts // MINUTE_MS
         if minute >= max(self.max_ts, ts) // MINUTE_MS - baseline_minutes:
             self.minute_counts[minute] = self.minute_counts.get(minute, 0) + 1
+            if minute < self.first_minute:
+                self.first_minute = minute
 
     def advance(self, ts: int, span_ms: int, baseline_minutes: int) -> None:
         """Move the head span's end to ts (> max_ts): views at or before ts - span_ms leave the span."""
@@ -292,9 +348,10 @@ class VelocityState:
 
     def forget_minutes_before(self, first_kept_minute: int) -> None:
         counts = self.minute_counts
-        if counts and min(counts) < first_kept_minute:
+        if self.first_minute < first_kept_minute:
             for minute in [m for m in counts if m < first_kept_minute]:
                 del counts[minute]
+            self.first_minute = min(counts, default=_NEVER)
         if self.flagged_minutes and min(self.flagged_minutes) < first_kept_minute:
             self.flagged_minutes = {m for m in self.flagged_minutes if m >= first_kept_minute}
 
@@ -360,6 +417,7 @@ class VelocityState:
         state.flagged = bytearray(data["flagged"])
         state.in_burst = bool(data["in_burst"])
         state.minute_counts = {int(m): int(c) for m, c in data["minute_counts"]}
+        state.first_minute = min(state.minute_counts, default=_NEVER)
         state.flagged_minutes = {int(m) for m in data["flagged_minutes"]}
         for viewer in state.viewers:
             state.viewer_counts[viewer] = state.viewer_counts.get(viewer, 0) + 1
@@ -367,43 +425,78 @@ class VelocityState:
 
 
 class DeviceState:
-    """One device's recent views across all videos (``device_burst``), sorted by ts (ties in arrival order).
+    """One device's memory for the device rules (SPEC §6 device_burst, device_overlap, account_farm).
 
-    Kept: views within ``device_burst_span_s + grace_s`` of the newest one, so a view arriving up to GRACE_S out
-    of order is still judged against its neighbours. Each view carries a flag: already rejected or clawed back.
+    - the device's recent views, sorted by (ts, event_id) (the rules' canonical order, whatever order they arrive
+      in), each with its watch time, ids and a verdict code (`flags`: NOT_FLAGGED, or which rule rejected it);
+      kept while device_burst can still count them and until device_overlap / account_farm have judged them;
+    - `judged_through`: the views with ts at or before it have had their device_overlap / account_farm verdict;
+    - `kept_starts` / `kept_ends`: the watch intervals of judged views no device rule rejected, sorted by end (ts),
+      for device_overlap (DEVICE_MEMORY_S back; zero-length intervals, which overlap nothing, are not kept);
+    - `accounts` / `account_last`: the first ACCOUNTS_PER_DEVICE + 1 accounts of the device in the order of their
+      first judged view, each with its latest judged view ts (account_farm, DEDUPE_S back).
     """
 
-    __slots__ = ("event_ids", "flagged", "max_ts", "ts", "video_ids", "viewer_ids")
+    __slots__ = (
+        "account_last",
+        "accounts",
+        "event_ids",
+        "flags",
+        "judged_through",
+        "kept_ends",
+        "kept_starts",
+        "max_ts",
+        "ts",
+        "video_ids",
+        "viewer_ids",
+        "watch_ms",
+    )
 
     def __init__(self) -> None:
         self.max_ts = -1
+        self.judged_through = -1
         self.ts: list[int] = []
+        self.watch_ms: list[int] = []
         self.video_ids: list[str] = []
         self.event_ids: list[str] = []
         self.viewer_ids: list[str] = []
-        self.flagged = bytearray()
+        self.flags = bytearray()
+        self.kept_starts: list[int] = []
+        self.kept_ends: list[int] = []
+        self.accounts: list[str] = []
+        self.account_last: list[int] = []
 
-    def insert(self, ts: int, video_id: str, event_id: str, viewer_id: str) -> int:
-        i = len(self.ts)
-        if i and ts < self.ts[-1]:
-            i = bisect_right(self.ts, ts)
-        self.ts.insert(i, ts)
+    # --- recent views -----------------------------------------------------------------------------------------
+
+    def insert(self, ts: int, watch_ms: int, video_id: str, event_id: str, viewer_id: str) -> int:
+        """Add a view in (ts, event_id) order; return its index."""
+        times = self.ts
+        i = len(times)
+        if i and (ts < times[-1] or (ts == times[-1] and event_id < self.event_ids[-1])):
+            i = bisect_left(times, ts)
+            ids = self.event_ids
+            while i < len(times) and times[i] == ts and ids[i] < event_id:
+                i += 1
+        times.insert(i, ts)
+        self.watch_ms.insert(i, watch_ms)
         self.video_ids.insert(i, video_id)
         self.event_ids.insert(i, event_id)
         self.viewer_ids.insert(i, viewer_id)
-        self.flagged.insert(i, 0)
+        self.flags.insert(i, NOT_FLAGGED)
         if ts > self.max_ts:
             self.max_ts = ts
         return i
 
     def drop_through(self, cutoff_ms: int) -> None:
+        """Forget the recent views at or before cutoff_ms."""
         cut = bisect_right(self.ts, cutoff_ms)
         if cut:
             del self.ts[:cut]
+            del self.watch_ms[:cut]
             del self.video_ids[:cut]
             del self.event_ids[:cut]
             del self.viewer_ids[:cut]
-            del self.flagged[:cut]
+            del self.flags[:cut]
 
     def ref(self, i: int) -> ViewRef:
         return ViewRef(self.video_ids[i], self.event_ids[i], self.viewer_ids[i], self.ts[i])
@@ -414,30 +507,153 @@ class DeviceState:
                 return i
         return None
 
-    def __len__(self) -> int:
-        return len(self.ts)
+    def pending_from(self) -> int:
+        """Index of the first recent view not judged yet by device_overlap / account_farm."""
+        return bisect_right(self.ts, self.judged_through)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "max_ts": self.max_ts,
-            "ts": self.ts,
-            "video_ids": self.video_ids,
-            "event_ids": self.event_ids,
-            "viewer_ids": self.viewer_ids,
-            "flagged": list(self.flagged),
-        }
+    # --- kept watch intervals (device_overlap) ----------------------------------------------------------------
+
+    def keep_interval(self, start: int, end: int) -> None:
+        if end <= start:
+            return  # a zero-length view takes no time on the screen: it can overlap nothing
+        ends = self.kept_ends
+        if not ends or end >= ends[-1]:
+            ends.append(end)
+            self.kept_starts.append(start)
+        else:
+            i = bisect_right(ends, end)
+            ends.insert(i, end)
+            self.kept_starts.insert(i, start)
+
+    def unkeep_interval(self, start: int, end: int) -> None:
+        """Forget a kept interval (its view was rejected by device_burst after it was judged)."""
+        ends = self.kept_ends
+        for i in range(bisect_left(ends, end), bisect_right(ends, end)):
+            if self.kept_starts[i] == start:
+                del ends[i]
+                del self.kept_starts[i]
+                return
+
+    def overlap_ms(self, start: int, end: int, since: int) -> int:
+        """Total overlap of [start, end] with the kept intervals that end after `since`, summed over intervals.
+
+        One bisect finds the first kept interval ending after max(start, since). When [start, end] is judged in
+        canonical order it ends at or after every kept interval, and kept intervals overlap one another by at most
+        OVERLAP_TOLERANCE_MS, so what follows is the handful it overlaps; a view judged late scans the intervals
+        that end after it too (a long one may reach back)."""
+        ends = self.kept_ends
+        starts = self.kept_starts
+        total = 0
+        for i in range(bisect_right(ends, max(start, since)), len(ends)):
+            s = starts[i]
+            if s < end:
+                e = ends[i]
+                total += (e if e < end else end) - (s if s > start else start)
+        return total
+
+    def drop_kept_through(self, cutoff_ms: int) -> None:
+        cut = bisect_right(self.kept_ends, cutoff_ms)
+        if cut:
+            del self.kept_ends[:cut]
+            del self.kept_starts[:cut]
+
+    # --- accounts (account_farm) ------------------------------------------------------------------------------
+
+    def forget_accounts_through(self, cutoff_ms: int) -> None:
+        """Forget the accounts whose latest judged view is at or before cutoff_ms (later ones move up)."""
+        last = self.account_last
+        if last and min(last) <= cutoff_ms:
+            keep = [k for k, ts in enumerate(last) if ts > cutoff_ms]
+            self.accounts = [self.accounts[k] for k in keep]
+            self.account_last = [last[k] for k in keep]
+
+    def __len__(self) -> int:
+        return len(self.ts) + len(self.kept_ends) + len(self.accounts)
+
+    def is_empty(self) -> bool:
+        return not (self.ts or self.kept_ends or self.accounts)
+
+    # --- stored form ------------------------------------------------------------------------------------------
+
+    def to_stored(self) -> list[Any]:
+        """The JSON-ready stored form: a positional array whose first element is the format (smaller than an
+        object: most devices hold one account and nothing else). It shares lists with the state, so serialise it
+        before the state changes again."""
+        return [
+            DEVICE_STATE_FORMAT,
+            self.max_ts,
+            self.judged_through,
+            self.ts,
+            self.watch_ms,
+            self.video_ids,
+            self.event_ids,
+            self.viewer_ids,
+            list(self.flags),
+            self.kept_starts,
+            self.kept_ends,
+            self.accounts,
+            self.account_last,
+        ]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeviceState:
-        _check_format(data, "DeviceState")
+    def from_stored(cls, data: Any) -> DeviceState:
+        """Read a stored DeviceState: the current format, or format 1 (device_burst only; an object), migrated.
+
+        Format 1 had no watch times and no account memory: its views are read as judged (they were judged by the
+        rules of their time), of zero length (they overlap nothing), and their accounts are remembered in ts
+        order. Any other format is refused (StateFormatError), since a newer worker may have written it."""
+        if isinstance(data, Mapping):
+            version = data.get("format")
+            if version == 1:
+                return cls._from_format_1(data)
+        else:
+            version = data[0] if isinstance(data, list) and data else None
+            if version == DEVICE_STATE_FORMAT and len(data) == 13:
+                return cls._from_format_2(data)
+        raise StateFormatError(
+            f"DeviceState: stored state format {version!r}; this worker reads formats 1 and "
+            f"{DEVICE_STATE_FORMAT} (state written by a newer version? run that version, or clear the "
+            "device-state table and its changelog)"
+        )
+
+    @classmethod
+    def _from_format_2(cls, data: list[Any]) -> DeviceState:
+        state = cls.__new__(cls)  # every slot is set below: no empty lists made only to be replaced
+        (
+            _,
+            state.max_ts,
+            state.judged_through,
+            state.ts,
+            state.watch_ms,
+            state.video_ids,
+            state.event_ids,
+            state.viewer_ids,
+            flags,
+            state.kept_starts,
+            state.kept_ends,
+            state.accounts,
+            state.account_last,
+        ) = data
+        state.flags = bytearray(flags)
+        return state
+
+    @classmethod
+    def _from_format_1(cls, data: Mapping[str, Any]) -> DeviceState:
         state = cls()
         state.max_ts = int(data["max_ts"])
         state.ts = list(data["ts"])
+        state.watch_ms = [0] * len(state.ts)
         state.video_ids = list(data["video_ids"])
         state.event_ids = list(data["event_ids"])
         state.viewer_ids = list(data["viewer_ids"])
-        state.flagged = bytearray(data["flagged"])
+        state.flags = bytearray(FLAG_BURST if flagged else NOT_FLAGGED for flagged in data["flagged"])
+        state.judged_through = state.ts[-1] if state.ts else -1
+        for viewer, ts in zip(state.viewer_ids, state.ts, strict=True):
+            if viewer in state.accounts:
+                state.account_last[state.accounts.index(viewer)] = ts
+            else:
+                state.accounts.append(viewer)
+                state.account_last.append(ts)
         return state
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from stream_app.domain import policy as pol
 from stream_app.domain import rules
 from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
+from stream_app.domain.records import Accrual, Clawback, Settlement
 from stream_app.domain.rules_state import ExpiryIndex, TimestampsByKey, VideoRulesState
 from stream_app.domain.windows import settle_deadline_ms, window_bounds, window_index
 
@@ -43,11 +44,6 @@ def recent_views_cutoff(policy: pol.Policy, event_cutoff_ms: int, newest_ts: int
     if flag_safe_ms is None:
         return event_cutoff_ms
     return min(event_cutoff_ms, max(flag_safe_ms, newest_ts - policy.device_flag_hold_s * 1000))
-
-
-def completion_bps(watch_ms: int, video_ms: int) -> int:
-    """How much of the video a view watched, in basis points, capped at the whole video (SPEC §5)."""
-    return min(watch_ms * pol.BPS // video_ms, pol.BPS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +174,8 @@ class VideoMemory:
 
 
 @dataclass(slots=True)
-class Settlement:
-    record: dict[str, Any]
+class WindowSettlement:
+    record: Settlement
     judged: list[JudgedInteraction]
 
 
@@ -202,6 +198,7 @@ class VideoLedger:
     views_applied: tuple[int, int] = (NOT_APPLIED, 0)
     interactions_applied: tuple[int, int] = (NOT_APPLIED, 0)
     journal_seq: int = -1  # the newest journal segment whose operations on this video this head includes
+    quiet_bucket: int = -1  # not stored: the last bucket of PartitionScorer's quiet-video index it was noted in
     windows: dict[int, Window] = field(default_factory=dict)
     settled: dict[int, SettledWindow] = field(default_factory=dict)
     memory: VideoMemory = field(default_factory=VideoMemory)
@@ -252,11 +249,16 @@ class VideoLedger:
         completion = 0
         if qualifying:
             base = pol.base_rate_micros(policy, view.region)
-            completion = completion_bps(view.watch_ms, view.video_ms)
+            completion = pol.view_completion_bps(view.watch_ms, view.video_ms)
             memory.qualified.add(view.viewer_id, view.ts)
         recent = RecentView(view, offset, index, k, qualifying, base, completion)
         memory.recent[view.event_id] = recent
-        memory.recent_index.note(view.event_id, view.ts)
+        recent_index = memory.recent_index  # ExpiryIndex.note, inlined: this runs for every accepted view
+        keys = recent_index.buckets.get(view.ts // recent_index.bucket_ms)
+        if keys is None:
+            recent_index.note(view.event_id, view.ts)
+        else:
+            keys.append(view.event_id)
         memory.recent_windows[k] = memory.recent_windows.get(k, 0) + 1
         return recent
 
@@ -347,8 +349,14 @@ class VideoLedger:
     # ---- settlement · head ----
 
     def settle(
-        self, policy: pol.Policy, k: int, eligible: bool, judged: list[JudgedInteraction], now_ms: int = 0
-    ) -> Settlement:
+        self,
+        policy: pol.Policy,
+        policy_id: str,
+        k: int,
+        eligible: bool,
+        judged: list[JudgedInteraction],
+        now_ms: int = 0,
+    ) -> WindowSettlement:
         """Fix window k's money from its counts and its judged interactions, and write the settlement record."""
         window = self.windows.pop(k, None) or Window()
         accepted_interactions = 0
@@ -391,41 +399,42 @@ class VideoLedger:
             self.windows_settled += 1
         if self.last_settled_window is None or k > self.last_settled_window:
             self.last_settled_window = k
-        return Settlement(self.settlement_record(policy, k), judged)
+        return WindowSettlement(self.settlement_record(policy, policy_id, k), judged)
 
-    def settlement_record(self, policy: pol.Policy, k: int) -> dict[str, Any]:
-        """The `kind: "settlement"` record of settled window k (SPEC §5), without `policy`."""
+    def settlement_record(self, policy: pol.Policy, policy_id: str, k: int) -> Settlement:
+        """The settlement record of settled window k (SPEC §5)."""
         settled = self.settled[k]
         start_ms, end_ms = window_bounds(k, policy.window_s)
-        return {
-            "kind": "settlement",
-            "video_id": self.video_id,
-            "creator_id": self.creator_id,
-            "window_start": start_ms,
-            "window_end": end_ms,
-            "qualified_views": settled.qualified_views,
-            "base_micros": settled.base_micros,
-            "score": settled.score,
-            "completion_bps": settled.completion_bps,
-            "multiplier_bps": settled.multiplier_bps,
-            "settled_micros": settled.settled_micros,
-        }
+        return Settlement(
+            video_id=self.video_id,
+            creator_id=self.creator_id,
+            window_start=start_ms,
+            window_end=end_ms,
+            qualified_views=settled.qualified_views,
+            base_micros=settled.base_micros,
+            score=settled.score,
+            completion_bps=settled.completion_bps,
+            multiplier_bps=settled.multiplier_bps,
+            settled_micros=settled.settled_micros,
+            policy=policy_id,
+        )
 
-    def clawback_record(self, policy: pol.Policy, k: int, amount: int) -> dict[str, Any]:
+    def clawback_record(self, policy: pol.Policy, policy_id: str, k: int, amount: int) -> Clawback:
+        """The clawback record of one rejection in settled window k (SPEC §5)."""
         settled = self.settled[k]
         start_ms, end_ms = window_bounds(k, policy.window_s)
-        return {
-            "kind": "clawback",
-            "video_id": self.video_id,
-            "creator_id": self.creator_id,
-            "window_start": start_ms,
-            "window_end": end_ms,
-            "base_micros": settled.base_micros,
-            "clawed_base_micros": settled.clawed_base_micros,
-            "multiplier_bps": settled.multiplier_bps,
-            "settled_micros": settled.settled_micros,
-            "clawback_micros": amount,
-        }
+        return Clawback(
+            video_id=self.video_id,
+            creator_id=self.creator_id,
+            window_start=start_ms,
+            window_end=end_ms,
+            base_micros=settled.base_micros,
+            clawed_base_micros=settled.clawed_base_micros,
+            multiplier_bps=settled.multiplier_bps,
+            settled_micros=settled.settled_micros,
+            clawback_micros=amount,
+            policy=policy_id,
+        )
 
     # ---- expiry ----
 
@@ -473,14 +482,18 @@ class VideoLedger:
     # ---- output ----
 
     def provisional_micros(self, eligible_now: bool) -> int:
-        if not eligible_now:
-            return 0
-        return sum(pol.provisional_micros(w.qualifying_base_micros, True) for w in self.windows.values())
+        base = 0
+        for window in self.windows.values():
+            base += window.qualifying_base_micros
+        return pol.provisional_micros(base, eligible_now)
 
     def open_qualified_views(self, eligible_now: bool) -> int:
         if not eligible_now:
             return 0
-        return sum(w.qualifying_views for w in self.windows.values())
+        views = 0
+        for window in self.windows.values():
+            views += window.qualifying_views
+        return views
 
     def content_key(self) -> tuple[int, ...]:
         """What the accrual says (SPEC §7, besides version and updated_at): a change here is a new version."""
@@ -496,25 +509,24 @@ class VideoLedger:
             int(eligible),
         )
 
-    def accrual(self, policy_id: str) -> dict[str, Any]:
+    def accrual(self, policy_id: str) -> Accrual:
         """The Accrual record (SPEC §7)."""
         eligible = self.eligible
-        return {
-            "video_id": self.video_id,
-            "creator_id": self.creator_id,
-            "currency": "USD",
-            "policy": policy_id,
-            "version": self.version,
-            "settled_micros": self.settled_micros,
-            "clawback_micros": self.clawback_micros,
-            "provisional_micros": self.provisional_micros(eligible),
-            "qualified_views": self.settled_qualified_views + self.open_qualified_views(eligible),
-            "views": self.views,
-            "suspicious_views": self.suspicious_views,
-            "windows_settled": self.windows_settled,
-            "eligible": eligible,
-            "updated_at": self.updated_at,
-        }
+        return Accrual(
+            video_id=self.video_id,
+            creator_id=self.creator_id,
+            policy=policy_id,
+            version=self.version,
+            settled_micros=self.settled_micros,
+            clawback_micros=self.clawback_micros,
+            provisional_micros=self.provisional_micros(eligible),
+            qualified_views=self.settled_qualified_views + self.open_qualified_views(eligible),
+            views=self.views,
+            suspicious_views=self.suspicious_views,
+            windows_settled=self.windows_settled,
+            eligible=eligible,
+            updated_at=self.updated_at,
+        )
 
     # ---- the head as stored (codec.Kind.HEAD) ----
 

@@ -119,17 +119,102 @@ FieldCheck = Callable[[object], str | None]
 
 @dataclass(frozen=True, slots=True)
 class _Schema:
-    """One topic's event type: fields in dataclass order with their checks, and the field that keys it."""
+    """One topic's event type: fields in dataclass order with their checks, the field that keys it, and `accept`:
+    the same checks in one expression, which builds the event when every field passes and says None otherwise
+    (the field-by-field checks then name the first failure). Valid events are the common case."""
 
     build: Callable[..., Event]
     checks: tuple[tuple[str, FieldCheck], ...]
     key_field: str
+    accept: Callable[[dict[str, object]], Event | None]
 
 
-def _schema(build: type[Event], key_field: str, checks: dict[str, FieldCheck]) -> _Schema:
+def _schema(
+    build: type[Event],
+    key_field: str,
+    checks: dict[str, FieldCheck],
+    accept: Callable[[dict[str, object]], Event | None],
+) -> _Schema:
     """Order the checks as the dataclass orders its fields: that is the order errors are reported in."""
     # Events are built positionally, so the order must come from the dataclass itself, never from the table.
-    return _Schema(build, tuple((f.name, checks[f.name]) for f in fields(build)), key_field)
+    return _Schema(build, tuple((f.name, checks[f.name]) for f in fields(build)), key_field, accept)
+
+
+_CAPITALS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _accept_view(obj: dict[str, object]) -> Event | None:
+    """ViewEvent when every field passes its check above (_identifier, _timestamp, ...), else None."""
+    get = obj.get
+    event_id, video_id, creator_id, viewer_id, device_id = (
+        get("event_id"),
+        get("video_id"),
+        get("creator_id"),
+        get("viewer_id"),
+        get("device_id"),
+    )
+    ts, watch_ms, video_ms, source, region = get("ts"), get("watch_ms"), get("video_ms"), get("source"), get("region")
+    if (
+        type(event_id) is str
+        and 0 < len(event_id) <= MAX_ID_CODEPOINTS
+        and type(video_id) is str
+        and 0 < len(video_id) <= MAX_ID_CODEPOINTS
+        and type(creator_id) is str
+        and 0 < len(creator_id) <= MAX_ID_CODEPOINTS
+        and type(viewer_id) is str
+        and 0 < len(viewer_id) <= MAX_ID_CODEPOINTS
+        and type(device_id) is str
+        and 0 < len(device_id) <= MAX_ID_CODEPOINTS
+        and type(ts) is int
+        and 0 <= ts < MAX_TS
+        and type(watch_ms) is int
+        and watch_ms >= 0
+        and type(video_ms) is int
+        and video_ms > 0
+        and type(source) is str
+        and 0 < len(source) <= MAX_ID_CODEPOINTS
+        and type(region) is str
+        and len(region) == 2
+        and region[0] in _CAPITALS
+        and region[1] in _CAPITALS
+    ):
+        return ViewEvent(event_id, video_id, creator_id, viewer_id, device_id, ts, watch_ms, video_ms, source, region)
+    return None
+
+
+def _accept_interaction(obj: dict[str, object]) -> Event | None:
+    """InteractionEvent when every field passes its check above, else None."""
+    get = obj.get
+    event_id, video_id, creator_id, viewer_id, device_id = (
+        get("event_id"),
+        get("video_id"),
+        get("creator_id"),
+        get("viewer_id"),
+        get("device_id"),
+    )
+    ts, kind = get("ts"), get("kind")
+    if (
+        type(event_id) is str
+        and 0 < len(event_id) <= MAX_ID_CODEPOINTS
+        and type(video_id) is str
+        and 0 < len(video_id) <= MAX_ID_CODEPOINTS
+        and type(creator_id) is str
+        and 0 < len(creator_id) <= MAX_ID_CODEPOINTS
+        and type(viewer_id) is str
+        and 0 < len(viewer_id) <= MAX_ID_CODEPOINTS
+        and type(device_id) is str
+        and 0 < len(device_id) <= MAX_ID_CODEPOINTS
+        and type(ts) is int
+        and 0 <= ts < MAX_TS
+        and type(kind) is str
+        and 0 < len(kind) <= MAX_ID_CODEPOINTS
+    ):
+        return InteractionEvent(event_id, video_id, creator_id, viewer_id, device_id, ts, kind)
+    return None
+
+
+def _accept_none(obj: dict[str, object]) -> Event | None:
+    return None  # profiles are few: always the field-by-field path
 
 
 _ID_FIELDS: dict[str, FieldCheck] = {
@@ -153,8 +238,11 @@ _SCHEMAS: dict[InputTopic, _Schema] = {
             "source": _identifier,
             "region": _region,
         },
+        _accept_view,
     ),
-    InputTopic.INTERACTIONS: _schema(InteractionEvent, "video_id", {**_ID_FIELDS, "kind": _identifier}),
+    InputTopic.INTERACTIONS: _schema(
+        InteractionEvent, "video_id", {**_ID_FIELDS, "kind": _identifier}, _accept_interaction
+    ),
     InputTopic.PROFILES: _schema(
         CreatorProfile,
         "creator_id",
@@ -166,6 +254,7 @@ _SCHEMAS: dict[InputTopic, _Schema] = {
             "standing": _standing,
             "ts": _timestamp,
         },
+        _accept_none,
     ),
 }
 
@@ -267,16 +356,18 @@ class _Judge:
 
     def event(self, obj: dict[str, object], index: int | None, original: bytes) -> DecodedEvent:
         """Check fields in schema order, then the record key, then the partition."""
-        values: list[object] = []
-        for name, check in self.schema.checks:
-            field_value = obj.get(name, _MISSING)
-            if field_value is _MISSING:
-                return InvalidEvent(index, f"{name}: missing", original)
-            reason = check(field_value)
-            if reason is not None:
-                return InvalidEvent(index, f"{name}: {reason}", original)
-            values.append(field_value)
-        event = self.schema.build(*values)
+        event = self.schema.accept(obj)
+        if event is None:
+            values: list[object] = []
+            for name, check in self.schema.checks:
+                field_value = obj.get(name, _MISSING)
+                if field_value is _MISSING:
+                    return InvalidEvent(index, f"{name}: missing", original)
+                reason = check(field_value)
+                if reason is not None:
+                    return InvalidEvent(index, f"{name}: {reason}", original)
+                values.append(field_value)
+            event = self.schema.build(*values)
         routing_id = event.key
         routing_bytes = routing_id.encode("utf-8")
         # An object record must carry its id as key; an envelope's key is normally null and is only

@@ -85,7 +85,7 @@ def advance_watermark(previous: int | None, candidate: int | None) -> int | None
 
 class SourceWatermark:
     """The event-time progress of a partition fed by many source partitions: the device-views repartition, which
-    every partition of the event topics feeds (SPEC §6 `device_burst`).
+    every partition of the event topics feeds (SPEC §6, the device rules).
 
     Each source reports its progress (the largest view ts it accepted) with the records it sends (`observe`).
     The watermark is the minimum over all sources: nothing is inferred from silence, since a source may be

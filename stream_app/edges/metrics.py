@@ -1,15 +1,17 @@
-"""Prometheus metrics of SPEC §8: one RewardsMetrics object the worker calls, and the /metrics HTTP server.
+"""Prometheus metrics of SPEC §8: one RewardsMetrics object the worker calls, and the HTTP server that serves
+/metrics and the worker's probes (/livez, /readyz; edges/health.py).
 
 Label values are closed sets (topics, outcomes, reason codes, partitions), never video/creator/viewer ids.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Final
-from wsgiref.simple_server import WSGIServer
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import prometheus_client
 from prometheus_client import (
@@ -20,9 +22,12 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from stream_app.domain.errors import StreamAppError
+from stream_app.edges.health import WorkerHealth, probe_routes
 
 # Exposed metric family names (what Prometheus stores and what deploy/ queries), one per row of SPEC §8.
 METRIC_NAMES: Final[tuple[str, ...]] = (
@@ -52,6 +57,18 @@ METRIC_NAMES: Final[tuple[str, ...]] = (
     "rewards_eligible_creators",
 )
 
+# Worker-health metrics beyond SPEC §8 (README, Metrics): what the probes see, for alerts and the dashboard.
+HEALTH_METRIC_NAMES: Final[tuple[str, ...]] = (
+    # gauge: 1 while /readyz answers 200 (partitions assigned, tables recovered, profile history caught up)
+    "rewards_worker_ready",
+    # counter: times readiness flipped (either way); a flapping worker raises it fast
+    "rewards_readiness_changes_total",
+    # gauge: seconds since the event loop last stamped its heartbeat (/livez fails above LIVENESS_TIMEOUT_S)
+    "rewards_event_loop_heartbeat_age_seconds",
+    # gauge: seconds since this worker got its stop signal, 0 while running (a slow shutdown shows here)
+    "rewards_shutdown_seconds",
+)
+
 # Closed label value sets. Topics are named without TOPIC_PREFIX (SPEC §4), so dashboards work for any prefix.
 INPUT_TOPICS: Final[tuple[str, ...]] = ("video-views", "video-interactions", "creator-profiles")
 OUTCOMES: Final[tuple[str, ...]] = ("accepted", "suspicious", "late", "invalid")
@@ -60,6 +77,8 @@ SUSPICIOUS_REASONS: Final[tuple[str, ...]] = (
     "impossible_watch",
     "viewer_repeat",
     "device_burst",
+    "device_overlap",
+    "account_farm",
     "velocity_burst",
     "engagement_without_view",
     "duplicate_interaction",
@@ -187,6 +206,26 @@ class RewardsMetrics:
             "Creators whose profile in effect now makes them eligible to earn.",
             registry=r,
         )
+        self._worker_ready = Gauge(
+            "rewards_worker_ready",
+            "1 while the worker is ready (/readyz answers 200): partitions assigned, tables recovered, profiles read.",
+            registry=r,
+        )
+        self._readiness_changes = Counter(
+            "rewards_readiness_changes",
+            "Times the worker's readiness flipped, either way.",
+            registry=r,
+        )
+        self._heartbeat_age = Gauge(
+            "rewards_event_loop_heartbeat_age_seconds",
+            "Seconds since the event loop last stamped its heartbeat; /livez fails above LIVENESS_TIMEOUT_S.",
+            registry=r,
+        )
+        self._shutdown_seconds = Gauge(
+            "rewards_shutdown_seconds",
+            "Seconds since this worker got its stop signal (SIGTERM/SIGINT); 0 while it runs.",
+            registry=r,
+        )
         # Labelled children are created once here, so every known series is exposed at 0 from the first
         # scrape (rate() and absent() need the series to exist) and the hot path is a dict lookup.
         self._events_by: dict[tuple[str, str], Counter] = {
@@ -299,6 +338,18 @@ class RewardsMetrics:
         """Creators eligible now, by the profile in effect."""
         self._eligible_creators.set(count)
 
+    # -- worker health (edges/health.py) ------------------------------------------------------------------
+
+    def watch_health(self, health: WorkerHealth) -> None:
+        """Read the health gauges from `health` at scrape time, so a stalled event loop still shows."""
+        self._worker_ready.set_function(lambda: 1.0 if health.ready() else 0.0)
+        self._heartbeat_age.set_function(lambda: health.heartbeat_age_s() or 0.0)
+        self._shutdown_seconds.set_function(health.stopping_for_s)
+
+    def count_readiness_change(self) -> None:
+        """Readiness flipped (counted by the event loop when its verdict changes)."""
+        self._readiness_changes.inc()
+
     # -- consumer position --------------------------------------------------------------------------------
 
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
@@ -359,11 +410,31 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_http_server(metrics: RewardsMetrics, host: str, port: int) -> MetricsServer:
-    """Serve the registry at http://host:port/metrics (METRICS_HOST/METRICS_PORT, default 0.0.0.0:9108)."""
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape or probe."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def start_http_server(
+    metrics: RewardsMetrics, host: str, port: int, health: WorkerHealth | None = None
+) -> MetricsServer:
+    """Serve the registry at http://host:port/metrics (METRICS_HOST/METRICS_PORT, default 0.0.0.0:9108), and
+    /livez and /readyz from `health`, from a thread of its own (a thread per request)."""
+
+    class Server(ThreadingWSGIServer):
+        pass
+
+    app = probe_routes(health, make_wsgi_app(metrics.registry))
     try:
-        server, thread = prometheus_client.start_http_server(port, addr=host, registry=metrics.registry)
+        # The address family follows the host (an IPv6 METRICS_HOST works), as prometheus_client does.
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        Server.address_family = family
+        server = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
     except OSError as exc:
         raise MetricsServerError(f"cannot serve metrics on {host}:{port} (METRICS_HOST/METRICS_PORT): {exc}") from exc
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     bound_port = int(server.server_address[1])
     return MetricsServer(host=host, port=bound_port, _server=server, _thread=thread)

@@ -1,5 +1,6 @@
 """`stream-app publish FILE|-`: JSON lines to an input topic through the producer SDK, for upstream teams and
-replays. Light checks only (a JSON object with its id); the worker is the validator of record.
+replays. Each line is checked with the worker's own validation (SPEC §3, `domain/validation.py`) unless --raw, so
+a schema error is reported at the line that has it instead of surfacing later in the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TextIO
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import SerializationError
 from stream_app.domain.events import InputTopic
+from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.partitioner import KEY_FIELD
 from stream_app.edges.producer import EncodedEvent, RewardsProducer
 
@@ -43,45 +45,48 @@ def _as_bytes(line: bytes | str) -> bytes:
     return line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
 
 
-_JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+def _one_partition(key: bytes, partition_count: int) -> int:
+    # publish picks each event's partition itself (murmur2 of its id): only the event is judged here
+    return 0
 
 
 def check_line(data: bytes, topic: InputTopic, max_bytes: int) -> EncodedEvent | str:
-    """The line as an event ready to send (its original bytes), or the reason it is rejected."""
-    field = KEY_FIELD[topic]
+    """The line as an event ready to send (its original bytes), or the reason it is rejected: the worker's own
+    validation (schema, types, ranges, size), in its words, plus what one record of this producer can carry."""
     if len(data) > max_bytes:
         return f"{len(data)} bytes, more than the {max_bytes} bytes one record can carry"
     try:
-        obj = jsoncodec.loads(data)
-    except SerializationError as exc:
-        return f"not valid JSON ({exc})"
-    if not isinstance(obj, dict):
-        kind = "null" if obj is None else _JSON_TYPE_NAMES.get(type(obj), type(obj).__name__)
-        return f"not a JSON object (got {kind})"
-    key = obj.get(field)
-    if key is None:
-        return f"{field}: missing"
-    if not isinstance(key, str) or not key:
-        return f"{field}: must be a non-empty string"
-    try:
-        return EncodedEvent(key.encode("utf-8"), data)
-    except UnicodeEncodeError:
-        return f"{field}: not encodable as UTF-8"
-
-
-def _raw_key(data: bytes, topic: InputTopic) -> bytes | None:
-    """The line's id as a record key when the line is a JSON object carrying one, else None (null key)."""
-    try:
-        obj = jsoncodec.loads(data)
+        document = jsoncodec.loads(data)
     except SerializationError:
-        return None
-    key = obj.get(KEY_FIELD[topic]) if isinstance(obj, dict) else None
+        document = None  # decode_record below says why, as the worker would
+    if isinstance(document, list):
+        return "not a JSON object (got array): one event per line, publish builds the envelopes"
+    key = _event_key(document, topic)
+    (decoded,) = decode_record(topic, key, data, partition=0, partition_count=1, partition_for=_one_partition)
+    if isinstance(decoded, InvalidEvent):
+        return decoded.error
+    assert key is not None  # a valid event has its id, and the id is its key
+    return EncodedEvent(key, data)
+
+
+def _event_key(document: object, topic: InputTopic) -> bytes | None:
+    """The event's id (video_id, creator_id) as record key bytes when the document is an object carrying one."""
+    key = document.get(KEY_FIELD[topic]) if isinstance(document, dict) else None
     if not isinstance(key, str) or not key:
         return None
     try:
         return key.encode("utf-8")
     except UnicodeEncodeError:
         return None
+
+
+def _raw_key(data: bytes, topic: InputTopic) -> bytes | None:
+    """The line's id as a record key when the line is a JSON object carrying one, else None (null key)."""
+    try:
+        document = jsoncodec.loads(data)
+    except SerializationError:
+        return None
+    return _event_key(document, topic)
 
 
 async def publish_lines(

@@ -29,6 +29,10 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
     # score on over state written under another policy (SPEC §7: refused unless told to)
     allow_policy_change: bool = False
+    # /livez fails when the event loop has not stamped its heartbeat for this long (edges/health.py)
+    liveness_timeout_s: int = 30
+    # a shutdown still running this long after SIGTERM gives up its final commit and exits (below the grace period)
+    shutdown_timeout_s: int = 60
     # the raw environment, kept for the Kafka security settings (built by edges.kafka_client)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -115,5 +119,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS, upper=False),
         policy=load_policy(env, policy_file),
         allow_policy_change=_flag(env, "ALLOW_POLICY_CHANGE"),
+        liveness_timeout_s=_int(env, "LIVENESS_TIMEOUT_S", 30, 2, 3600),
+        shutdown_timeout_s=_int(env, "SHUTDOWN_TIMEOUT_S", 60, 1, 3600),
         env=env,
     )

@@ -18,19 +18,25 @@ from typing import Any
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import ConfigError
 from stream_app.domain.events import InputTopic
+from stream_app.domain.policy import Policy
 
 ORGANIC = "organic"
+_DEFAULT_POLICY = Policy()  # the thresholds the labels assume
 INVALID = "invalid"  # the expected outcome of a malformed record (it goes to events-dlq)
 
-# Scenario name -> the SPEC §6 reason code (or "invalid") the scorer must give the events it has to reject.
-EXPECTED_REASONS: dict[str, str] = {
-    "repeat_viewer": "viewer_repeat",
-    "device_farm": "device_burst",
-    "velocity_burst": "velocity_burst",
-    "fake_engagement": "engagement_without_view",
-    "duplicate": "duplicate_event",
-    "impossible_watch": "impossible_watch",
-    "malformed": INVALID,
+# Scenario name -> the SPEC §6 reason codes (or "invalid") the scorer must give the events it has to reject; each
+# event is labelled with one of them (SimEvent.expected_reason), or None when no rule can tell it from a person.
+EXPECTED_REASONS: dict[str, tuple[str, ...]] = {
+    "repeat_viewer": ("viewer_repeat",),
+    "device_farm": ("device_burst",),
+    "farm_under_threshold": ("device_overlap", "account_farm"),
+    "account_farm": ("account_farm",),
+    "overlap_bot": ("device_overlap",),
+    "velocity_burst": ("velocity_burst",),
+    "fake_engagement": ("engagement_without_view",),
+    "duplicate": ("duplicate_event",),
+    "impossible_watch": ("impossible_watch",),
+    "malformed": (INVALID,),
 }
 FRAUD_SCENARIOS: frozenset[str] = frozenset(EXPECTED_REASONS)
 
@@ -38,6 +44,9 @@ FRAUD_SCENARIOS: frozenset[str] = frozenset(EXPECTED_REASONS)
 _INSTANCE_EVENTS: dict[str, int] = {
     "repeat_viewer": 25,
     "device_farm": 125,
+    "farm_under_threshold": 490,
+    "account_farm": 180,
+    "overlap_bot": 40,
     "velocity_burst": 1000,
     "fake_engagement": 10,
     "duplicate": 1,
@@ -48,6 +57,9 @@ _INSTANCE_EVENTS: dict[str, int] = {
 _INSTANCE_SPAN_MS: dict[str, int] = {
     "repeat_viewer": 420_000,
     "device_farm": 50_000,
+    "farm_under_threshold": 135_000,
+    "account_farm": 620_000,
+    "overlap_bot": 246_000,
     "velocity_burst": 50_000,
     "fake_engagement": 120_000,
     "impossible_watch": 60_000,
@@ -86,7 +98,13 @@ _MEAN_SESSION_VIEWS = 7.5  # 1 + a rounded exponential draw of mean 6.5 (capped 
 _MEAN_VIEW_STEP_MS = 48_000  # measured mean time from one view of a session to the next (watch + gap)
 _MAX_VIEW_STEP_MS = 180_000 * 5 // 2 + 3_000  # longest video, watched 2.5 times, plus the longest gap
 _MAX_SESSION_VIEWS = 60
-_MIN_VIEW_STEP_MS = 1_000  # by construction: a device never shows more than 60 views in 60 s (device_burst)
+# By construction: views of a session are sequential (the next starts 300-3_000 ms after the last ended, and lasts
+# at least 700 ms), so a device never shows two videos at once (device_overlap) nor more than 60 views in 60 s
+# (view ends at least 1_000 ms apart: device_burst).
+_THINK_MS = (300, 3_000)
+_OWN_TABLET_P = 0.07  # a viewer who also watches on a tablet of their own
+_FAMILY_TABLET_P = 0.09  # a viewer who shares a family tablet
+_SECOND_DEVICE_SESSION_P = 0.3  # a session on the second device, when it is free
 _MAX_VIEWS_PER_VIDEO = 2  # by construction: far under viewer_repeat (6), and distinct viewers >= half (velocity)
 _REWATCH_P = 0.15  # chance a viewer who drew a video they saw once watches it again
 _SESSION_BREAK_MS = (20_000, 900_000)  # pause between two sessions of one viewer
@@ -228,8 +246,24 @@ class Catalogue:
         self.viewers = config.viewer_count
         regions, weights = zip(*REGION_WEIGHTS.items(), strict=True)
         self.viewer_regions = rng.choices(regions, weights, k=self.viewers)
-        # One phone per viewer; about one in ten also watches on a tablet.
-        self.second_device = {i for i in range(self.viewers) if rng.random() < 0.1}
+        # Every viewer has a phone. Some also watch on a tablet of their own; some share a family tablet with one
+        # to three others (2-4 accounts on one screen, far under ACCOUNTS_PER_DEVICE).
+        self.second_device: dict[int, str] = {}
+        family: list[int] = []
+        for i in range(self.viewers):
+            roll = rng.random()
+            if roll < _OWN_TABLET_P:
+                self.second_device[i] = f"dv-{self.tag}-{i:07d}t"
+            elif roll < _OWN_TABLET_P + _FAMILY_TABLET_P:
+                family.append(i)
+        households = 0
+        while family:
+            size = rng.randint(2, 4)
+            tablet = f"dv-{self.tag}-h{households:06d}"
+            households += 1
+            for member in family[:size]:
+                self.second_device[member] = tablet
+            family = family[size:]
         self._actors = 0
 
     @staticmethod
@@ -249,8 +283,8 @@ class Catalogue:
     def viewer_id(self, viewer: int) -> str:
         return f"u-{self.tag}-{viewer:07d}"
 
-    def device_id(self, viewer: int, second: bool) -> str:
-        return f"dv-{self.tag}-{viewer:07d}" + ("t" if second else "")
+    def phone(self, viewer: int) -> str:
+        return f"dv-{self.tag}-{viewer:07d}"
 
     def pick_video(self, rng: random.Random) -> int:
         """A video index drawn by popularity."""
@@ -299,12 +333,13 @@ _SOURCES = _table(SOURCE_WEIGHTS)
 
 
 class _Session:
-    __slots__ = ("device", "remaining", "viewer")
+    __slots__ = ("device", "in_flight", "remaining", "viewer")
 
-    def __init__(self, viewer: int, device: str, remaining: int) -> None:
+    def __init__(self, viewer: int, device: str, remaining: int, in_flight: bool) -> None:
         self.viewer = viewer
         self.device = device
         self.remaining = remaining
+        self.in_flight = in_flight  # caught mid-view when the run starts: its first view ends when it comes up
 
 
 class _OrganicTraffic:
@@ -331,6 +366,8 @@ class _OrganicTraffic:
         self._history: dict[int, dict[int, int]] = {}  # viewer -> video -> count | like/follow flag bits
         self._active: set[int] = set()
         self._last_end: dict[int, int] = {}
+        self._busy: set[str] = set()  # devices in a session
+        self._device_free_at: dict[str, int] = {}  # device -> when its last session's last view ended
         self._heap: list[tuple[int, int, _Session | SimEvent]] = []
         self._seq = 0
 
@@ -341,9 +378,10 @@ class _OrganicTraffic:
         start = self._config.start_ms
         # Start in the steady state: the sessions in flight at any instant (Little's law: start rate x time from
         # first to last view) are already running; a session's length is memoryless, so one caught mid-way has
-        # the same law of remaining views as a new one.
+        # the same law of remaining views as a new one. Caught mid-way, its current view ends a little after the
+        # run starts (it began before).
         for _ in range(round(self._sessions_per_ms * (_MEAN_SESSION_VIEWS - 1) * _MEAN_VIEW_STEP_MS)):
-            self._start_session(start + self._in_flight_delay())
+            self._start_session(start + self._in_flight_delay(), in_flight=True)
         next_start = start + rng.expovariate(self._sessions_per_ms)
         while True:
             if heap and heap[0][0] <= next_start:
@@ -353,9 +391,7 @@ class _OrganicTraffic:
                 if isinstance(item, SimEvent):
                     yield item
                     continue
-                view = self._view(item, ts)
-                if view is not None:
-                    yield view
+                self._view(item, ts)
             else:
                 if next_start >= end:
                     return
@@ -366,7 +402,7 @@ class _OrganicTraffic:
         self._seq += 1
         heapq.heappush(self._heap, (ts, self._seq, item))
 
-    def _start_session(self, now: int) -> None:
+    def _start_session(self, now: int, in_flight: bool = False) -> None:
         rng = self._rng
         n = self._cat.viewers
         for _ in range(_VIEWER_TRIES):
@@ -381,16 +417,26 @@ class _OrganicTraffic:
             return  # the population is saturated at this rate: fewer sessions rather than overlapping ones
         if last_end is not None and now - last_end > _VIEWER_MEMORY_MS:
             self._history.pop(viewer, None)  # bounded memory: history this old can no longer trip a rule
-        second = viewer in self._cat.second_device and rng.random() < 0.3
+        device = self._cat.phone(viewer)
+        second = self._cat.second_device.get(viewer)
+        # The second device when it is free: a family tablet may be in another member's hands (one screen, one
+        # video at a time: sessions on a device never overlap).
+        if second is not None and rng.random() < _SECOND_DEVICE_SESSION_P and self._free(second, now):
+            device = second
         length = min(_MAX_SESSION_VIEWS, 1 + round(rng.expovariate(1 / (_MEAN_SESSION_VIEWS - 1.0))))
         self._active.add(viewer)
-        self._push(now, _Session(viewer, self._cat.device_id(viewer, second), length))
+        self._busy.add(device)
+        self._push(now, _Session(viewer, device, length, in_flight))
+
+    def _free(self, device: str, now: int) -> bool:
+        return device not in self._busy and self._device_free_at.get(device, now) <= now
 
     def _in_flight_delay(self) -> int:
-        """Time to the next view of a session caught mid-way: uniform within a step drawn length-biased."""
+        """Time to the end of the current view of a session caught mid-way: uniform within a step drawn
+        length-biased."""
         rng = self._rng
         while True:
-            step = max(_MIN_VIEW_STEP_MS, _watch_ms(rng, _video_ms(rng)) + rng.randint(300, 3_000))
+            step = _watch_ms(rng, _video_ms(rng)) + rng.randint(*_THINK_MS)
             if rng.random() * _MAX_VIEW_STEP_MS < step:
                 return rng.randrange(step)
 
@@ -405,36 +451,44 @@ class _OrganicTraffic:
                 return video
         return -1
 
-    def _view(self, session: _Session, ts: int) -> SimEvent | None:
+    def _view(self, session: _Session, start: int) -> None:
+        """The session's next view starts at `start` (ends then, for a session caught mid-view when the run
+        starts); it is reported when it ends (SPEC §3: its watch interval on the device is [ts - watch_ms, ts]),
+        and the next one starts after some think time."""
         rng = self._rng
         viewer = session.viewer
         history = self._history.setdefault(viewer, {})
         index = self._pick(history)
         if index < 0:
-            self._end_session(viewer, ts)
-            return None
+            self._end_session(session, start)
+            return
         history[index] = history.get(index, 0) + 1
         video = self._cat.videos[index]
         watch_ms = _watch_ms(rng, video.video_ms)
+        end = start + watch_ms
+        if session.in_flight:  # it began before the run: no interactions from the part we do not simulate
+            session.in_flight = False
+            end = start
         payload = {
             "event_id": _event_id(rng),
             "video_id": video.video_id,
             "creator_id": video.creator_id,
             "viewer_id": self._cat.viewer_id(viewer),
             "device_id": session.device,
-            "ts": ts,
+            "ts": end,
             "watch_ms": watch_ms,
             "video_ms": video.video_ms,
             "source": _SOURCES[int(rng.random() * 100)],
             "region": self._cat.viewer_regions[viewer],
         }
-        self._interactions(payload, history, index, watch_ms / video.video_ms)
+        if start < end < self._config.end_ms:  # a view still playing when the run ends is never reported, nor liked
+            self._interactions(payload, history, index, watch_ms / video.video_ms)
         session.remaining -= 1
         if session.remaining > 0:
-            self._push(ts + max(_MIN_VIEW_STEP_MS, watch_ms + rng.randint(300, 3_000)), session)
+            self._push(end + rng.randint(*_THINK_MS), session)
         else:
-            self._end_session(viewer, ts + watch_ms)
-        return SimEvent(InputTopic.VIEWS, payload, ORGANIC, None, ts)
+            self._end_session(session, end)
+        self._push(end, SimEvent(InputTopic.VIEWS, payload, ORGANIC, None, end))
 
     def _interactions(self, view: dict[str, Any], history: dict[int, int], index: int, watched: float) -> None:
         if watched < 0.3:
@@ -447,8 +501,8 @@ class _OrganicTraffic:
             if history[index] & flag:
                 continue
             history[index] |= flag
-            # During the watch, so always after the view's ts and before the session's next view.
-            ts = view["ts"] + rng.randint(300, max(400, min(view["watch_ms"], 60_000)))
+            # During the watch, in its last minute (so the view, reported when it ends, is within GRACE_S of it).
+            ts = view["ts"] - rng.randint(0, max(0, min(view["watch_ms"], 60_000) - 300))
             payload = {
                 "event_id": _event_id(rng),
                 "video_id": view["video_id"],
@@ -460,9 +514,11 @@ class _OrganicTraffic:
             }
             self._push(ts, SimEvent(InputTopic.INTERACTIONS, payload, ORGANIC, None, ts))
 
-    def _end_session(self, viewer: int, ts: int) -> None:
-        self._active.discard(viewer)
-        self._last_end[viewer] = ts
+    def _end_session(self, session: _Session, ts: int) -> None:
+        self._active.discard(session.viewer)
+        self._last_end[session.viewer] = ts
+        self._busy.discard(session.device)
+        self._device_free_at[session.device] = ts
 
 
 def _with_duplicates(events: Iterator[SimEvent], rng: random.Random, share: float, end_ms: int) -> Iterator[SimEvent]:
@@ -482,6 +538,32 @@ def _with_duplicates(events: Iterator[SimEvent], rng: random.Random, share: floa
                 heapq.heappush(pending, (at, seq, copy))
     while pending:
         yield heapq.heappop(pending)[2]
+
+
+def device_verdicts(views: list[dict[str, Any]]) -> list[str | None]:
+    """device_overlap and account_farm as SPEC §6 defines them (default thresholds), for the views of one device
+    that sees no other traffic and stays under device_burst: in order of the views' ends (ts, then event_id), a
+    view is device_overlap when it overlaps the views kept so far by more than OVERLAP_TOLERANCE_MS in total, else
+    account_farm when its account is the device's 9th or later in order of first view, else kept. The labels of
+    the device scenarios; returned in the order of `views`."""
+    policy = _DEFAULT_POLICY
+    kept: list[tuple[int, int]] = []
+    accounts: dict[str, int] = {}
+    reasons: dict[int, str | None] = {}
+    for k in sorted(range(len(views)), key=lambda k: (views[k]["ts"], views[k]["event_id"])):
+        end = views[k]["ts"]
+        start = end - views[k]["watch_ms"]
+        since = end - policy.device_memory_s * 1000
+        overlap = sum(max(0, min(e, end) - max(s, start)) for s, e in kept if e > since)
+        number = accounts.setdefault(views[k]["viewer_id"], len(accounts) + 1)
+        if overlap > policy.overlap_tolerance_ms:
+            reasons[k] = "device_overlap"
+        elif number > policy.accounts_per_device:
+            reasons[k] = "account_farm"
+        else:
+            reasons[k] = None
+            kept.append((start, end))
+    return [reasons[k] for k in range(len(views))]
 
 
 class _Fraud:
@@ -526,11 +608,13 @@ class _Fraud:
         video = self._cat.pick_video_outside(rng, self._reserved)
         region = self._region()
         count = rng.randint(20, 30)
-        # Evenly paced (a looping bot), all inside viewer_repeat's 600 s span.
+        # Evenly paced (a looping bot), all inside viewer_repeat's 600 s span; one loop ends before the next starts
+        # (a run too short for 9 s steps gets shorter loops).
         step = min(rng.randint(9_000, 14_000), max(1, (self._config.end_ms - start) // count))
         events = []
         for n in range(count):
-            payload = self._view(viewer, device, video, start + n * step, rng.randint(5_000, 9_000), region)
+            watch = min(rng.randint(5_000, 9_000), step)
+            payload = self._view(viewer, device, video, start + n * step, watch, region)
             reason = "viewer_repeat" if n >= 5 else None
             events.append(SimEvent(InputTopic.VIEWS, payload, "repeat_viewer", reason, payload["ts"]))
         return events
@@ -553,27 +637,117 @@ class _Fraud:
             events.append(SimEvent(InputTopic.VIEWS, payload, "device_farm", "device_burst", ts))
         return events
 
+    def _paying_video(self) -> int:
+        """A video a farm is paid for (over a minute long), drawn evenly, never a velocity-burst target."""
+        rng = self._rng
+        while True:
+            video = rng.randrange(len(self._cat.videos))
+            if video not in self._reserved and self._cat.videos[video].video_ms >= 60_000:
+                return video
+
+    def _device_events(self, label: str, views: list[dict[str, Any]]) -> list[SimEvent]:
+        """One fresh device's views, labelled as device_overlap and account_farm judge them."""
+        reasons = device_verdicts(views)
+        return [
+            SimEvent(InputTopic.VIEWS, view, label, reason, view["ts"])
+            for view, reason in zip(views, reasons, strict=True)
+        ]
+
+    def farm_under_threshold(self, start: int) -> list[SimEvent]:
+        """Issue 11's farm: 4-8 phones, each just under device_burst's 60 views per 60 s (every minute for 1-2
+        minutes, 50-58 views within 10 s at the same offsets, so no 60 s span holds more), a fresh account for
+        every view, 6-9 s of watch, on paying videos. Each phone's first view passes (no rule can tell it from a
+        person); the views overlapping it are device_overlap, the others account_farm (accounts 9 and later)."""
+        rng = self._rng
+        region = self._region()
+        events: list[SimEvent] = []
+        for _ in range(rng.randint(4, 8)):
+            _, device = self._cat.new_actor("fu")
+            per_minute = rng.randint(50, 58)
+            step = 10_000 // per_minute
+            watch = rng.randint(6_000, 9_000)
+            first = start + rng.randrange(5_000)
+            views: list[dict[str, Any]] = []
+            for minute in range(rng.randint(1, 2)):
+                for j in range(per_minute):
+                    ts = first + minute * 60_000 + j * step
+                    if ts < self._config.end_ms:
+                        viewer = self._cat.new_actor("fu")[0]
+                        views.append(self._view(viewer, device, self._paying_video(), ts, watch, region))
+            events += self._device_events("farm_under_threshold", views)
+        return sorted(events, key=_at_ms)
+
+    def account_farm(self, start: int) -> list[SimEvent]:
+        """2-4 phones, each cycling 20-40 accounts in turn for 5-10 minutes: sequential views of 5-9 s (just
+        qualifying), 0.3-1.5 s apart (never two at once, far under 60 a minute), on paying videos. On each phone
+        the first 8 accounts (in order of first view) pass; every view of the 9th and later ones is account_farm."""
+        rng = self._rng
+        region = self._region()
+        events: list[SimEvent] = []
+        for _ in range(rng.randint(2, 4)):
+            _, device = self._cat.new_actor("af")
+            accounts = [self._cat.new_actor("af")[0] for _ in range(rng.randint(20, 40))]
+            t = start + rng.randrange(10_000)
+            stop = min(start + rng.randint(300_000, 600_000), self._config.end_ms)
+            views: list[dict[str, Any]] = []
+            while True:
+                watch = rng.randint(5_000, 9_000)
+                if t + watch >= stop:
+                    break
+                account = accounts[len(views) % len(accounts)]
+                views.append(self._view(account, device, self._paying_video(), t + watch, watch, region))
+                t += watch + rng.randint(300, 1_500)
+            events += self._device_events("account_farm", views)
+        return sorted(events, key=_at_ms)
+
+    def overlap_bot(self, start: int) -> list[SimEvent]:
+        """One account on one phone playing 3-5 videos at once for 2-4 minutes: each player sequential (8-30 s
+        views, 0.2-1 s apart), the players side by side. One screen's worth of views can be real and passes;
+        device_overlap rejects the rest (judged in order of the views' ends)."""
+        rng = self._rng
+        viewer, device = self._cat.new_actor("ob")
+        region = self._region()
+        stop = min(start + rng.randint(120_000, 240_000), self._config.end_ms)
+        seen: set[int] = set()
+        views: list[dict[str, Any]] = []
+        for _ in range(rng.randint(3, 5)):
+            t = start + rng.randrange(5_000)
+            while True:
+                watch = rng.randint(8_000, 30_000)
+                if t + watch >= stop:
+                    break
+                video = self._paying_video()
+                while video in seen:  # one account never repeats a video (no viewer_repeat)
+                    video = self._paying_video()
+                seen.add(video)
+                views.append(self._view(viewer, device, video, t + watch, watch, region))
+                t += watch + rng.randint(200, 1_000)
+        views.sort(key=lambda view: (view["ts"], view["event_id"]))
+        return self._device_events("overlap_bot", views)
+
     def velocity_burst(self, start: int) -> list[SimEvent]:
         """1000 views of one tail video in 50 s from 250 accounts (own devices), 4 each: repeats are flagged.
 
         4 views per account stays under viewer_repeat (6) and 1 device each under device_burst, so the
-        velocity rule is the one that fires; it flags each viewer's views after their first in the span.
+        velocity rule is the one that fires; it flags each viewer's views after their first in the span. An
+        account's views are 10-13 s apart and last at most 10 s: one screen, one video at a time.
         """
         rng = self._rng
         video = self._targets[self._instances % len(self._targets)]
         self._instances += 1
-        actors = [self._cat.new_actor("vb") for _ in range(250)]
-        order = [n for n in range(len(actors)) for _ in range(4)]
-        rng.shuffle(order)
-        seen: set[int] = set()
-        events = []
-        for actor, ts in zip(order, self._spread(start, len(order), _INSTANCE_SPAN_MS["velocity_burst"]), strict=True):
-            viewer, device = actors[actor]
-            payload = self._view(viewer, device, video, ts, rng.randint(5_000, 10_000), self._region())
-            reason = "velocity_burst" if actor in seen else None
-            seen.add(actor)
-            events.append(SimEvent(InputTopic.VIEWS, payload, "velocity_burst", reason, ts))
-        return events
+        views: list[tuple[int, int, dict[str, Any]]] = []
+        for _ in range(250):
+            viewer, device = self._cat.new_actor("vb")
+            ts = start + rng.randrange(8_000)
+            for n in range(4):
+                if ts < self._config.end_ms:
+                    payload = self._view(viewer, device, video, ts, rng.randint(5_000, 10_000), self._region())
+                    views.append((ts, n, payload))
+                ts += rng.randint(10_000, 13_000)
+        return [
+            SimEvent(InputTopic.VIEWS, payload, "velocity_burst", "velocity_burst" if n else None, ts)
+            for ts, n, payload in sorted(views, key=lambda item: item[0])
+        ]
 
     def fake_engagement(self, start: int) -> list[SimEvent]:
         """A bot account liking/following/commenting on 6-14 videos it never viewed."""

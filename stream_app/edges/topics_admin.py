@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 import tomllib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -425,6 +425,60 @@ async def apply(bootstrap: str, plan: TopicPlan, *, client_kwargs: Mapping[str, 
                 reason = error_message or "no message"
                 status.messages.append(f"broker refused to create it: {for_code(error_code).__name__}: {reason}")
         return report
+
+
+# ---- the worker's start-up check (SPEC §4) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequiredTopic:
+    """A topic a worker reads or writes, its name in full, and the topic whose partition count it must have."""
+
+    name: str
+    # Full name of the topic it is co-partitioned with (its partition count must be that topic's), or None.
+    co_partitioned_with: str | None = None
+
+
+def required_by_plan(plan: TopicPlan) -> list[RequiredTopic]:
+    """What a worker needs of the topics of a plan: each must exist, video-interactions must have the partition
+    count of video-views, and each `partitions_like` topic that of the topic it names."""
+    views = plan.named(CO_PARTITIONED[0])
+    required = []
+    for spec in plan:
+        partner = spec.partitions_like
+        if views is not None and spec.declared_as in CO_PARTITIONED[1:]:
+            partner = views.name
+        required.append(RequiredTopic(spec.name, partner))
+    return required
+
+
+def topology_problems(required: Iterable[RequiredTopic], existing: Mapping[str, int]) -> list[str]:
+    """Why a worker must not start on these topics (`existing`: name -> partition count on the broker), one
+    sentence per problem; empty when every required topic exists with the partition count it needs."""
+    required = list(required)
+    problems: list[str] = []
+    missing = [topic.name for topic in required if topic.name not in existing]
+    if missing:
+        problems.append(f"missing topic{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    for topic in required:
+        partner = topic.co_partitioned_with
+        if partner is None or topic.name not in existing or partner not in existing:
+            continue
+        if existing[topic.name] != existing[partner]:
+            problems.append(
+                f"{topic.name} has {existing[topic.name]} partitions but {partner} has {existing[partner]}: "
+                "they must be co-partitioned (equal counts)"
+            )
+    return problems
+
+
+async def partition_counts_on_broker(
+    bootstrap: str, *, client_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """The partition count of every topic on the broker, from an all-topics request: asking for named topics
+    would make a broker that auto-creates topics (tansu does) create the very topics being checked for."""
+    async with _admin(bootstrap, client_kwargs or {}) as admin:
+        return {name: topic.partitions for name, topic in (await _existing_topics(admin)).items()}
 
 
 # ---- output --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The Faust application: configuration, topics and agents wired to the domain core.
+"""The worker's composition root: the Faust app, its topology (streaming/topics.py), and the processors and
+services wired over it, each given only what it uses. The agents and timers here only hand batches on.
 
 `build_app(settings, metrics)` makes a fresh app (tests build several); `stream_app.app` holds the one the
 `faust -A stream_app.app worker` command and `stream-app worker` run.
@@ -11,22 +12,23 @@ import logging
 import ssl
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import TP, TopicT
+from faust.types import TP
 
-from stream_app.domain.events import InputTopic, OutputTopic
-from stream_app.domain.policy import policy_hash
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.edges.kafka_client import client_kwargs
-from stream_app.edges.metrics import RewardsMetrics, start_http_server
+from stream_app.edges.kafka_client import client_kwargs, true_end_offsets
+from stream_app.edges.metrics import RewardsMetrics
 from stream_app.edges.settings import Settings
-from stream_app.streaming import changelog_end, uncommitted_seek
+from stream_app.streaming import faust_compat, topology
+from stream_app.streaming.delivery_guard import DeliveryGuard, clamp_commits, records_in
 from stream_app.streaming.devices import DeviceJudge
 from stream_app.streaming.ingest import IngestProcessor
+from stream_app.streaming.lifecycle import WorkerLifecycle
+from stream_app.streaming.positions import Positions
 from stream_app.streaming.profile_reader import ProfileReader
+from stream_app.streaming.topics import PartitionCounts, build_topology
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +42,6 @@ BATCH_WITHIN_S = 0.1
 # since Faust tables can only be written while processing an event.
 TICK_INTERVAL_S = 1.0
 LAG_INTERVAL_S = 5.0
-
-
-@dataclass(frozen=True)
-class ScorerTopics:
-    events: TopicT  # video-views and video-interactions, co-partitioned, consumed by one agent
-    profiles: TopicT
-    dlq: TopicT
-    suspicious: TopicT
-    accruals: TopicT
-    settlements: TopicT
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -71,199 +63,87 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
-def _raw_topic(app: faust.App, *names: str) -> TopicT:
-    # Keys and values stay bytes: the domain validates raw bytes and the DLQ keeps them as they came.
-    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-
 class ScorerApp:
-    """One Faust app with its topics, tables and agents; `faust` is the faust.App itself."""
+    """The composition root of one worker: the Faust app, its topology, and the processors and services wired
+    over it, each given only what it uses. `faust` is the faust.App itself."""
 
     def __init__(self, settings: Settings, metrics: RewardsMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        bootstrap = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap.split(","))
-        self.faust = faust.App(
-            settings.app_id,
-            broker=bootstrap,
-            broker_credentials=broker_credentials(settings),
-            store=settings.store,
-            # Table contents are payout data: Faust's web server (0.0.0.0, table views) stays off (SPEC §9).
-            web_enabled=False,
-            # Topics are created by `stream-app topics apply`, never by the worker or broker auto-creation.
-            topic_allow_declare=False,
-            topic_disable_leader=True,
-            consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            # linger 0 sends one request per record; a few ms lets aiokafka batch output records.
-            producer_linger_ms=5,
-            key_serializer="raw",
-            value_serializer="raw",
-            autodiscover=False,
-        )
-        s = settings
-        self.topics = ScorerTopics(
-            events=_raw_topic(self.faust, s.topic(InputTopic.VIEWS), s.topic(InputTopic.INTERACTIONS)),
-            profiles=_raw_topic(self.faust, s.topic(InputTopic.PROFILES)),
-            dlq=_raw_topic(self.faust, s.topic(OutputTopic.DLQ)),
-            suspicious=_raw_topic(self.faust, s.topic(OutputTopic.SUSPICIOUS)),
-            accruals=_raw_topic(self.faust, s.topic(OutputTopic.ACCRUALS)),
-            settlements=_raw_topic(self.faust, s.topic(OutputTopic.SETTLEMENTS)),
-        )
-        self.policy_id = policy_hash(settings.policy)
-        self.tick_topic_name = s.internal_topic("ticks")
-        self.ticks = _raw_topic(self.faust, self.tick_topic_name)
-        self.device_flags_name = s.internal_topic("device-flags")
-        self.device_flags = _raw_topic(self.faust, self.device_flags_name)
-        self.device_views_name = s.internal_topic("device-views")
-        self.device_views = _raw_topic(self.faust, self.device_views_name)
-        # views, interactions, ticks and device flags are co-partitioned: one agent sees them all for a partition
-        self.topics = ScorerTopics(
-            events=_raw_topic(
-                self.faust,
-                s.topic(InputTopic.VIEWS),
-                s.topic(InputTopic.INTERACTIONS),
-                self.tick_topic_name,
-                self.device_flags_name,
-            ),
-            profiles=self.topics.profiles,
-            dlq=self.topics.dlq,
-            suspicious=self.topics.suspicious,
-            accruals=self.topics.accruals,
-            settlements=self.topics.settlements,
-        )
-        changelog_end.install(settings.kafka_bootstrap, client_kwargs(settings.env))
-        uncommitted_seek.install()
-        setattr(
-            self.faust,
-            uncommitted_seek.STREAM_TOPICS_ATTR,
-            {
-                s.topic(InputTopic.VIEWS),
-                s.topic(InputTopic.INTERACTIONS),
-                s.topic(InputTopic.PROFILES),
-                self.tick_topic_name,
-                self.device_flags_name,
-                s.internal_topic("device-views"),
-            },
-        )
-        self.video_state = self._table("video-state")
-        self.device_state = self._table("device-state")
+        self.faust = faust_app(settings)
+        self.topology = build_topology(self.faust, settings)
+        names = self.topology.names
+        security = client_kwargs(settings.env)
+        counts = PartitionCounts(settings.kafka_bootstrap, [*names.inputs, *names.outputs, *names.internal], security)
         self.profiles = ProfileHistory(settings.policy)
-        self.profile_reader = ProfileReader(
-            settings.kafka_bootstrap, s.topic(InputTopic.PROFILES), self.profiles, dict(client_kwargs(settings.env))
+        self.profile_reader = ProfileReader(settings.kafka_bootstrap, names.profiles, self.profiles, dict(security))
+        self.positions = Positions(lambda: self.faust.consumer, names, lambda: self.faust.should_stop)
+        self.ingest = IngestProcessor(
+            settings=settings,
+            metrics=metrics,
+            names=names,
+            video_state=self.topology.video_state,
+            profiles=self.profiles,
+            profiles_ready=self.profile_reader.caught_up,
+            positions=self.positions,
+            counts=counts,
+            producer=lambda: self.faust.producer,
         )
-        # per input topic-partition: the offset after the last record processed (position_and_highwater)
-        self.processed_offsets: dict[tuple[str, int], int] = {}
-        self._start_offsets: dict[tuple[str, int], int] = {}
-        self.ingest = IngestProcessor(self)
-        self.devices = DeviceJudge(self)
-        self.metrics_server: Any = None
-        self.faust.agent(self.topics.events, name="score-events")(self._score_events)
-        self.faust.agent(self.topics.profiles, name="track-profiles")(self._track_profiles)
-        self.faust.agent(self.device_views, name="judge-devices")(self._judge_devices)
-        self.faust.task(self._start_metrics_server)
+        self.devices = DeviceJudge(
+            policy=settings.policy,
+            names=names,
+            device_state=self.topology.device_state,
+            counts=counts,
+            outbox=self.ingest.outbox,
+        )
+        self.guard = DeliveryGuard(
+            [names.views, names.interactions, names.device_flags], records_in(settings.kafka_bootstrap, security)
+        )
+        inputs = frozenset(names.inputs)
+        faust_compat.install(
+            self.faust,
+            true_ends=lambda reported: true_end_offsets(settings.kafka_bootstrap, reported, security),
+            stream_topics=[*names.inputs, names.ticks, names.device_flags, names.device_views],
+            on_sought=self.guard.sought,
+            clamp_commits=lambda offsets: clamp_commits(offsets, inputs, self.positions.processed),
+        )
+        # probes (/livez, /readyz) and the metrics server, started first; the shutdown clock (lifecycle.py)
+        self.lifecycle = WorkerLifecycle(
+            self.faust,
+            settings=settings,
+            metrics=metrics,
+            profiles_ready=self.profile_reader.caught_up,
+            views_topic=names.views,
+        )
+        # before the consumer joins the group: the topics exist as the worker needs them (SPEC §4)
+        topology.install(self.faust, self.topology, settings)
+        self.faust.agent(self.topology.events, name="score-events")(self._score_events)
+        self.faust.agent(self.topology.profiles, name="track-profiles")(self._track_profiles)
+        self.faust.agent(self.topology.device_views, name="judge-devices")(self._judge_devices)
         self.faust.task(self.profile_reader.run)
         self.faust.timer(TICK_INTERVAL_S)(self._send_ticks)
         self.faust.timer(LAG_INTERVAL_S)(self._measure_lag)
         self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
-    def _table(self, name: str) -> Any:
-        changelog = self.faust.topic(
-            self.settings.internal_topic(f"{name}-changelog"),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            compacting=True,
-        )
-        return self.faust.Table(
-            name,
-            default=None,
-            key_type=bytes,
-            value_type=bytes,
-            changelog_topic=changelog,
-            # writes name their partition through the current event (tables.writing_for), not the key's hash
-            use_partitioner=False,
-        )
-
-    async def _start_metrics_server(self) -> None:
-        if self.metrics_server is None and self.settings.metrics_port:
-            self.metrics_server = start_http_server(
-                self.metrics, self.settings.metrics_host, self.settings.metrics_port
-            )
-
-    def _owned_partitions(self, topic: str) -> list[int]:
-        return sorted(tp.partition for tp in self.faust.consumer.assignment() if tp.topic == topic)
-
     async def _send_ticks(self) -> None:
         now = str(int(time.time() * 1000)).encode()
-        for partition in self._owned_partitions(self.tick_topic_name):
-            await self.ticks.send(value=now, partition=partition, force=True)
+        for partition in self.positions.owned_partitions(self.topology.names.ticks):
+            await self.topology.ticks.send(value=now, partition=partition, force=True)
         self.metrics.set_eligible_creators(self.profiles.eligible_creators())
 
-    async def position_and_highwater(self, topic: str, partition: int) -> tuple[int | None, int | None]:
-        """This worker's position on a topic-partition and the broker's high watermark.
-
-        The position is the offset after the last record the agent has *processed* (`processed_offsets`), not
-        what the consumer fetched or Faust handed to the stream's buffer: during a catch-up the buffer holds
-        many seconds of work, and a partition whose records wait there is not caught up (SPEC §5 idleness).
-        Before the first processed record it is where processing starts: the committed offset, else the earliest.
-        The high watermark is at least the fetched position (below).
-        """
-        consumer = self.faust.consumer
-        tp = TP(topic, partition)
-        try:
-            highwater = consumer.highwater(tp)
-        except AssertionError:  # aiokafka: "Partition is not assigned" (revoked meanwhile); timers must not crash
-            return None, None
-        # Every record fetched (handed to the stream's buffer) is below the end: tansu reports the high watermark
-        # as the last batch's base offset + 1, too low after a multi-record batch, and a fetch returns whole
-        # batches, so the fetched position shows the true end (a no-op on Apache Kafka).
-        read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
-        if read is not None and (highwater is None or read + 1 > highwater):
-            highwater = read + 1
-        position = self.processed_offsets.get((topic, partition))
-        if position is None:
-            position = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
-        if position is None:
-            start = self._start_offsets.get((topic, partition))
-            if start is None:
-                try:
-                    start = (await consumer.earliest_offsets(tp)).get(tp)
-                except Exception:  # revoked meanwhile (a rebalance): unknown, and a timer must not crash the app
-                    log.debug("no earliest offset for %s[%d]", topic, partition, exc_info=True)
-                    return None, highwater
-                if start is not None:
-                    self._start_offsets[(topic, partition)] = start
-            position = start
-        return position, highwater
-
-    async def caught_up(self, topic: InputTopic, partition: int) -> bool:
-        position, highwater = await self.position_and_highwater(self.settings.topic(topic), partition)
-        return position is not None and highwater is not None and position >= highwater
-
     async def _measure_lag(self) -> None:
-        for topic in InputTopic:
-            name = self.settings.topic(topic)
-            for partition in self._owned_partitions(name):
-                position, highwater = await self.position_and_highwater(name, partition)
-                if position is not None and highwater is not None:
-                    self.metrics.set_consumer_lag(topic.value, partition, max(0, highwater - position))
+        await self.positions.measure_lag(self.metrics)
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
-        for tp in revoked:
-            self.processed_offsets.pop((tp.topic, tp.partition), None)
-            self._start_offsets.pop((tp.topic, tp.partition), None)
-        events_topic = self.settings.topic(InputTopic.VIEWS)
-        self.ingest.forget({tp.partition for tp in revoked if tp.topic == events_topic})
+        self.positions.forget(revoked, self.metrics)
+        self.guard.forget(revoked)
+        views = self.topology.names.views
+        self.ingest.forget({tp.partition for tp in revoked if tp.topic == views})
         self.devices.forget()
-        for tp in revoked:
-            unprefixed = self.settings.unprefixed(tp.topic)
-            if unprefixed in {t.value for t in InputTopic}:
-                self.metrics.forget_consumer_lag(unprefixed, tp.partition)
 
     async def _score_events(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
+            await self.guard.check(batch)  # stops the worker if the consumer skipped records
             await finish_batch(self.ingest.process_batch(batch))
 
     async def _judge_devices(self, stream: Any) -> None:
@@ -273,6 +153,30 @@ class ScorerApp:
     async def _track_profiles(self, stream: Any) -> None:
         async for batch in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
             await finish_batch(self.ingest.process_profiles(batch))
+
+
+def faust_app(settings: Settings) -> faust.App:
+    bootstrap = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap.split(","))
+    return faust.App(
+        settings.app_id,
+        broker=bootstrap,
+        broker_credentials=broker_credentials(settings),
+        store=settings.store,
+        # Table contents are payout data: Faust's web server (0.0.0.0, table views) stays off (SPEC §9).
+        web_enabled=False,
+        # Topics are created by `stream-app topics apply`, never by the worker or broker auto-creation.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # linger 0 sends one request per record; a few ms lets aiokafka batch output records.
+        producer_linger_ms=5,
+        # a record the broker has not acknowledged by then stops the worker (streaming/topology.py)
+        producer_request_timeout=topology.PRODUCER_REQUEST_TIMEOUT_S,
+        key_serializer="raw",
+        value_serializer="raw",
+        autodiscover=False,
+    )
 
 
 async def finish_batch(work: Coroutine[Any, Any, None]) -> None:

@@ -11,10 +11,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from stream_app.domain import jsoncodec
 from stream_app.domain.events import Outcome, OutputTopic
 from stream_app.domain.partition import Effects
-from stream_app.domain.records import audit_record, dead_letter, event_to_dict
+from stream_app.domain.records import AuditRecord, DeadLetter, Settlement, event_to_dict
 from stream_app.edges.metrics import RewardsMetrics
 from stream_app.edges.partitioner import partition_for
 from stream_app.edges.settings import Settings
@@ -69,7 +68,7 @@ class Emitter:
                 metrics.count_outcome(outcome.topic.value, outcome.outcome)
                 if outcome.outcome is Outcome.SUSPICIOUS:
                     metrics.count_suspicious(outcome.reason)
-            record = audit_record(
+            record = AuditRecord(
                 event=event_to_dict(outcome.event),
                 source_topic=self.settings.topic(outcome.topic),
                 partition=outcome.position.partition,
@@ -80,28 +79,28 @@ class Emitter:
                 detail=outcome.detail,
                 detected_at=now_ms,
             )
-            await outbox.send(self.suspicious, outcome.event.video_id.encode(), jsoncodec.dumps(record))
+            await outbox.send(self.suspicious, outcome.event.video_id.encode(), record.to_bytes())
         for settlement in effects.settlements:
-            if settlement["kind"] == "settlement":
-                metrics.add_settled(settlement["settled_micros"])
+            if isinstance(settlement, Settlement):
+                metrics.add_settled(settlement.settled_micros)
                 metrics.count_windows_settled()
             else:
-                metrics.add_clawback(settlement["clawback_micros"])
+                metrics.add_clawback(settlement.clawback_micros)
         await self.send_records(effects, outbox)
 
     async def send_records(self, effects: Effects, outbox: Outbox) -> None:
         """Settlements and accruals only (also the re-emit after an assignment, counted as accruals emitted)."""
         for settlement in effects.settlements:
-            await outbox.send(self.settlements, settlement["video_id"].encode(), jsoncodec.dumps(settlement))
+            await outbox.send(self.settlements, settlement.video_id.encode(), settlement.to_bytes())
         for accrual in effects.accruals:
-            await outbox.send(self.accruals, accrual["video_id"].encode(), jsoncodec.dumps(accrual))
+            await outbox.send(self.accruals, accrual.video_id.encode(), accrual.to_bytes())
         if effects.accruals:
             self.metrics.count_accruals_emitted(len(effects.accruals))
 
     async def dead_letter(
         self, message: Any, index: int | None, value: bytes, error: str, outbox: Outbox, now_ms: int
     ) -> None:
-        record = dead_letter(
+        record = DeadLetter(
             source_topic=message.topic,
             partition=message.partition,
             offset=message.offset,
@@ -111,5 +110,5 @@ class Emitter:
             error=error,
             ts=now_ms,
         )
-        await outbox.send(self.dlq, message.key, jsoncodec.dumps(record))
+        await outbox.send(self.dlq, message.key, record.to_bytes())
         self.metrics.count_outcome(self.settings.unprefixed(message.topic), Outcome.INVALID)

@@ -6,27 +6,32 @@ DLQ, because Faust acks a message whose agent raised and would otherwise lose it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.device_records import DeviceFlags
 from stream_app.domain.errors import PolicyMismatchError, StateFormatError
-from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, OutputTopic, ViewEvent
+from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.partition import Effects, PartitionMeta, PartitionScorer
+from stream_app.domain.policy import policy_hash
+from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.records import event_to_dict
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
-from stream_app.edges.kafka_client import client_kwargs, partition_counts
+from stream_app.edges.metrics import RewardsMetrics
 from stream_app.edges.partitioner import partition_for
+from stream_app.edges.settings import Settings
 from stream_app.streaming.devices import send_device_views
 from stream_app.streaming.emitter import Emitter, Outbox
+from stream_app.streaming.faust_compat import writing_for
+from stream_app.streaming.positions import Positions
 from stream_app.streaming.sending import fail_stop
-from stream_app.streaming.tables import TableState, writing_for
-
-if TYPE_CHECKING:
-    from stream_app.streaming.app import ScorerApp
+from stream_app.streaming.tables import TableState
+from stream_app.streaming.topics import PartitionCounts, TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +44,42 @@ def _now_ms() -> int:
 
 
 class IngestProcessor:
-    def __init__(self, scorer: ScorerApp) -> None:
-        self.app = scorer
-        self.settings = scorer.settings
-        self.policy = scorer.settings.policy
-        self.metrics = scorer.metrics
-        self.emitter = Emitter(scorer.settings, scorer.metrics)
-        self._partition_counts: dict[str, int] = {}
-        self._input_topics = {self.settings.topic(t): t for t in InputTopic}
+    """The score-events and track-profiles agents' work, over exactly what it uses."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        metrics: RewardsMetrics,
+        names: TopicNames,
+        video_state: Any,
+        profiles: ProfileHistory,
+        profiles_ready: asyncio.Event,
+        positions: Positions,
+        counts: PartitionCounts,
+        producer: Callable[[], Any],
+    ) -> None:
+        self.settings = settings
+        self.policy = settings.policy
+        self.policy_id = policy_hash(settings.policy)
+        self.metrics = metrics
+        self.names = names
+        self.video_state = video_state
+        self.profiles = profiles
+        self.profiles_ready = profiles_ready  # set once the profile reader caught up (eligibility needs it)
+        self.positions = positions
+        self.partition_count = counts
+        self._producer = producer  # Faust's producer exists only once the app runs
+        self.emitter = Emitter(settings, metrics)
+        self._input_topics = names.inputs
         self.partitions: dict[int, PartitionScorer] = {}
         self._republish: set[int] = set()
-        # per partition: the progress last reported to the device partitions, and when (send_device_views)
-        self._reported: dict[int, tuple[int, float]] = {}
+        # per partition: the progress and drained state last reported to the device partitions, and when
+        self._reported: dict[int, tuple[int, bool, float]] = {}
         self._progress_due: set[int] = set()
         self._lag_ts: dict[InputTopic, list[int]] = {}  # per event topic: ts of the batch's events (event lag)
 
     # ---- partitions ----
-
-    def partition_count(self, topic: str) -> int:
-        """Partition counts are read once from the cluster (a count change is a migration, not an edit)."""
-        return self._partition_counts[topic]
-
-    async def load_partition_counts(self) -> None:
-        if not self._partition_counts:
-            self._partition_counts = await partition_counts(
-                self.settings.kafka_bootstrap,
-                [
-                    *self._input_topics,
-                    *(self.settings.topic(t) for t in OutputTopic),
-                    self.app.tick_topic_name,
-                    self.app.device_flags_name,
-                    self.app.device_views_name,
-                ],
-                client_kwargs(self.settings.env),
-            )
 
     def scorer_for(self, partition: int, topic: str) -> PartitionScorer:
         """The scorer of a partition of the co-partitioned topics (`topic`: the one a record came from; all of
@@ -80,18 +87,18 @@ class IngestProcessor:
         scorer = self.partitions.get(partition)
         if scorer is None:
             count = self.partition_count(topic)
-            state = TableState(self.app.video_state, partition, count)
+            state = TableState(self.video_state, partition, count)
             try:
                 self._check_policy(partition, PartitionMeta.from_bytes(state.meta()).policy_id)
                 started = time.monotonic()
                 scorer = PartitionScorer(
                     self.policy,
-                    self.app.policy_id,
+                    self.policy_id,
                     partition,
                     state,
-                    self.app.profiles,
+                    self.profiles,
                     now_ms=_now_ms(),
-                    device_partitions=self.partition_count(self.app.device_views_name),
+                    device_partitions=self.partition_count(self.names.device_views),
                 )
             except StateFormatError as exc:
                 log.critical(
@@ -100,7 +107,7 @@ class IngestProcessor:
                     "under a new APP_ID (its state is rebuilt from the retained input; accrual versions start "
                     "again at 1, so readers of reward-accruals must drop what they hold for this app)",
                     partition,
-                    self.app.settings.internal_topic("video-state-changelog"),
+                    self.settings.internal_topic("video-state-changelog"),
                     exc,
                 )
                 fail_stop("state written by another layout", code=3)
@@ -117,11 +124,11 @@ class IngestProcessor:
         return scorer
 
     def _check_policy(self, partition: int, stored: str | None) -> None:
-        if stored is None or stored == self.app.policy_id or self.settings.allow_policy_change:
+        if stored is None or stored == self.policy_id or self.settings.allow_policy_change:
             return
         error = PolicyMismatchError(
             f"partition {partition} holds state written under policy {stored}, but this worker runs "
-            f"{self.app.policy_id}; refusing to continue (set ALLOW_POLICY_CHANGE=1 to score on under the new policy)"
+            f"{self.policy_id}; refusing to continue (set ALLOW_POLICY_CHANGE=1 to score on under the new policy)"
         )
         log.critical("%s", error)
         fail_stop("policy mismatch", code=3)
@@ -142,8 +149,8 @@ class IngestProcessor:
     async def process_profiles(self, batch: Sequence[Any]) -> None:
         """creator-profiles in the group: count outcomes and dead-letter the invalid (the ProfileReader, outside
         the group, builds every worker's profile history)."""
-        await self.load_partition_counts()
-        outbox = self._outbox()
+        await self.partition_count.load()
+        outbox = self.outbox()
         now_ms = _now_ms()
         for event in batch:
             message = event.message
@@ -154,7 +161,7 @@ class IngestProcessor:
                 await self.emitter.dead_letter(
                     message, None, message.value or b"", f"internal error: {exc!r}", outbox, now_ms
                 )
-            self.app.processed_offsets[(message.topic, message.partition)] = message.offset + 1
+            self.positions.processed[(message.topic, message.partition)] = message.offset + 1
         try:
             await outbox.acknowledged()
         except Exception:
@@ -164,23 +171,23 @@ class IngestProcessor:
         """views, interactions, ticks and device flags of the partitions this worker owns (one agent: no
         interleaving). Outputs are sent and acknowledged before the batch's state is written (SPEC §4)."""
         # Eligibility "now" needs the profile history loaded: hold events until the profile reader caught up.
-        await self.app.profile_reader.caught_up.wait()
-        await self.load_partition_counts()
+        await self.profiles_ready.wait()
+        await self.partition_count.load()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
         last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
-        outbox = self._outbox()
+        outbox = self.outbox()
         input_topics = self._input_topics
-        processed = self.app.processed_offsets
+        processed = self.positions.processed
         self._lag_ts = {InputTopic.VIEWS: [], InputTopic.INTERACTIONS: []}
         for event in batch:
             message = event.message
             last_event[message.partition] = event
             try:
-                if message.topic == self.app.tick_topic_name:
+                if message.topic == self.names.ticks:
                     await self._on_tick(message.partition, now_ms, touched)
                     continue
-                if message.topic == self.app.device_flags_name:
+                if message.topic == self.names.device_flags:
                     self._on_device_flags(message, now_ms, touched)
                     continue
                 await self._process_record(message, now_ms, touched, outbox)
@@ -207,26 +214,27 @@ class IngestProcessor:
             for partition, effects in [*touched.items(), *republished.items()]:
                 if effects.state and partition in self.partitions:
                     with writing_for(last_event[partition]):
-                        TableState(
-                            self.app.video_state, partition, self.partition_count(self.app.tick_topic_name)
-                        ).write(effects.state)
+                        TableState(self.video_state, partition, self.partition_count(self.names.ticks)).write(
+                            effects.state
+                        )
             self._publish_gauges(touched)
         except Exception:
             fail_stop("could not send the outputs or write the state of a batch")
 
-    def _outbox(self) -> Outbox:
-        return Outbox(self.app.faust.producer, self.partition_count)
+    def outbox(self) -> Outbox:
+        """An Outbox for one batch's sends (this agent's and the device judge's)."""
+        return Outbox(self._producer(), self.partition_count)
 
     def _on_device_flags(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
         effects = touched.get(message.partition)
         if effects is None:
             effects = touched[message.partition] = Effects()
         flagged = self.scorer_for(message.partition, message.topic)
-        for flag in jsoncodec.loads(message.value):
-            if "ack" in flag:  # the device partition judged everything up to its watermark
-                flagged.on_device_ack(flag["ack"], flag["watermark"])
-            else:
-                flagged.on_device_flag(flag["video_id"], flag["event_id"], flag["detail"], now_ms, effects)
+        device_flags = DeviceFlags.from_bytes(message.value)
+        for flag in device_flags.flags:
+            flagged.on_device_flag(flag.video_id, flag.event_id, flag.reason, flag.detail, now_ms, effects)
+        for ack in device_flags.acks:  # after the flags: that device partition judged up to its watermark
+            flagged.on_device_ack(ack.device_partition, ack.watermark)
 
     def _publish_gauges(self, touched: dict[int, Effects]) -> None:
         if any(effects.pending_delta for effects in touched.values()):
@@ -271,31 +279,52 @@ class IngestProcessor:
                 effects.dead_letters.clear()
 
     async def _report_progress(self, partition: int, scorer: PartitionScorer, effects: Effects, outbox: Outbox) -> None:
-        """Send this batch's accepted views to the device partitions with the partition's progress; with none,
-        the progress alone when a tick asked for it, it moved, and PROGRESS_INTERVAL_S has passed since the last
-        report (after an assignment a partition reports where it stands before it accepts a new view)."""
-        progress = scorer.source_progress_ms()
+        """Send this batch's accepted views to the device partitions with the partition's progress. With none, on
+        a tick: whether its views topic-partition is drained (caught up) at once when that changed; else, at most
+        every PROGRESS_INTERVAL_S, its progress when it moved, and a drained state again (so a device partition
+        that changed hands hears it). After an assignment a partition reports where it stands before it accepts a
+        new view."""
+        latest = scorer.source_progress_ms()
+        progress = -1 if latest is None else latest
         due = partition in self._progress_due
         self._progress_due.discard(partition)
-        if progress is None:
-            return
+        views = effects.device_views
+        drained = not views and scorer.caught_up[InputTopic.VIEWS]
         last = self._reported.get(partition)
-        if not effects.device_views:
-            if not due:
-                return
-            if last is not None and (progress <= last[0] or time.monotonic() - last[1] < PROGRESS_INTERVAL_S):
-                return
-        await send_device_views(self.app, effects.device_views, partition, progress, outbox)
-        self._reported[partition] = (progress, time.monotonic())
+        if not views and not self._worth_reporting(due, last, latest, drained):
+            return
+        await send_device_views(
+            outbox,
+            self.names.device_views,
+            self.partition_count(self.names.device_views),
+            views,
+            partition,
+            progress,
+            drained,
+        )
+        self._reported[partition] = (progress, drained, time.monotonic())
+
+    @staticmethod
+    def _worth_reporting(due: bool, last: tuple[int, bool, float] | None, latest: int | None, drained: bool) -> bool:
+        """A report without views: on a tick only; a first one when there is something to say; then a change of
+        the drained state at once, else progress that moved, or a drained state again, every PROGRESS_INTERVAL_S."""
+        if not due:
+            return False
+        if last is None:
+            return latest is not None or drained
+        if drained != last[1]:
+            return True
+        progress = -1 if latest is None else latest
+        return time.monotonic() - last[2] >= PROGRESS_INTERVAL_S and (progress > last[0] or drained)
 
     async def _on_tick(self, partition: int, now_ms: int, touched: dict[int, Effects]) -> None:
-        scorer = self.scorer_for(partition, self.app.tick_topic_name)
+        scorer = self.scorer_for(partition, self.names.ticks)
         for topic in (InputTopic.VIEWS, InputTopic.INTERACTIONS):
-            scorer.observe_position(topic, await self.app.caught_up(topic, partition), now_ms)
+            scorer.observe_position(topic, await self.positions.caught_up(topic, partition), now_ms)
         effects = touched.get(partition)
         if effects is None:
             effects = touched[partition] = Effects()
-        scorer.settle_due(now_ms, effects, profiles_ready=self.app.profile_reader.caught_up.is_set())
+        scorer.settle_due(now_ms, effects, profiles_ready=self.profiles_ready.is_set())
         scorer.sweep_quiet_videos(now_ms)
         self._progress_due.add(partition)
 

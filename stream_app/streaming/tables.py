@@ -1,12 +1,14 @@
 """The scoring state of each partition in one Faust table (changelog `{APP_ID}-video-state-changelog`).
 
-One table holds, per partition of the event topics, the journal segments, the video heads and the partition's
-meta (domain/partition.py StateWrite), so all of a batch's state goes to ONE changelog partition, in the order
-it is written: a head never reaches the broker before the segment it includes (domain/journal.py relies on it).
+One table holds, per partition of the event topics, the journal segments (each with the heads of the videos its
+batch changed), the head keys of videos whose newest head is no longer in a live segment, and the partition's
+meta (domain/partition.py StateWrite), so all of a batch's state goes to ONE changelog partition, in the order it
+is written (domain/journal.py relies on it): usually one segment and the meta, whatever the batch touched.
 
 Keys (the first byte, 0xFF, never starts a UTF-8 video id, so no key can be a bare video id of the previous
 layout, which keyed whole ledgers by video id):
-- ``0xFF h <video_id>``: a video's head, on the partition the video's events come from;
+- ``0xFF h <video_id>``: a video's head written apart (when it left the worker's memory, or the segment holding
+  its newest head was dropped), on the partition the video's events come from;
 - ``0xFF j <partition>:<seq>``: a journal segment;
 - ``0xFF m <partition>``: the partition's meta.
 

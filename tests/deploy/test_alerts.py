@@ -17,6 +17,10 @@ EXPECTED_ALERTS = {
     "RewardsNoEventsConsumed": "warning",
     "RewardsWorkerDown": "critical",
     "RewardsSettlementStalled": "critical",
+    "RewardsWorkerNotReady": "warning",
+    "RewardsReadinessFlapping": "warning",
+    "RewardsShutdownSlow": "warning",
+    "RewardsLagAtMaxScale": "critical",
 }
 
 RULES: list[dict[str, Any]] = [
@@ -31,7 +35,7 @@ def test_the_expected_alerts_with_their_severities() -> None:
 
 @pytest.mark.parametrize("rule", RULES, ids=[r["alert"] for r in RULES])
 def test_alert_has_for_and_annotations(rule: dict[str, Any]) -> None:
-    assert rule["for"].endswith("m")
+    assert rule["for"].endswith("m")  # "0m" where the expression itself spans time (max_over_time)
     assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
     assert rule["annotations"]["runbook_url"] == RUNBOOK + rule["alert"].lower()
 

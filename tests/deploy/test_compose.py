@@ -154,3 +154,10 @@ def test_grafana_datasource_uid_is_the_one_the_dashboard_uses() -> None:
     (provider,) = providers["providers"]
     mounts = BASE["services"]["grafana"]["volumes"]
     assert f"../grafana/dashboard.json:{provider['options']['path']}/creator-rewards.json:ro" in mounts
+
+
+def test_worker_grace_period_outlasts_its_shutdown_timeout() -> None:
+    from stream_app.edges.settings import Settings
+
+    grace = BASE["services"]["worker"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > Settings().shutdown_timeout_s

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from stream_app.edges.health import WorkerHealth
+from stream_app.edges.metrics import RewardsMetrics, start_http_server
 from tests.deploy.promql import DEPLOY, REPO
 
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
@@ -35,7 +41,30 @@ def test_entrypoint_command_port_and_healthcheck() -> None:
     assert instructions("CMD") == ['["worker"]']
     assert instructions("EXPOSE") == ["9108"]
     (healthcheck,) = instructions("HEALTHCHECK")
-    assert "/metrics" in healthcheck and "METRICS_PORT" in healthcheck
+    assert "/livez" in healthcheck and "METRICS_PORT" in healthcheck
+
+
+@pytest.mark.parametrize(("beats", "healthy"), [(True, True), (False, False)], ids=["live", "loop-stuck"])
+def test_healthcheck_command_follows_livez(beats: bool, healthy: bool) -> None:
+    """The image's HEALTHCHECK command, run as Docker would, against a probe server whose loop is or is not live."""
+    (healthcheck,) = instructions("HEALTHCHECK")
+    command = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert command[0] == "python"
+    health = WorkerHealth(liveness_timeout_s=30)
+    if beats:
+        health.beat(None)
+    server = start_http_server(RewardsMetrics(CollectorRegistry()), "127.0.0.1", 0, health)
+    try:
+        done = subprocess.run(
+            [sys.executable, *command[1:]],
+            env={**os.environ, "METRICS_PORT": str(server.port)},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+    assert (done.returncode == 0) == healthy, done.stderr
 
 
 @pytest.mark.parametrize("source", ["pyproject.toml", "README.md", "stream_app", "topics"])

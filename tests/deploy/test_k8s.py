@@ -1,20 +1,28 @@
-"""deploy/k8s: hardened containers (requests, limits, probes, non-root, read-only root), wiring between objects."""
+"""deploy/k8s: hardened containers (requests, limits, probes, non-root, read-only root), wiring between objects:
+the Secret's keys, the PodMonitor's port and job, the ScaledObject's group, topics and partition bound."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import tomllib
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.deploy.promql import DEPLOY
+from tests.deploy.promql import DEPLOY, PROMETHEUS_DIR, REPO
 from tests.deploy.test_compose import SPEC_VARIABLES
 
 K8S = DEPLOY / "k8s"
-MANIFEST_FILES = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+# *.example.yaml are templates an operator fills in outside the repository (secret.example.yaml), never applied.
+MANIFEST_FILES = sorted(
+    p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml" and not p.name.endswith(".example.yaml")
+)
+EXAMPLE_SECRET: dict[str, Any] = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+# Operational settings beyond SPEC §9, documented in README's Configuration table.
+OPERATIONS_VARIABLES = {"LIVENESS_TIMEOUT_S", "SHUTDOWN_TIMEOUT_S"}
 DOCS: list[dict[str, Any]] = [
     doc for path in MANIFEST_FILES for doc in yaml.safe_load_all(path.read_text()) if doc is not None
 ]
@@ -55,7 +63,18 @@ IDS = [cid for cid, _, _ in CONTAINERS]
 def test_manifests_parse_and_cover_the_expected_kinds() -> None:
     kinds = sorted(d["kind"] for d in DOCS)
     assert kinds == sorted(
-        ["Namespace", "ServiceAccount", "ConfigMap", "Job", "StatefulSet", "Service", "PodDisruptionBudget"]
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ConfigMap",
+            "Job",
+            "StatefulSet",
+            "Service",
+            "PodDisruptionBudget",
+            "PodMonitor",
+            "ScaledObject",
+            "TriggerAuthentication",
+        ]
     )
     assert not by_kind("Deployment"), "RocksDB state belongs in a StatefulSet (see statefulset.yaml)"
     assert not by_kind("Secret"), "no credential is shipped in the repository"
@@ -109,14 +128,26 @@ def long_running() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
 
 
 @pytest.mark.parametrize(("cid", "container", "spec"), long_running(), ids=[c[0] for c in long_running()])
-def test_long_running_container_has_probes_on_metrics(
+def test_long_running_container_probes_liveness_and_readiness(
     cid: str, container: dict[str, Any], spec: dict[str, Any]
 ) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == 9108
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        http = container[probe]["httpGet"]
-        assert (http["path"], http["port"]) == ("/metrics", "metrics"), f"{cid} {probe}"
+    probes = {probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"]) for probe in PROBES}
+    assert probes == {
+        "startupProbe": ("/livez", "metrics"),
+        "livenessProbe": ("/livez", "metrics"),
+        "readinessProbe": ("/readyz", "metrics"),
+    }, cid
+    # A stuck loop is restarted: the probe's window is longer than the heartbeat timeout it watches, so one slow
+    # answer never restarts a worker.
+    live = container["livenessProbe"]
+    liveness_timeout = int(one("ConfigMap")["data"]["LIVENESS_TIMEOUT_S"])
+    assert live["periodSeconds"] * live["failureThreshold"] >= liveness_timeout
+    assert live["timeoutSeconds"] < live["periodSeconds"]
+
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 
 
 def test_there_is_a_long_running_worker() -> None:
@@ -139,21 +170,117 @@ def test_statefulset_keeps_rocksdb_state_on_its_own_volume() -> None:
 
 def test_configmap_holds_spec_settings_and_no_secret() -> None:
     data = one("ConfigMap")["data"]
-    assert set(data) <= SPEC_VARIABLES, sorted(set(data) - SPEC_VARIABLES)
-    assert "KAFKA_SASL_PASSWORD" not in data
+    allowed = SPEC_VARIABLES | OPERATIONS_VARIABLES
+    assert set(data) <= allowed, sorted(set(data) - allowed)
+    assert "KAFKA_SASL_PASSWORD" not in data and "KAFKA_SASL_USERNAME" not in data
     assert data["METRICS_PORT"] == "9108"
     assert data["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
 
 
 @pytest.mark.parametrize(("cid", "container", "spec"), CONTAINERS, ids=IDS)
-def test_password_comes_from_a_secret(cid: str, container: dict[str, Any], spec: dict[str, Any]) -> None:
+def test_credentials_come_from_the_secret(cid: str, container: dict[str, Any], spec: dict[str, Any]) -> None:
     assert container["envFrom"] == [{"configMapRef": {"name": one("ConfigMap")["metadata"]["name"]}}]
     env = {e["name"]: e for e in container["env"]}
-    assert set(env["KAFKA_SASL_PASSWORD"]["valueFrom"]) == {"secretKeyRef"}
+    secret = EXAMPLE_SECRET["metadata"]["name"]
+    for variable, key in (("KAFKA_SASL_USERNAME", "sasl-username"), ("KAFKA_SASL_PASSWORD", "sasl-password")):
+        assert env[variable]["valueFrom"] == {"secretKeyRef": {"name": secret, "key": key}}, (cid, variable)
     # The CA file the ConfigMap names is mounted.
     cafile = one("ConfigMap")["data"]["KAFKA_SSL_CAFILE"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert cafile.rsplit("/", 1)[0] in mounts
+
+
+def secret_key_refs() -> set[tuple[str, str]]:
+    """(secret name, key) of every secretKeyRef in the workloads and secretTargetRef in TriggerAuthentications."""
+    refs = set()
+    for _, container, _ in CONTAINERS:
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs.add((ref["name"], ref["key"]))
+    for auth in by_kind("TriggerAuthentication"):
+        refs |= {(ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+    return refs
+
+
+def test_the_example_secret_has_every_key_the_manifests_read() -> None:
+    assert EXAMPLE_SECRET["kind"] == "Secret"
+    name = EXAMPLE_SECRET["metadata"]["name"]
+    assert (
+        EXAMPLE_SECRET["metadata"]["namespace"] == yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    )
+    wanted = {key for secret, key in secret_key_refs() if secret == name}
+    assert wanted == set(EXAMPLE_SECRET["stringData"]) == {"sasl-username", "sasl-password"}
+    assert EXAMPLE_SECRET["stringData"]["sasl-password"] == "REPLACE-ME", "a placeholder, never a credential"
+    # the other Secret read (the cluster CA) is the one the pods mount
+    others = {secret for secret, _ in secret_key_refs()} - {name}
+    mounted = {v["secret"]["secretName"] for _, _, spec in CONTAINERS for v in spec["volumes"] if "secret" in v}
+    assert others <= mounted
+
+
+def test_the_example_secret_is_never_applied() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "secret.example.yaml" not in kustomization["resources"]
+    assert not kustomization.get("secretGenerator")
+
+
+def test_podmonitor_scrapes_the_worker_metrics_port_under_the_alerts_job() -> None:
+    monitor = one("PodMonitor")
+    pod_labels = one("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (worker,) = pod_spec(one("StatefulSet"))["containers"]
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert ports[endpoint["port"]] == int(one("ConfigMap")["data"]["METRICS_PORT"])
+    assert endpoint["path"] == "/metrics"
+    # the alert rules select on the job name of prometheus.yml's scrape job
+    job = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())["scrape_configs"][0]["job_name"]
+    assert {"action": "replace", "targetLabel": "job", "replacement": job} in endpoint["relabelings"]
+    assert f'job="{job}"' in (PROMETHEUS_DIR / "alerts.yml").read_text()
+
+
+def declared_partitions(topic: str) -> int:
+    return int(tomllib.loads((REPO / "topics" / "topics.toml").read_text())["topics"][topic]["partitions"])
+
+
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+
+
+def test_scaledobject_scales_the_worker_on_the_group_lag_up_to_the_partition_count() -> None:
+    scaled = one("ScaledObject")
+    sts = one("StatefulSet")
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("StatefulSet", sts["metadata"]["name"])
+    assert "replicas" not in sts["spec"], "KEDA owns the replica count"
+    # more workers than partitions idle (and never become ready): the bound is the partition count
+    partitions = declared_partitions("video-views")
+    assert declared_partitions("video-interactions") == partitions
+    assert scaled["spec"]["maxReplicaCount"] == partitions
+    assert 1 <= scaled["spec"]["minReplicaCount"] < partitions
+    pdb = one("PodDisruptionBudget")["spec"]["maxUnavailable"]
+    assert scaled["spec"]["minReplicaCount"] > pdb, "an eviction never takes the last worker"
+    config = one("ConfigMap")["data"]
+    (auth,) = by_kind("TriggerAuthentication")
+    topics = set()
+    for trigger in scaled["spec"]["triggers"]:
+        meta = trigger["metadata"]
+        assert trigger["type"] == "kafka"
+        assert meta["bootstrapServers"] == config["KAFKA_BOOTSTRAP"]
+        assert meta["consumerGroup"] == config["APP_ID"]  # Faust's group id is the app id
+        assert meta["offsetResetPolicy"] == "earliest"  # as the worker (consumer_auto_offset_reset)
+        assert meta["allowIdleConsumers"] == "false"
+        assert meta["sasl"] == KEDA_SASL[config["KAFKA_SASL_MECHANISM"]]
+        assert (meta["tls"] == "enable") == config["KAFKA_SECURITY_PROTOCOL"].endswith("SSL")
+        assert int(meta["lagThreshold"]) > int(meta["activationLagThreshold"]) > 0
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+        topics.add(meta["topic"])
+    assert topics == {config["TOPIC_PREFIX"] + "video-views", config["TOPIC_PREFIX"] + "video-interactions"}
+    assert {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]} == {"username", "password", "ca"}
+
+
+def test_shutdown_fits_in_the_grace_period() -> None:
+    grace = pod_spec(one("StatefulSet"))["terminationGracePeriodSeconds"]
+    assert int(one("ConfigMap")["data"]["SHUTDOWN_TIMEOUT_S"]) < grace
 
 
 def test_service_and_pdb_select_the_worker_pods() -> None:

@@ -11,7 +11,14 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.edges.metrics import INPUT_TOPICS, METRIC_NAMES, OUTCOMES, SUSPICIOUS_REASONS, RewardsMetrics
+from stream_app.edges.metrics import (
+    HEALTH_METRIC_NAMES,
+    INPUT_TOPICS,
+    METRIC_NAMES,
+    OUTCOMES,
+    SUSPICIOUS_REASONS,
+    RewardsMetrics,
+)
 from tests.deploy.promql import DEPLOY, PROMETHEUS_DIR, grouping_labels, label_matchers, metric_names
 
 # Labels Prometheus adds to every scraped series (target labels), plus the histogram bucket bound.
@@ -91,7 +98,7 @@ ALL_EXPRS = alert_exprs() + dashboard_exprs()
 
 
 def test_there_are_expressions_to_check() -> None:
-    assert len(alert_exprs()) == 6
+    assert len(alert_exprs()) == 10
     assert len(dashboard_exprs()) >= 20
 
 
@@ -99,11 +106,15 @@ def test_exposed_rewards_families_are_metric_names() -> None:
     names, _ = exposed()
     rewards = {n for n in names if n.startswith("rewards_")}
     # The histogram is exposed only through its suffixed series.
-    expected = (set(METRIC_NAMES) - {"rewards_event_lag_seconds"}) | {
-        "rewards_event_lag_seconds_bucket",
-        "rewards_event_lag_seconds_sum",
-        "rewards_event_lag_seconds_count",
-    }
+    expected = (
+        (set(METRIC_NAMES) - {"rewards_event_lag_seconds"})
+        | set(HEALTH_METRIC_NAMES)
+        | {
+            "rewards_event_lag_seconds_bucket",
+            "rewards_event_lag_seconds_sum",
+            "rewards_event_lag_seconds_count",
+        }
+    )
     assert rewards == expected
 
 
@@ -135,6 +146,11 @@ def test_expression_label_values_are_known(where: str, expr: str) -> None:
             assert value in KNOWN_VALUES[label], f"{where}: {label}{op}{value!r} can never match"
         if label == "job":
             assert value == "creator-rewards-scorer", f"{where}: job must be the scrape job of prometheus.yml"
+
+
+def test_dashboard_shows_every_worker_health_metric() -> None:
+    used = set().union(*(metric_names(expr) for _, expr in dashboard_exprs()))
+    assert set(HEALTH_METRIC_NAMES) <= used, sorted(set(HEALTH_METRIC_NAMES) - used)
 
 
 def test_dashboard_covers_required_panels() -> None:

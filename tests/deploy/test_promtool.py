@@ -30,7 +30,7 @@ def run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProces
 def test_check_rules() -> None:
     result = run([promtool_or_skip(), "check", "rules", "alerts.yml"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_rule_unit_tests() -> None:
@@ -97,6 +97,7 @@ def test_series_count_is_fixed_by_the_known_label_sets() -> None:
     # No traffic-dependent series: a fresh worker exposes exactly the pre-initialised ones.
     metrics = RewardsMetrics(CollectorRegistry())
     samples = [s for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()) for s in f.samples]
-    # 12 events + 1 pending + 7 suspicious + 1 settled + 1 clawback + 7 clawed back + 1 provisional
-    # + 1 windows + 1 accruals + 3 topics x (17 buckets + +Inf + sum + count) + 0 consumer lag + 1 eligible
-    assert len(samples) == 12 + 1 + 7 + 1 + 1 + 7 + 1 + 1 + 1 + 3 * 20 + 0 + 1
+    # 12 events + 1 pending + 9 suspicious + 1 settled + 1 clawback + 9 clawed back (SPEC §6's 9 reason codes)
+    # + 1 provisional + 1 windows + 1 accruals + 3 topics x (17 buckets + +Inf + sum + count) + 0 consumer lag
+    # + 1 eligible + 4 worker-health series (ready, readiness changes, heartbeat age, shutdown seconds)
+    assert len(samples) == 12 + 1 + 9 + 1 + 1 + 9 + 1 + 1 + 1 + 3 * 20 + 0 + 1 + 4

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from stream_app.domain.codec import Kind, decode
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
@@ -15,6 +18,11 @@ POLICY = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=0.0)
 NOW = 1_000_000_000
 VIEWS = InputTopic.VIEWS
 INTERACTIONS = InputTopic.INTERACTIONS
+
+
+def dicts(records: Any) -> list[dict[str, Any]]:
+    """Output records as the JSON objects they are written as."""
+    return [record.to_dict() for record in records]
 
 
 def view(
@@ -87,10 +95,10 @@ def test_window_settles_with_hand_worked_money(harness: Harness) -> None:
     # the open window: base 1000 (US) + 800 (GB) + 100 (IN) = 1900 provisional micros, 3 qualified views
     ledger = harness.scorer.ledger("vid1")
     assert ledger is not None
-    assert ledger.accrual("p")["provisional_micros"] == 1_900
+    assert ledger.accrual("p").to_dict()["provisional_micros"] == 1_900
     # both event topics pass the deadline of window 0: (0+1)*10_000 + 2_000 = 12_000 ms
     effects = harness.send(view(6, "vid1", "a", 12_400), interaction(3, "vid1", "a", 12_500, "share"))
-    [settlement] = effects.settlements
+    [settlement] = dicts(effects.settlements)
     # score = 1 like + 2*1 comment = 3; rate_bps = 3*10_000 // 3 = 10_000;
     # multiplier = clamp(10_000*10_000 // 1_000, 5_000, 20_000) = 20_000; settled = 1_900*20_000 // 10_000 = 3_800
     assert {
@@ -114,7 +122,7 @@ def test_window_settles_with_hand_worked_money(harness: Harness) -> None:
         "window_end": 10_000,
     }
     assert ("video-interactions", "accepted", "") in outcomes(effects)
-    accrual = effects.accruals[-1]
+    accrual = dicts(effects.accruals)[-1]
     # the 12_400 view by "a" repeats a qualifying view within QUALIFY_ONCE_S: accepted, not qualifying
     assert (
         accrual["settled_micros"],
@@ -130,9 +138,9 @@ def test_ineligible_creator_earns_nothing(harness: Harness) -> None:
     effects = harness.send(
         view(3, "vid2", "x", 12_000, creator="c2"), interaction(1, "vid2", "x", 12_000, "like", creator="c2")
     )
-    [settlement] = effects.settlements
+    [settlement] = dicts(effects.settlements)
     assert (settlement["qualified_views"], settlement["base_micros"], settlement["settled_micros"]) == (0, 0, 0)
-    assert effects.accruals[-1]["eligible"] is False
+    assert dicts(effects.accruals)[-1]["eligible"] is False
 
 
 def test_late_event_after_settlement(harness: Harness) -> None:
@@ -165,8 +173,8 @@ def test_state_survives_a_restart_on_the_same_store(harness: Harness) -> None:
     restarted = Harness(harness.store, harness.profiles)
     restarted.offset = harness.offset
     effects = restarted.send(view(3, "vid1", "c", 12_000), interaction(1, "vid1", "c", 12_000, "like"))
-    assert effects.settlements[0]["base_micros"] == 2_000
-    assert effects.accruals[-1]["version"] > version
+    assert dicts(effects.settlements)[0]["base_micros"] == 2_000
+    assert dicts(effects.accruals)[-1]["version"] > version
 
 
 def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
@@ -177,11 +185,12 @@ def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
     assert effects.outcomes == []
 
 
-def test_a_batch_writes_one_segment_and_each_touched_head_once(harness: Harness) -> None:
+def test_a_batch_writes_one_segment_holding_each_changed_head(harness: Harness) -> None:
     effects = harness.send(*(view(n, "vid1", f"viewer{n}", 1_000 + n) for n in range(50)), view(99, "vid2", "x", 5))
     state = effects.state
-    assert [seq for seq, _ in state.segments] == [0]
-    assert sorted(video for video, _ in state.heads) == ["vid1", "vid2"]
+    [(seq, segment)] = state.segments  # one record holds the batch's operations and the heads it changed
+    assert seq == 0 and state.heads == []
+    assert sorted(head[0] for head in decode(Kind.SEGMENT, segment)[3]) == ["vid1", "vid2"]
     assert harness.store.writes == 1
 
 
@@ -190,14 +199,14 @@ def test_republish_after_assignment_sends_only_records_not_yet_published() -> No
     harness = Harness(policy=paced)
     harness.profiles.add(profile("c1", 0))
     first = harness.send(view(1, "vid1", "a", 1_000), view(2, "vid2", "a", 1_000))
-    assert [a["video_id"] for a in first.accruals] == ["vid1", "vid2"]  # first versions go out at once
+    assert [a["video_id"] for a in dicts(first.accruals)] == ["vid1", "vid2"]  # first versions go out at once
     later = harness.send(view(3, "vid1", "b", 2_000), now=NOW + 1_000)
-    assert later.accruals == []  # paced: vid1's version 2 waits for EMIT_INTERVAL_S
+    assert dicts(later.accruals) == []  # paced: vid1's version 2 waits for EMIT_INTERVAL_S
     restarted = Harness(harness.store, harness.profiles, policy=paced)
     effects = restarted.scorer.republish(NOW + 2_000)
-    [accrual] = effects.accruals
+    [accrual] = dicts(effects.accruals)
     assert (accrual["video_id"], accrual["version"], accrual["views"]) == ("vid1", 2, 2)
-    assert effects.settlements == []
+    assert dicts(effects.settlements) == []
     restarted.store.apply(effects.state)
     # once re-published (and its head written after the broker acknowledged it), a restart has nothing to resend
     assert Harness(harness.store, harness.profiles, policy=paced).scorer.republish(NOW + 3_000).accruals == []
@@ -222,7 +231,7 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
         interaction(1, "vid1", "a", 3_000, "like"),
     )
     effects = harness.send(view(3, "vid1", "c", 12_000), interaction(2, "vid1", "c", 12_000, "like"))
-    [settlement] = effects.settlements
+    [settlement] = dicts(effects.settlements)
     # base 1_000 + 800 = 1_800; 1 like over 2 views: rate 5_000 -> 2x; settled 3_600
     assert (settlement["base_micros"], settlement["multiplier_bps"], settlement["settled_micros"]) == (
         1_800,
@@ -230,19 +239,20 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
         3_600,
     )
     effects = Effects()
-    harness.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, effects)  # the GB view, already settled
+    # the GB view, already settled
+    harness.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, effects)
     harness.scorer.flush(NOW, effects)
-    [clawback] = effects.settlements
+    [clawback] = dicts(effects.settlements)
     # 3_600 - (1_800 - 800) * 20_000 // 10_000 = 1_600
     assert (clawback["kind"], clawback["clawback_micros"], clawback["clawed_base_micros"]) == ("clawback", 1_600, 800)
     assert [(o.outcome.value, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
-    accrual = effects.accruals[-1]
+    accrual = dicts(effects.accruals)[-1]
     assert (accrual["settled_micros"], accrual["clawback_micros"], accrual["qualified_views"]) == (3_600, 1_600, 2)
     # 2 = 1 settled qualified view left + the open window's qualifying view by "c"
     # a second flag for the same view changes nothing
     again = Effects()
-    harness.scorer.on_device_flag("vid1", "v2", "device d-b burst", NOW, again)
-    assert again.outcomes == [] and again.settlements == []
+    harness.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, again)
+    assert again.outcomes == [] and dicts(again.settlements) == []
 
 
 def _settled_by_the_wall_clock(device_partitions: int) -> PartitionScorer:
@@ -258,7 +268,7 @@ def _settled_by_the_wall_clock(device_partitions: int) -> PartitionScorer:
         scorer.observe_position(topic, True, NOW)
     scorer.settle_due(NOW + 5_000, effects)
     scorer.flush(NOW + 5_000, effects)
-    assert [s["kind"] for s in effects.settlements] == ["settlement"]
+    assert [s["kind"] for s in dicts(effects.settlements)] == ["settlement"]
     return scorer
 
 
@@ -266,14 +276,17 @@ def test_a_device_flag_after_a_wall_clock_settlement_still_claws_back() -> None:
     # device_burst judged on 2 device partitions that have acknowledged nothing: the view is kept for their flags
     scorer = _settled_by_the_wall_clock(device_partitions=2)
     effects = Effects()
-    scorer.on_device_flag("vid1", "v1", "device d-a burst", NOW, effects)
-    assert [(o.outcome.value, o.reason) for o in effects.outcomes] == [("clawback", "device_burst")]
+    scorer.on_device_flag("vid1", "v1", "account_farm", "device d-a has more than 8 accounts", NOW, effects)
+    # the flag's reason is the clawback's
+    assert [(o.outcome.value, o.reason, o.detail) for o in effects.outcomes] == [
+        ("clawback", "account_farm", "device d-a has more than 8 accounts")
+    ]
 
 
 def test_without_a_device_judge_elsewhere_the_settled_view_is_forgotten() -> None:
     scorer = _settled_by_the_wall_clock(device_partitions=0)
     effects = Effects()
-    scorer.on_device_flag("vid1", "v1", "device d-a burst", NOW, effects)
+    scorer.on_device_flag("vid1", "v1", "device_burst", "device d-a burst", NOW, effects)
     assert effects.outcomes == []
 
 
@@ -309,3 +322,38 @@ def test_source_progress_is_the_newest_view_not_the_wall_clock_watermark() -> No
     scorer = _settled_by_the_wall_clock(device_partitions=2)
     assert scorer.watermark is not None and scorer.watermark > 1_000
     assert scorer.source_progress_ms() == 1_000
+
+
+def _video_ms_view(n: int, viewer: str, ts: int, watch: int) -> ViewEvent:
+    return ViewEvent(f"v{n}", "vid1", "c1", viewer, f"d-{viewer}", ts, watch, 120_000, "for_you", "US")
+
+
+@pytest.mark.parametrize(
+    ("clawed", "qualified_views", "completion", "multiplier", "settled"),
+    [(False, 2, 7_500, 15_000, 3_000), (True, 1, 5_000, 10_000, 1_000)],
+)
+def test_watch_time_in_the_window_state_and_the_settlement_record(
+    clawed: bool, qualified_views: int, completion: int, multiplier: int, settled: int
+) -> None:
+    v2 = Policy(window_s=10, grace_s=2, idle_settle_s=5, emit_interval_s=0.0, watch_weight_bps=2_000)
+    h = Harness(policy=v2)
+    h.profiles.add(profile("c1", 0))
+    h.send(
+        _video_ms_view(1, "a", 1_000, 60_000),  # half of the 120 s video: 5_000 bps
+        _video_ms_view(2, "b", 2_000, 480_000),  # four loops: capped at 10_000 bps
+        _video_ms_view(3, "c", 3_000, 4_999),  # too short to qualify: not in the mean
+    )
+    if clawed:  # a device rule rejects the looping view while its window is open: it leaves the mean too
+        effects = Effects()
+        h.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, effects)
+        h.store.apply(h.scorer.flush(NOW, effects))
+    effects = h.send(_video_ms_view(4, "x", 12_000, 1_000), interaction(1, "vid1", "x", 12_000, "share"))
+    [record] = dicts(effects.settlements)  # window 0: no interaction, score 0
+    # not clawed: mean (5_000 + 10_000) // 2 = 7_500; rate 7_500*2_000 // 10_000 = 1_500 -> 15_000; 2_000*1.5 = 3_000
+    # clawed:     mean 5_000 // 1 = 5_000;            rate 1_000 -> 10_000 (1x);                 1_000*1.0 = 1_000
+    assert (
+        record["qualified_views"],
+        record["completion_bps"],
+        record["multiplier_bps"],
+        record["settled_micros"],
+    ) == (qualified_views, completion, multiplier, settled)

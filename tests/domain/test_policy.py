@@ -23,11 +23,13 @@ from stream_app.domain.policy import (
     is_eligible_creator,
     is_qualifying_view,
     load_policy,
+    mean_completion_bps,
     multiplier_bps,
     policy_hash,
     provisional_micros,
     settle,
     settled_micros,
+    view_completion_bps,
     within_qualify_once,
 )
 
@@ -62,6 +64,10 @@ P = Policy()
         ("viewer_repeat_span_s", 600),
         ("device_burst_max", 60),
         ("device_burst_span_s", 60),
+        ("device_memory_s", 600),
+        ("overlap_tolerance_ms", 2_000),
+        ("accounts_per_device", 8),
+        ("max_source_skew_s", 3_600),  # ours, not the SPEC's: the 1 h skew bound of the device partitions
         ("velocity_span_s", 60),
         ("velocity_min_views", 200),
         ("velocity_baseline_factor", 10),
@@ -307,7 +313,9 @@ def test_settle(totals: WindowTotals, eligible: bool, expected: Settled) -> None
 
 # Computed once from the defaults; pinned so a change of any default, or of the canonical form, is noticed
 # (it would orphan state written under the old hash). test_every_field_changes_the_hash backs it up.
-DEFAULT_HASH = "v1-a4ba1e22"
+# Issue 11 (device_overlap, account_farm and their thresholds) and issue 9/13 (watch_weight_bps, the clawback
+# hold numbers) moved it from v1-055faa0c.
+DEFAULT_HASH = "v1-2fb6b859"
 
 
 def test_default_policy_hash_is_pinned() -> None:
@@ -451,8 +459,12 @@ def test_env_wins_over_file(tmp_path: Path) -> None:
         ("QUALIFY_ONCE_S", "3600", "qualify_once_s", 3600),
         ("CLAWBACK_HORIZON_S", "86400", "clawback_horizon_s", 86_400),
         ("TARGET_RATE_BPS", "2000", "target_rate_bps", 2000),
+        ("WATCH_WEIGHT_BPS", "2000", "watch_weight_bps", 2000),
         ("DEDUPE_S", "7200", "dedupe_s", 7200),
         ("QUALIFYING_SOURCES", "for_you, following,", "qualifying_sources", frozenset({"for_you", "following"})),
+        ("DEVICE_MEMORY_S", "300", "device_memory_s", 300),
+        ("OVERLAP_TOLERANCE_MS", "0", "overlap_tolerance_ms", 0),
+        ("ACCOUNTS_PER_DEVICE", "4", "accounts_per_device", 4),
     ],
 )
 def test_env_variables(var: str, raw: str, name: str, expected: object) -> None:
@@ -470,8 +482,12 @@ def test_every_env_variable_is_tested() -> None:
         "QUALIFY_ONCE_S",
         "CLAWBACK_HORIZON_S",
         "TARGET_RATE_BPS",
+        "WATCH_WEIGHT_BPS",
         "DEDUPE_S",
         "QUALIFYING_SOURCES",
+        "DEVICE_MEMORY_S",
+        "OVERLAP_TOLERANCE_MS",
+        "ACCOUNTS_PER_DEVICE",
     }
 
 
@@ -486,6 +502,10 @@ def test_every_env_variable_is_tested() -> None:
         ("target_rate_bps = 0", "target_rate_bps must be an integer >= 1, got 0"),
         ("default_base_rate = -1", "default_base_rate must be an integer >= 0, got -1"),
         ("weight_like = -1", "weight_like must be an integer >= 0, got -1"),
+        ("accounts_per_device = 0", "accounts_per_device must be an integer >= 1, got 0"),
+        ("overlap_tolerance_ms = -1", "overlap_tolerance_ms must be an integer >= 0, got -1"),
+        ("device_memory_s = 1.5", "device_memory_s must be an integer >= 0, got 1.5"),
+        ("max_source_skew_s = -60", "max_source_skew_s must be an integer >= 0, got -60"),
         (
             "velocity_distinct_ratio_pct = 101",
             "velocity_distinct_ratio_pct must be an integer between 0 and 100, got 101",
@@ -549,6 +569,7 @@ def test_missing_file(tmp_path: Path) -> None:
         ({"WINDOW_S": "1.5"}, "WINDOW_S must be an integer >= 1, got '1.5'"),
         ({"WINDOW_S": "true"}, "WINDOW_S must be an integer >= 1, got 'true'"),
         ({"TARGET_RATE_BPS": "0"}, "TARGET_RATE_BPS must be an integer >= 1, got 0"),
+        ({"ACCOUNTS_PER_DEVICE": "0"}, "ACCOUNTS_PER_DEVICE must be an integer >= 1, got 0"),
         ({"EMIT_INTERVAL_S": "fast"}, "EMIT_INTERVAL_S must be a number >= 0, got 'fast'"),
         ({"EMIT_INTERVAL_S": "-1"}, "EMIT_INTERVAL_S must be a number >= 0, got -1.0"),
         ({"EMIT_INTERVAL_S": "nan"}, "EMIT_INTERVAL_S must be a number >= 0, got nan"),
@@ -572,3 +593,97 @@ def test_env_error_wins_even_when_the_file_is_fine(tmp_path: Path) -> None:
     path = _write(tmp_path, "grace_s = 60\n")
     with pytest.raises(ConfigError, match=r"^environment: GRACE_S must be an integer >= 0, got -5$"):
         load_policy({"GRACE_S": "-5"}, path)
+
+
+# --- watch time in engagement (SPEC §5: completion_bps, WATCH_WEIGHT_BPS; policies/v2.toml) ---------------------
+
+V2 = replace(P, watch_weight_bps=2_000)
+
+
+@pytest.mark.parametrize(
+    ("watch_ms", "video_ms", "expected"),
+    [
+        (0, 60_000, 0),  # nothing watched
+        (30_000, 60_000, 5_000),  # half
+        (59_999, 60_000, 9_999),  # 9_999.83 floored
+        (60_000, 60_000, 10_000),  # to the end
+        (60_001, 60_000, 10_000),  # past the end: capped at the whole video
+        (600_000, 60_000, 10_000),  # ten loops: still 10_000
+        (10_000, 120_000, 833),  # 833.33 floored (the README example)
+        (1, 3, 3_333),
+    ],
+)
+def test_view_completion_bps(watch_ms: int, video_ms: int, expected: int) -> None:
+    assert view_completion_bps(watch_ms, video_ms) == expected
+
+
+@pytest.mark.parametrize(
+    ("completion_sum", "qualified_views", "expected"),
+    [
+        (0, 0, 0),  # a window with no qualified view: max(qv, 1), no division by zero
+        (10_000, 1, 10_000),
+        (20_000, 3, 6_666),  # 6_666.67 floored
+        (16_660, 20, 833),
+    ],
+)
+def test_mean_completion_bps(completion_sum: int, qualified_views: int, expected: int) -> None:
+    assert mean_completion_bps(completion_sum, qualified_views) == expected
+
+
+@pytest.mark.parametrize(
+    ("policy", "score", "qualified_views", "completion", "expected"),
+    [
+        (P, 1, 20, 10_000, 5_000),  # v1 (weight 0): watch time changes nothing
+        (V2, 0, 0, 0, 5_000),  # zero views, nothing watched: 0.5x
+        (V2, 0, 10, 10_000, 20_000),  # watched to the end: rate 0 + 10_000*2_000//10_000 = 2_000 -> 2.0x (edge)
+        (V2, 0, 5, 2_500, 5_000),  # rate 500 -> exactly the lower edge
+        (V2, 0, 5, 4_999, 9_990),  # 4_999*2_000//10_000 = 999 (999.8 floored) -> 9_990
+        (V2, 1, 20, 833, 6_660),  # rate 10_000//20 + 833*2_000//10_000 = 500 + 166 = 666 -> 6_660
+        (V2, 5, 0, 10_000, 20_000),  # rate 50_000 + 2_000, clamped
+    ],
+)
+def test_multiplier_with_watch_weight(
+    policy: Policy, score: int, qualified_views: int, completion: int, expected: int
+) -> None:
+    assert multiplier_bps(policy, score, qualified_views, completion) == expected
+
+
+@pytest.mark.parametrize(
+    ("policy", "totals", "eligible", "expected"),
+    [
+        # the README's video B: 20 BR views (6_000 base) each watched 10 s of 120 s (833 bps), 1 like
+        (
+            P,
+            WindowTotals(20, 6_000, likes=1, completion_bps_sum=16_660),
+            True,
+            Settled(20, 6_000, 1, 5_000, 3_000, 833),
+        ),
+        # v2: multiplier 6_660 -> 6_000*6_660//10_000 = 3_996
+        (
+            V2,
+            WindowTotals(20, 6_000, likes=1, completion_bps_sum=16_660),
+            True,
+            Settled(20, 6_000, 1, 6_660, 3_996, 833),
+        ),
+        # 7 BR views watched 3_333 bps on average (23_333 // 7), no engagement: rate 666 -> 6_660 -> 2_100*0.666
+        (V2, WindowTotals(7, 2_100, completion_bps_sum=23_333), True, Settled(7, 2_100, 0, 6_660, 1_398, 3_333)),
+        # no qualified view: nothing to average, no money
+        (V2, WindowTotals(0, 0), True, Settled(0, 0, 0, 5_000, 0, 0)),
+        # ineligible creator: no qualified views, so no completion either
+        (V2, WindowTotals(20, 6_000, completion_bps_sum=200_000), False, Settled(0, 0, 0, 5_000, 0, 0)),
+    ],
+)
+def test_settle_with_watch_time(policy: Policy, totals: WindowTotals, eligible: bool, expected: Settled) -> None:
+    assert settle(policy, totals, eligible) == expected
+
+
+def test_policies_v2_toml_sets_only_the_watch_weight() -> None:
+    v2 = load_policy({}, str(Path(__file__).parents[2] / "policies" / "v2.toml"))
+    assert v2 == V2
+    assert policy_hash(v2) != policy_hash(P)
+
+
+@pytest.mark.parametrize("value", ["-1", "0.5", "true", '"2000"'])
+def test_watch_weight_bps_bad_values_are_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="watch_weight_bps must be an integer >= 0"):
+        load_policy({}, _write(tmp_path, f"watch_weight_bps = {value}\n"))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import CreatorProfile, Event, InteractionEvent, ViewEvent
-from stream_app.domain.records import audit_record, dead_letter, event_to_dict
+from stream_app.domain.records import DEAD_LETTER_KEEP_BYTES, audit_record, dead_letter, event_to_dict
 
 VIEW_EVENT = ViewEvent("e1", "v1", "c1", "u1", "d1", 1_700_000_000_000, 6_000, 60_000, "for_you", "US")
 
@@ -245,3 +245,56 @@ def test_audit_record_with_null_index_serializes_it_as_null() -> None:
         b'"index":null,"offset":1,"outcome":"late","partition":0,"reason":"future_timestamp",'
         b'"source_topic":"creator-profiles"}'
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "encoding"),
+    [
+        (b"x" * (DEAD_LETTER_KEEP_BYTES + 1), "base64"),  # over the limit: cut, base64
+        (b"\x01" * DEAD_LETTER_KEEP_BYTES, "base64"),  # UTF-8, but JSON escaping would make it 6 times longer
+        (b"x" * DEAD_LETTER_KEEP_BYTES, None),  # at the limit, plain text: kept as it is
+        (bytes(range(256)) * 5000, "base64"),  # over 1 MiB and not UTF-8
+    ],
+)
+def test_a_dead_letter_always_fits_one_kafka_record(value: bytes, encoding: str | None) -> None:
+    record = dead_letter(source_topic="t", partition=0, offset=0, index=None, key=value, value=value, error="e", ts=0)
+    # each field at most 4/3 of what it keeps: with the rest, far under the broker's default 1 MiB record
+    assert len(jsoncodec.dumps(record)) <= 2 * (DEAD_LETTER_KEEP_BYTES * 4 // 3 + 4) + 300
+    for name in ("key", "value"):
+        assert record.get(f"{name}_encoding") == encoding
+        kept = recover(record, name)
+        assert kept is not None and value.startswith(kept)
+        if len(value) > DEAD_LETTER_KEEP_BYTES:
+            assert record[f"{name}_truncated"] is True and record[f"{name}_bytes"] == len(value)
+            assert len(kept) == DEAD_LETTER_KEEP_BYTES
+        else:
+            assert kept == value and f"{name}_truncated" not in record
+
+
+def test_every_output_record_round_trips_through_its_bytes_in_spec_field_order() -> None:
+    from stream_app.domain.records import (
+        Accrual,
+        AuditRecord,
+        Clawback,
+        DeadLetter,
+        Settlement,
+        ledger_record_from_bytes,
+    )
+
+    accrual = Accrual("v1", "c1", "v1-abc", 3, 8_000, 1_600, 1_000, 4, 9, 2, 1, True, 1_700)
+    assert Accrual.from_bytes(accrual.to_bytes()) == accrual
+    assert list(accrual.to_dict()) == [  # SPEC §7
+        "video_id", "creator_id", "currency", "policy", "version", "settled_micros", "clawback_micros",
+        "provisional_micros", "qualified_views", "views", "suspicious_views", "windows_settled", "eligible",
+        "updated_at",
+    ]  # fmt: skip
+    settlement = Settlement("v1", "c1", 0, 3_600_000, 4, 4_000, 2, 7_500, 20_000, 8_000, "v1-abc")
+    clawback = Clawback("v1", "c1", 0, 3_600_000, 4_000, 800, 20_000, 8_000, 1_600, "v1-abc")
+    assert ledger_record_from_bytes(settlement.to_bytes()) == settlement
+    assert ledger_record_from_bytes(clawback.to_bytes()) == clawback
+    assert (settlement.to_dict()["kind"], clawback.to_dict()["kind"]) == ("settlement", "clawback")
+    audit = AuditRecord({"event_id": "e1"}, "video-views", 2, 41, None, "suspicious", "viewer_repeat", "6 views", 9)
+    assert AuditRecord.from_bytes(audit.to_bytes()) == audit
+    for key, value in ((b"v1", b'{"video_id": "v1"}'), (None, b"\xff\xfe not utf-8")):
+        dead = DeadLetter("video-views", 0, 7, 3, key, value, "ts: missing", 99)
+        assert DeadLetter.from_bytes(dead.to_bytes()) == dead

@@ -496,7 +496,7 @@ def test_judge_view_applies_rules_in_spec_order() -> None:
     ]
     for v, reason in steps:
         assert judge_view(POLICY, state, v).verdict.reason == reason, v.event_id
-    assert state.accepted_views.by_key == {"u1": [0, 2_000, 3_000, 4_000, 5_000]}
+    assert state.accepted_views.as_dict() == {"u1": [0, 2_000, 3_000, 4_000, 5_000]}
     assert state.velocity.ts == [0, 2_000, 3_000, 4_000, 5_000]  # viewer_repeat's rejects never reach it
 
 
@@ -534,7 +534,7 @@ def test_judge_view_marks_velocity_rejects_in_device_state() -> None:
         judgement = judge_view(small, state, v, device)
         assert judgement.verdict.reason == reason, v.event_id
         assert [r.event_id for r in judgement.clawbacks] == clawed, v.event_id
-    assert state.accepted_views.by_key == {"a": [0], "b": [1]}
+    assert state.accepted_views.as_dict() == {"a": [0], "b": [1]}
 
 
 # --- bounded state, expiry, round trip --------------------------------------------------------------------------
@@ -577,7 +577,8 @@ class Feeder:
         copy = Feeder(self.policy)
         copy.state = VideoRulesState.from_dict(jsoncodec.loads(jsoncodec.dumps(self.state.to_dict())))
         copy.devices = {
-            d: DeviceState.from_dict(jsoncodec.loads(jsoncodec.dumps(ds.to_dict()))) for d, ds in self.devices.items()
+            d: DeviceState.from_stored(jsoncodec.loads(jsoncodec.dumps(ds.to_stored())))
+            for d, ds in self.devices.items()
         }
         copy.pending = {end: list(events) for end, events in self.pending.items()}
         return copy
@@ -655,7 +656,7 @@ def test_from_dict_refuses_another_format() -> None:
     with pytest.raises(SerializationError):
         VideoRulesState.from_dict(data)
     with pytest.raises(SerializationError):
-        DeviceState.from_dict({"format": 0})
+        DeviceState.from_stored({"format": 0})
 
 
 # --- the burst rules against a brute-force reading of the SPEC ---------------------------------------------------

@@ -202,7 +202,7 @@ def test_a_device_keeps_only_its_span_plus_grace_and_then_empties() -> None:
     # the last view is forgotten exactly when the watermark reaches its ts + 360 s; then the key may be deleted
     assert rules.expire_device(POLICY, device, last + keep_ms - 1) is False and len(device) == 1
     assert rules.expire_device(POLICY, device, last + keep_ms) is True and len(device) == 0
-    assert device.to_dict()["ts"] == [] and device.event_ids == [] and device.video_ids == []
+    assert device.ts == [] and device.event_ids == [] and device.video_ids == []
 
 
 @pytest.mark.parametrize(

@@ -573,3 +573,19 @@ def test_near_valid_events_never_raise(data: st.DataObject, topic: InputTopic, a
 
 def event_fields(result: ValidEvent) -> dict[str, Any]:
     return {f.name: getattr(result.event, f.name) for f in fields(result.event)}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), topic=st.sampled_from([InputTopic.VIEWS, InputTopic.INTERACTIONS]))
+def test_the_one_expression_accept_agrees_with_the_field_checks(data: st.DataObject, topic: InputTopic) -> None:
+    """`_Schema.accept` (the fast path for valid events) builds an event exactly when every field check passes."""
+    from stream_app.domain.validation import _SCHEMAS
+
+    obj = data.draw(near_valid_events(topic))
+    schema = _SCHEMAS[topic]
+    failures = [name for name, check in schema.checks if name not in obj or check(obj[name]) is not None]
+    accepted = schema.accept(obj)
+    if failures:
+        assert accepted is None
+    else:
+        assert accepted == schema.build(*(obj[name] for name, _ in schema.checks))

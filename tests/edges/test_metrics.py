@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.domain.errors import StreamAppError
 from stream_app.edges.metrics import (
+    HEALTH_METRIC_NAMES,
     METRIC_NAMES,
     MetricsServerError,
     NegativeAmountError,
@@ -33,6 +34,13 @@ SPEC_METRICS = {
     "rewards_event_lag_seconds": ("histogram", {"topic"}),
     "rewards_consumer_lag_messages": ("gauge", {"topic", "partition"}),
     "rewards_eligible_creators": ("gauge", set()),
+}
+# Worker-health metrics beyond SPEC §8 (README, Metrics), none with labels.
+HEALTH_METRICS = {
+    "rewards_worker_ready": ("gauge", set()),
+    "rewards_readiness_changes_total": ("counter", set()),
+    "rewards_event_loop_heartbeat_age_seconds": ("gauge", set()),
+    "rewards_shutdown_seconds": ("gauge", set()),
 }
 
 
@@ -62,7 +70,12 @@ def test_metric_names_match_spec_table() -> None:
 
 def test_exposed_types_and_labels_match_spec(metrics: RewardsMetrics) -> None:
     metrics.set_consumer_lag("video-views", 0, 5)  # consumer lag has series only once a partition is known
-    assert exposition(metrics) == SPEC_METRICS
+    assert exposition(metrics) == SPEC_METRICS | HEALTH_METRICS
+
+
+def test_health_metric_names_are_listed_and_apart_from_the_spec_names() -> None:
+    assert set(HEALTH_METRIC_NAMES) == set(HEALTH_METRICS)
+    assert not set(HEALTH_METRIC_NAMES) & set(METRIC_NAMES)
 
 
 def test_no_created_series_are_exposed(metrics: RewardsMetrics) -> None:

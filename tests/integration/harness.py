@@ -9,11 +9,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.domain import jsoncodec
@@ -183,3 +185,92 @@ def latest_by_key(records: list[dict[str, Any]], field_name: str = "version") ->
 
 def jsonl(events: list[dict[str, Any]]) -> bytes:
     return b"".join(jsoncodec.dumps(e) + b"\n" for e in events)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as it is on the broker."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class TopicReader:
+    """Reads topics from their beginning, outside any consumer group, and keeps what it read: each `poll` adds the
+    records that arrived since. librdkafka (a client we did not write), so it runs without an event loop."""
+
+    def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
+        self.topics = list(topics)
+        self._consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex}",  # required by librdkafka; never joined (assign only)
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+        assignment = []
+        for topic in self.topics:
+            metadata = self._consumer.list_topics(topic, timeout=10).topics[topic]
+            assert metadata.error is None and metadata.partitions, f"topic {topic} is not readable: {metadata.error}"
+            assignment += [
+                confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in metadata.partitions
+            ]
+        self._consumer.assign(assignment)
+        self.raw: dict[str, list[RawRecord]] = {topic: [] for topic in self.topics}
+
+    def poll(self, seconds: float = 0.5) -> int:
+        """Read for up to `seconds` (less once nothing more comes); how many records arrived."""
+        deadline = time.monotonic() + seconds
+        count = 0
+        while time.monotonic() < deadline:
+            messages = self._consumer.consume(num_messages=5000, timeout=0.2)
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    raise AssertionError(f"reading {message.topic()}: {error}")
+                self.raw[message.topic()].append(
+                    RawRecord(
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        message.key(),
+                        message.value(),
+                        message.timestamp()[1],
+                    )
+                )
+            count += len(messages)
+            if not messages and count:
+                break
+        return count
+
+    def records(self, topic: str) -> list[dict[str, Any]]:
+        """The records read from `topic` so far, JSON values with `_partition`, `_offset` and `_key` added."""
+        decoded = []
+        for record in self.raw[topic]:
+            value = jsoncodec.loads(record.value or b"null")
+            fields = value if isinstance(value, dict) else {"_value": value}
+            decoded.append({"_key": record.key, "_partition": record.partition, "_offset": record.offset, **fields})
+        return decoded
+
+    def read_until(self, predicate: Callable[[TopicReader], bool], timeout: float, what: str) -> None:
+        """Poll until `predicate(self)` holds; AssertionError naming `what` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                counts = {topic: len(records) for topic, records in self.raw.items()}
+                raise AssertionError(f"timed out after {timeout}s waiting for {what} (records read: {counts})")
+            self.poll()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -46,6 +46,8 @@ REASONS = (
     "impossible_watch",
     "viewer_repeat",
     "device_burst",
+    "device_overlap",
+    "account_farm",
     "velocity_burst",
     "engagement_without_view",
     "duplicate_interaction",
@@ -316,8 +318,9 @@ def per_video_phase_one() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
     """Window 0 of R, W, U, E (one reason each) and the closing events; V is published in between."""
     events: list[tuple[Any, ...]] = [(PROFILES, ELIGIBLE_C1)]
     # R: viewer r loops 7 times within 600 s: 5 accepted (only the first qualifies: QUALIFY_ONCE), 6th and 7th
-    # viewer_repeat. Settles 1 qv x US 1_000, score 0 -> 0.5x = 500.
-    events += [(VIEWS, view(f"r{n}", R, "r", 1_000 + n)) for n in range(1, 8)]
+    # viewer_repeat. Settles 1 qv x US 1_000, score 0 -> 0.5x = 500. (Each loop on a screen of its own: 7 views
+    # 1 ms apart on one device would overlap, and device_overlap would claw back the later ones.)
+    events += [(VIEWS, view(f"r{n}", R, "r", 1_000 + n, device=f"d-r{n}")) for n in range(1, 8)]
     # W: watch_ms exactly 20 x video_ms is allowed, one ms more is impossible_watch. 1 qv -> 500.
     events.append((VIEWS, view("w1", W, "w1", 1_500, watch=20 * 120_000)))
     events.append((VIEWS, view("w2", W, "w2", 1_501, watch=20 * 120_000 + 1)))
@@ -508,12 +511,14 @@ FARM_DETAIL = "device farm has {n} views within 60s across all videos (more than
 
 
 def device_phase_one() -> list[tuple[Any, ...]]:
-    """M's window 1 settles with 7 qualified views, 3 of them from the device `farm`."""
+    """M's window 1 settles with 7 qualified views, 3 of them from the device `farm` (one after the other: the
+    device's views never overlap, and it has 8 accounts in all, so device_burst is the only device rule that
+    fires)."""
     return [
         (PROFILES, ELIGIBLE_C1),
-        (VIEWS, view("m-f0", M, "f0", 10_000, device="farm")),  # US 1_000
-        (VIEWS, view("m-f1", M, "f1", 10_001, region="JP", device="farm")),  # JP 700
-        (VIEWS, view("m-f2", M, "f2", 10_002, region="IN", device="farm")),  # IN 100
+        (VIEWS, view("m-f0", M, "f0", 10_000, watch=5_000, device="farm")),  # US 1_000
+        (VIEWS, view("m-f1", M, "f1", 15_000, watch=5_000, region="JP", device="farm")),  # JP 700
+        (VIEWS, view("m-f2", M, "f2", 19_999, watch=5_000, region="IN", device="farm")),  # IN 100
         (VIEWS, view("m-n0", M, "n0", 10_100)),  # US 1_000
         *((VIEWS, view(f"m-n{i}", M, f"n{i}", 10_100 + i, region="BR")) for i in (1, 2, 3)),  # BR 300 each
         (INTERACTIONS, act("m-like", M, "n0", 11_000)),
@@ -525,8 +530,11 @@ def device_phase_one() -> list[tuple[Any, ...]]:
 
 def farm_views() -> list[dict[str, Any]]:
     """62 more views of `farm` at 30_000..30_061, on four videos spread over the four partitions: with M's three
-    (10_000..10_002) they are 65 views within 20 s. The 61st to reach the device rule makes the span exceed 60."""
-    return [view(f"farm-{j:02d}", FARM_VIDEOS[j % 4], f"g{j:02d}", 30_000 + j, device="farm") for j in range(62)]
+    (10_000..19_999) they are 65 views within 60 s. The 61st to reach the device rule makes the span exceed 60.
+    Reports of no watch time (they take no time on the screen) by 5 accounts in turn (8 on the device in all)."""
+    return [
+        view(f"farm-{j:02d}", FARM_VIDEOS[j % 4], f"g{j % 5}", 30_000 + j, watch=0, device="farm") for j in range(62)
+    ]
 
 
 def device_phase_two() -> list[tuple[Any, ...]]:
@@ -665,3 +673,80 @@ def test_device_burst_claws_back_views_across_partitions_and_settled_money(
     assert counts == {"61": 61, "62": 1, "63": 1, "64": 1, "65": 1}
     assert {r["partition"] for r in audit} == {0, 1, 2, 3}
     assert {r["detail"] for r in audit if r["event"]["video_id"] == M} == {FARM_DETAIL.format(n=61)}
+
+
+# ---- scenario 3: device_overlap and account_farm across partitions ----------------------------------------------
+
+O1, O2, O3, A0 = on_partition("O1", 1), on_partition("O2", 2), on_partition("O3", 3), on_partition("A0", 0)
+OVERLAP_DETAIL = (
+    "device tv shows this view (watched 4000..12000) and others of the last 600s at the same time: 6000 ms of "
+    "overlap in total (more than 2000); one screen shows one video at a time"
+)
+ACCOUNT_DETAIL = (
+    "device tab has more than 8 distinct accounts within 86400s: account {viewer} is {which} in order of first view"
+)
+
+
+def one_screen_phase() -> list[tuple[Any, ...]]:
+    """One TV showing three videos of three partitions, the second while the first still plays; a tablet used by
+    ten accounts in turn, one after the other. No interaction: the windows stay open (provisional money)."""
+    return [
+        (PROFILES, ELIGIBLE_C1),
+        (VIEWS, view("t1", O1, "tv-1", 10_000, watch=9_000, device="tv")),  # [1_000, 10_000], US 1_000
+        # [4_000, 12_000]: 6_000 ms over t1: device_overlap (JP 700 clawed back)
+        (VIEWS, view("t2", O2, "tv-2", 12_000, watch=8_000, region="JP", device="tv")),
+        # [11_000, 16_000]: over t1 by nothing, over t2 by 1_000 but t2 is rejected: kept (GB 800)
+        (VIEWS, view("t3", O3, "tv-3", 16_000, watch=5_000, region="GB", device="tv")),
+        # accounts a0..a9, 5 s views 5.5 s apart (US 1_000 each): a8 and a9, the 9th and 10th, are account_farm
+        *((VIEWS, view(f"a{k}", A0, f"a{k}", 20_000 + 5_500 * k, watch=5_000, device="tab")) for k in range(10)),
+    ]
+
+
+def test_device_overlap_and_account_farm_claw_back_with_their_reasons(scenario_env: dict[str, str]) -> None:
+    env = dict(scenario_env, **SCENARIO)
+    prefix = env["TOPIC_PREFIX"]
+    started_ms = int(time.time() * 1000)
+    events = {e["event_id"]: e for topic, e in one_screen_phase() if topic == VIEWS}
+    expected_accruals = {
+        # video: (settled, clawback, provisional, qualified_views, views, suspicious_views, windows_settled, eligible)
+        O1: (0, 0, 1_000, 1, 1, 0, 0, True),
+        O2: (0, 0, 0, 0, 1, 1, 0, True),
+        O3: (0, 0, 800, 1, 1, 0, 0, True),
+        A0: (0, 0, 8_000, 8, 10, 2, 0, True),
+    }
+    with WorkerProcess(env) as worker:
+        publish(env, one_screen_phase())
+        # the device verdicts come once every event partition has reported it is drained (a tick after its input)
+        audit = read_audit(env, 3)
+        accruals = read_accruals(env, expected_accruals)
+        wait_for_metrics(
+            worker,
+            expected_metrics(
+                events={(VIEWS, "accepted"): 13, (PROFILES, "accepted"): 1},
+                suspicious={},  # judged per device: clawbacks only
+                clawed_back={"device_overlap": 1, "account_farm": 2},
+                settled=0,
+                clawback=0,
+                windows=0,
+                provisional=1_000 + 800 + 8_000,
+                pending=0,
+            ),
+        )
+    assert accruals == expected_accruals
+    views = input_positions(env, VIEWS, 13)
+    expected = {
+        (prefix + VIEWS, *views["t2"][0]): (events["t2"], "clawback", "device_overlap", OVERLAP_DETAIL),
+        (prefix + VIEWS, *views["a8"][0]): (
+            events["a8"],
+            "clawback",
+            "account_farm",
+            ACCOUNT_DETAIL.format(viewer="a8", which="its account number 9"),
+        ),
+        (prefix + VIEWS, *views["a9"][0]): (
+            events["a9"],
+            "clawback",
+            "account_farm",
+            ACCOUNT_DETAIL.format(viewer="a9", which="not among its first 9 accounts"),
+        ),
+    }
+    check_audit(audit, expected, started_ms)

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
-ALERT_RULES = 6  # rules in alerts.yml (tests/deploy/test_promtool.py checks the same count with promtool)
+ALERT_RULES = 10  # rules in alerts.yml (tests/deploy/test_promtool.py checks the same count with promtool)
 JOB = "creator-rewards-scorer"  # the job name alerts.yml selects `up` on
 SCENARIO = {"WINDOW_S": "10", "GRACE_S": "2", "IDLE_SETTLE_S": "600", "EMIT_INTERVAL_S": "0.2"}
 PARTITIONS = 4  # topics/topics.toml: every input topic has 4 partitions

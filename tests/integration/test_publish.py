@@ -182,8 +182,12 @@ async def test_publish_lines_checks_lines_and_sends_envelopes(bootstrap: str, pr
     )
     rejections = err.getvalue().splitlines()
     assert [line.split(": rejected: ")[0] for line in rejections] == ["line 4", "line 5", "line 11"]
-    assert rejections[1] == "line 5: rejected: not a JSON object (got array)"
-    assert rejections[2] == "line 11: rejected: video_id: missing"
+    assert rejections[0].startswith("line 4: rejected: value: not JSON")
+    assert (
+        rejections[1]
+        == "line 5: rejected: not a JSON object (got array): one event per line, publish builds the envelopes"
+    )
+    assert rejections[2] == "line 11: rejected: event_id: missing"
     # The lines' own bytes are inside the envelopes.
     sent = [element for r in records for element in jsoncodec.loads(r.value)]
     assert sorted(sent, key=by_event_id) == [jsoncodec.loads(line) for line in good]

@@ -4,14 +4,18 @@ confluent-kafka) all reach their outcome; invalid ones reach events-dlq naming t
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import subprocess
 
 import pytest
 from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.events import InputTopic
 from stream_app.edges.partitioner import partition_for
-from tests.integration.harness import WorkerProcess, jsonl, read_topic, run_cli, scrape, wait_for
+from stream_app.edges.producer import RewardsProducer
+from tests.integration.harness import STREAM_APP, WorkerProcess, jsonl, read_topic, run_cli, scrape, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -33,40 +37,50 @@ def view(n: int, video: str, **overrides: object) -> dict[str, object]:
     return event
 
 
+def send_with_sdk(bootstrap: str, prefix: str, topic: InputTopic, events: list[dict[str, object]]) -> None:
+    """Batch envelopes through the producer SDK, which checks only ids: invalid events reach the worker."""
+
+    async def send() -> None:
+        async with RewardsProducer(bootstrap, topic_prefix=prefix) as producer:
+            await producer.send(topic, events)
+
+    asyncio.run(send())
+
+
 def test_every_record_reaches_its_outcome(scenario_env: dict[str, str]) -> None:
     env = dict(scenario_env, IDLE_SETTLE_S="600")  # nothing settles during this test
     prefix = env["TOPIC_PREFIX"]
     bootstrap = env["KAFKA_BOOTSTRAP"]
-    # --- through our CLI: 3 valid views and 1 invalid one in batch envelopes; one non-JSON line sent raw
-    out = run_cli(
-        env,
-        "publish",
-        "-",
-        "--topic",
-        "video-views",
-        stdin=jsonl([view(1, "vA"), view(2, "vB"), view(3, "vA"), view(4, "vA", watch_ms=-5)]),
+    # --- through our SDK: 3 valid views and 1 invalid one in batch envelopes (the CLI would refuse the invalid
+    # one at its line, below); through our CLI: one non-JSON line sent raw
+    bad_view = view(4, "vA", watch_ms=-5)
+    rejected = subprocess.run(
+        [*STREAM_APP, "publish", "-", "--topic", "video-views"],
+        env=env,
+        input=jsonl([bad_view]),
+        capture_output=True,
+        check=False,
     )
-    assert "sent 4 events" in out
+    assert rejected.returncode == 1
+    assert rejected.stderr.decode() == "line 1: rejected: watch_ms: must be an integer >= 0, got -5\n"
+    assert "sent 0 events" in rejected.stdout.decode()
+    send_with_sdk(bootstrap, prefix, InputTopic.VIEWS, [view(1, "vA"), view(2, "vB"), view(3, "vA"), bad_view])
     run_cli(env, "publish", "-", "--topic", "video-views", "--raw", stdin=b"this is not json\n")
-    run_cli(
-        env,
-        "publish",
-        "-",
-        "--topic",
-        "creator-profiles",
-        stdin=jsonl(
-            [
-                {
-                    "creator_id": "c1",
-                    "followers": 20_000,
-                    "views_30d": 200_000,
-                    "adult": True,
-                    "standing": "good",
-                    "ts": 0,
-                },
-                {"creator_id": "c2", "followers": 1, "views_30d": 1, "adult": "yes", "standing": "good", "ts": 0},
-            ]
-        ),
+    send_with_sdk(
+        bootstrap,
+        prefix,
+        InputTopic.PROFILES,
+        [
+            {
+                "creator_id": "c1",
+                "followers": 20_000,
+                "views_30d": 200_000,
+                "adult": True,
+                "standing": "good",
+                "ts": 0,
+            },
+            {"creator_id": "c2", "followers": 1, "views_30d": 1, "adult": "yes", "standing": "good", "ts": 0},
+        ],
     )
     # --- through a client we did not write (librdkafka), Java-compatible partitioner as the README asks
     foreign = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})

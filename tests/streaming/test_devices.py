@@ -1,19 +1,25 @@
-"""DeviceJudge: device_burst on the device repartition sends flags back, judges a device's views from event
-partitions running at different event times together, acknowledges its watermark after the flags, and expires a
-device that stops viewing from the device table (not kept forever)."""
+"""The device rules' wiring: device-views records in, the domain judge over the device-state table, and to each
+event partition one device-flags record with its flags (reason included) then the acknowledgements."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from stream_app.domain import jsoncodec
+from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceFlags, DeviceView, DeviceViews
 from stream_app.domain.policy import Policy
 from stream_app.edges.partitioner import partition_for
 from stream_app.streaming import devices
-from stream_app.streaming.devices import DeviceJudge
+from stream_app.streaming.devices import VIEWS_PER_RECORD, DeviceJudge, TableDeviceStore, send_device_views
+from stream_app.streaming.emitter import Outbox
 
 PARTITIONS = 4
+T = 1_000_000
 
 
 @dataclass
@@ -31,17 +37,34 @@ class FakeEvent:
 
 @dataclass
 class FakeTopic:
-    sent: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    sent: list[tuple[int, bytes]] = field(default_factory=list)
 
     async def send(self, *, key: bytes | None, value: bytes, partition: int, force: bool) -> None:
-        self.sent.append((partition, jsoncodec.loads(value)))
+        assert key is None and force
+        self.sent.append((partition, value))
 
 
-class FakeIngest:
-    async def load_partition_counts(self) -> None:
+class FakeProducer:
+    """The app's producer as the device judge's Outbox uses it: each send lands in the named FakeTopic."""
+
+    def __init__(self, app: FakeApp) -> None:
+        self.app = app
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int, *_: Any) -> asyncio.Future[None]:
+        target = {self.app.device_flags_name: self.app.device_flags, self.app.device_views_name: self.app.device_views}
+        await target[topic].send(key=key, value=value, partition=partition, force=True)
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)
+        return acknowledged
+
+
+class FakeCounts:
+    """PartitionCounts of a cluster where every topic has PARTITIONS."""
+
+    async def load(self) -> None:
         return None
 
-    def partition_count(self, topic: str) -> int:
+    def __call__(self, topic: str) -> int:
         return PARTITIONS
 
 
@@ -57,171 +80,208 @@ class FakeApp:
         self.settings = FakeSettings()
         self.device_state: dict[bytes, bytes] = {}
         self.device_flags = FakeTopic()
+        self.device_views = FakeTopic()
         self.device_flags_name = "flags"
         self.device_views_name = "device-views"
-        self.ingest = FakeIngest()
+        self.names = SimpleNamespace(views="video-views", device_views="device-views", device_flags="flags")
+        self.counts = FakeCounts()
 
-    def flags(self) -> list[dict[str, Any]]:
-        return [f for _, group in self.device_flags.sent for f in group if "ack" not in f]
+    def outbox(self) -> Outbox:
+        return Outbox(FakeProducer(self), self.counts)
 
-    def acks(self) -> list[tuple[int, dict[str, Any]]]:
-        return [(p, f) for p, group in self.device_flags.sent for f in group if "ack" in f]
+    def records(self) -> list[tuple[int, DeviceFlags]]:
+        return [(p, DeviceFlags.from_bytes(value)) for p, value in self.device_flags.sent]
+
+    def flags(self) -> list[tuple[int, DeviceFlag]]:
+        return [(p, f) for p, record in self.records() for f in record.flags]
+
+    def acks(self) -> list[tuple[int, DeviceAck]]:
+        return [(p, a) for p, record in self.records() for a in record.acks]
 
 
-def batch_of(views: list[dict[str, Any]], source: int = 0, through_ts: int | None = None) -> list[FakeEvent]:
-    """What event partition `source` sends after a batch (stream_app.streaming.devices.send_device_views): one
-    record to each device partition, with the largest view ts it has accepted."""
-    through = max(v["ts"] for v in views) if through_ts is None else through_ts
-    by_partition: dict[int, list[dict[str, Any]]] = {p: [] for p in range(PARTITIONS)}
+def batch_of(
+    views: list[DeviceView], source: int = 0, through_ts: int | None = None, drained: bool = False
+) -> list[FakeEvent]:
+    """What event partition `source` sends after a batch (send_device_views): one record to each device partition."""
+    through = max((v.ts for v in views), default=-1) if through_ts is None else through_ts
+    by_partition: dict[int, list[DeviceView]] = {p: [] for p in range(PARTITIONS)}
     for view in views:
-        by_partition[partition_for(view["device_id"].encode(), PARTITIONS)].append(view)
+        by_partition[partition_for(view.device_id.encode(), PARTITIONS)].append(view)
     return [
-        FakeEvent(
-            FakeMessage("device-views", p, 0, jsoncodec.dumps({"source": source, "through_ts": through, "records": vs}))
-        )
+        FakeEvent(FakeMessage("device-views", p, 0, DeviceViews.of(source, through, drained, vs).to_bytes()))
         for p, vs in by_partition.items()
     ]
 
 
-def from_every_source(views: list[dict[str, Any]]) -> list[FakeEvent]:
-    """Views spread over every event partition, each reporting its own largest ts."""
-    by_source: dict[int, list[dict[str, Any]]] = {}
-    for n, view in enumerate(views):
-        by_source.setdefault(n % PARTITIONS, []).append(view)
-    return [event for source, vs in by_source.items() for event in batch_of(vs, source)]
+def from_every_source(views: list[DeviceView], drained: bool = False) -> list[FakeEvent]:
+    return [event for source in range(PARTITIONS) for event in batch_of(views, source, drained=drained)]
 
 
-def view(n: int, device: str, ts: int) -> dict[str, Any]:
-    return {"video_id": f"vid{n % 5}", "event_id": f"e{device}{n}", "viewer_id": "u", "device_id": device, "ts": ts}
+def view(n: int, device: str, ts: int, watch_ms: int = 0, viewer: str = "u") -> DeviceView:
+    return DeviceView(device, f"vid{n % 5}", f"e{device}{n}", viewer, ts, watch_ms)
 
 
-def same_partition_as(device: str, stem: str) -> str:
-    other, n = stem, 0
-    while partition_for(other.encode(), PARTITIONS) != partition_for(device.encode(), PARTITIONS):
-        n += 1
-        other = f"{stem}{n}"
-    return other
-
-
-async def test_a_burst_flags_every_view_of_the_span_back_to_the_videos() -> None:
+async def test_a_burst_flags_every_view_of_the_span_back_to_the_videos_partitions() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
-    await judge.process_batch(batch_of([view(n, "farm", 1_000_000 + n * 100) for n in range(61)]))
-    assert sorted(f["event_id"] for f in app.flags()) == sorted(f"efarm{n}" for n in range(61))
+    judge = judge_for(app)
+    await judge.process_batch(batch_of([view(n, "farm", T + n * 100) for n in range(61)]))
+    flags = app.flags()
+    assert sorted(f.event_id for _, f in flags) == sorted(f"efarm{n}" for n in range(61))
+    assert {f.reason for _, f in flags} == {"device_burst"}
     # each flag went to the partition of its video (co-partitioned with the event topics)
-    assert all(
-        partition_for(f["video_id"].encode(), PARTITIONS) == p
-        for p, g in app.device_flags.sent
-        for f in g
-        if "ack" not in f
-    )
+    assert all(partition_for(f.video_id.encode(), PARTITIONS) == p for p, f in flags)
+
+
+async def test_overlap_and_account_flags_carry_their_reason() -> None:
+    app = FakeApp()
+    judge = judge_for(app)
+    # one screen, two videos at once; then ten accounts in turn
+    overlapping = [view(0, "tv", T, 10_000), view(1, "tv", T + 5_000, 10_000)]
+    accounts = [view(10 + n, "tablet", T + n * 10_000, 9_000, viewer=f"acct{n}") for n in range(10)]
+    others = [e for source in range(1, PARTITIONS) for e in batch_of([], source, through_ts=T)]
+    await judge.process_batch(batch_of(overlapping + accounts, 0) + others)
+    assert app.flags() == []  # nothing final yet: the sources are not drained and the watermark is too close
+    await judge.process_batch(from_every_source([], drained=True))
+    assert sorted((f.event_id, f.reason) for _, f in app.flags()) == [
+        ("etablet18", "account_farm"),
+        ("etablet19", "account_farm"),
+        ("etv1", "device_overlap"),
+    ]
 
 
 async def test_the_watermark_is_acknowledged_to_every_event_partition_after_the_flags() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
-    views = [view(n, "farm", 1_000_000 + n * 100) for n in range(61)]
-    await judge.process_batch([event for source in range(PARTITIONS) for event in batch_of(views, source)])
+    judge = judge_for(app)
+    views = [view(n, "farm", T + n * 100) for n in range(61)]
+    await judge.process_batch(from_every_source(views))
+    # every device partition heard from every source (through T + 6_000): each acknowledges that once, to each
+    # event partition, in the same record as that partition's flags and after them
     acks = app.acks()
-    # every device partition heard from every source (through ts 1_006_000): each acknowledges that, once, to
-    # each event partition
-    assert sorted((p, a["ack"], a["watermark"]) for p, a in acks) == [
-        (p, q, 1_006_000) for p in range(PARTITIONS) for q in range(PARTITIONS)
+    assert sorted((p, a.device_partition, a.watermark) for p, a in acks) == [
+        (p, q, T + 6_000) for p in range(PARTITIONS) for q in range(PARTITIONS)
     ]
-    # on each event partition, after every flag for it
-    for partition in range(PARTITIONS):
-        kinds = ["ack" in f for p, g in app.device_flags.sent if p == partition for f in g]
-        assert kinds == sorted(kinds)
+    assert sorted(p for p, _ in app.records()) == list(range(PARTITIONS))  # one record per event partition
     # nothing new: no second acknowledgement
     sent = len(app.device_flags.sent)
-    await judge.process_batch(batch_of([view(99, "farm", 1_000_000)], source=0, through_ts=1_006_000))
-    assert len(app.acks()) == len(acks) and len(app.device_flags.sent) >= sent
+    await judge.process_batch(batch_of([view(99, "other", T)], source=0, through_ts=T + 6_000))
+    assert len(app.acks()) == len(acks) and len(app.device_flags.sent) == sent
 
 
-async def test_a_device_that_stops_viewing_is_swept_from_the_table(monkeypatch: Any) -> None:
+async def test_a_device_that_stops_viewing_leaves_the_table_once_the_watermark_is_past() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
-    quiet = [view(0, "quiet", 1_000_000)]
-    await judge.process_batch([e for source in range(PARTITIONS) for e in batch_of(quiet, source)])
+    judge = judge_for(app)
+    await judge.process_batch(from_every_source([view(0, "quiet", T)]))
     assert list(app.device_state) == [b"quiet"]
-    # later every event partition has moved on, and another device on the same partition views: the sweep
-    # expires "quiet" once the sources' watermark is past its view by the span + GRACE_S
-    other = same_partition_as("quiet", "busy")
-    monkeypatch.setattr(devices, "SWEEP_INTERVAL_S", 0.0)
-    later = [view(1, other, 1_000_000 + 300_000)]
-    await judge.process_batch([e for source in range(PARTITIONS) for e in batch_of(later, source)])
-    assert sorted(app.device_state) == sorted([b"quiet", other.encode()])  # 300 s: still within 60 s + 300 s
-    later = [view(2, other, 1_000_000 + 361_000)]
-    await judge.process_batch([e for source in range(PARTITIONS) for e in batch_of(later, source)])
-    assert list(app.device_state) == [other.encode()]
+    # every event partition moves on; without views of "quiet", its state stays until the watermark passes its
+    # view (360 s) and its account (DEDUPE_S later): no sweep of the table needed
+    later = T + 360_000 + 86_400_000
+    await judge.process_batch([e for source in range(PARTITIONS) for e in batch_of([], source, through_ts=later - 1)])
+    assert list(app.device_state) == [b"quiet"]
+    await judge.process_batch([e for source in range(PARTITIONS) for e in batch_of([], source, through_ts=later)])
+    assert list(app.device_state) == []
 
 
 async def test_a_device_is_kept_while_a_source_lags() -> None:
     # three event partitions are two hours ahead, one is still at the device's view: nothing is forgotten
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
-    await judge.process_batch(batch_of([view(0, "dev", 1_000_000)], source=0))
-    other = same_partition_as("dev", "busy")
+    judge = judge_for(app)
+    await judge.process_batch(batch_of([view(0, "dev", T)], source=0))
     for source in range(1, PARTITIONS):
-        await judge.process_batch(batch_of([view(source, other, 1_000_000 + 1_800_000)], source=source))
-    assert sorted(app.device_state) == sorted([b"dev", other.encode()])
-
-
-async def test_grouped_sends_stay_under_the_record_size() -> None:
-    from stream_app.streaming.sending import RECORDS_PER_SEND, send_grouped
-
-    topic = FakeTopic()
-    records = [{"device_id": "d" * 128, "video_id": "v" * 128, "event_id": f"{n:0128d}"} for n in range(450)]
-    await send_grouped(topic, records, "device_id", PARTITIONS)
-    assert [len(group) for _, group in topic.sent] == [RECORDS_PER_SEND, RECORDS_PER_SEND, 50]
-    assert all(len(jsoncodec.dumps(group)) < 512 * 1024 for _, group in topic.sent)
-
-
-async def test_a_header_reaches_every_partition() -> None:
-    from stream_app.streaming.sending import send_grouped
-
-    topic = FakeTopic()
-    device = "d1"
-    await send_grouped(topic, [{"device_id": device}], "device_id", PARTITIONS, header={"source": 3, "through_ts": 7})
-    assert sorted(p for p, _ in topic.sent) == list(range(PARTITIONS))
-    for partition, value in topic.sent:
-        expected = [{"device_id": device}] if partition == partition_for(device.encode(), PARTITIONS) else []
-        assert value == {"source": 3, "through_ts": 7, "records": expected}
+        await judge.process_batch(batch_of([view(source, "busy", T + 1_800_000)], source=source))
+    assert b"dev" in app.device_state
 
 
 async def test_a_burst_behind_the_partitions_newest_view_is_still_caught() -> None:
-    # video partitions feed the device partition at different event times: another device's view 10 minutes
+    # event partitions feed the device partition at different event times: another device's view 10 minutes
     # ahead arrives first; the farm's 61 views (all earlier) must still add up to a burst
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
-    ahead = same_partition_as("farm", "ahead")
-    await judge.process_batch(batch_of([view(0, ahead, 1_000_000 + 600_000)], source=1))
+    judge = judge_for(app)
+    await judge.process_batch(batch_of([view(0, "ahead", T + 600_000)], source=1))
     for start in range(0, 61, 20):  # the farm's views come in several batches
-        await judge.process_batch(
-            batch_of([view(k, "farm", 1_000_000 + k * 100) for k in range(start, min(start + 20, 61))])
-        )
-    assert {f["event_id"] for f in app.flags()} == {f"efarm{k}" for k in range(61)}
+        await judge.process_batch(batch_of([view(k, "farm", T + k * 100) for k in range(start, min(start + 20, 61))]))
+    assert {f.event_id for _, f in app.flags()} == {f"efarm{k}" for k in range(61)}
 
 
-async def test_a_farm_seen_first_from_a_source_far_ahead_is_still_caught() -> None:
-    # one farm viewing for 20 minutes: partition 1 is read through its whole run first (a catch-up), then
-    # partition 0 catches up with the same device's views from the beginning; the first minute holds 61 views,
-    # 40 from partition 0 and 21 from partition 1
+async def test_records_of_the_previous_format_are_still_judged() -> None:
     app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
-    first_minute = [view(k, "farm", 1_000_000 + k * 900) for k in range(61)]
-    later = [view(100 + k, "farm", 1_000_000 + 120_000 + k * 60_000) for k in range(20)]  # one a minute
-    from_1 = first_minute[40:] + later
-    await judge.process_batch(batch_of(from_1, source=1))
-    await judge.process_batch(batch_of(first_minute[:40], source=0))
-    assert {f["event_id"] for f in app.flags()} == {v["event_id"] for v in first_minute}
-
-
-async def test_an_old_format_record_is_still_judged() -> None:
-    app = FakeApp()
-    judge = DeviceJudge(app)  # type: ignore[arg-type]
-    views = [view(n, "farm", 1_000_000 + n * 100) for n in range(61)]
+    judge = judge_for(app)
+    views = [
+        {"video_id": "v", "event_id": f"e{n}", "viewer_id": "u", "device_id": "farm", "ts": T + n} for n in range(61)
+    ]
     partition = partition_for(b"farm", PARTITIONS)
     await judge.process_batch([FakeEvent(FakeMessage("device-views", partition, 0, jsoncodec.dumps(views)))])
     assert len(app.flags()) == 61
     assert app.acks() == []  # no source reported its progress: no watermark to acknowledge
+
+
+async def test_a_bad_record_is_skipped_and_the_batch_judged() -> None:
+    app = FakeApp()
+    judge = judge_for(app)
+    bad = FakeEvent(FakeMessage("device-views", 0, 7, b"[1, 2"))
+    await judge.process_batch([bad, *batch_of([view(n, "farm", T + n) for n in range(61)])])
+    assert len(app.flags()) == 61
+
+
+async def test_device_state_in_an_unknown_format_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = FakeApp()
+    app.device_state[b"farm"] = jsoncodec.dumps({"format": 9})
+    stops: list[int] = []
+
+    def stop(what: str, code: int = 70) -> None:
+        stops.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(devices, "fail_stop", stop)
+    judge = judge_for(app)
+    with pytest.raises(SystemExit):
+        await judge.process_batch(batch_of([view(0, "farm", T)]))
+    assert stops == [3] and app.device_flags.sent == []
+
+
+def test_the_table_store_round_trips_and_lists_only_its_partition() -> None:
+    table: dict[bytes, bytes] = {}
+    stores = [TableDeviceStore(table, p, PARTITIONS) for p in range(PARTITIONS)]
+    from stream_app.domain.rules_state import DeviceState
+
+    for n in range(20):
+        device = f"d{n}"
+        state = DeviceState()
+        state.insert(T + n, 5_000, "v", f"e{n}", "u")
+        stores[partition_for(device.encode(), PARTITIONS)].save(device, state)
+    assert table == {}  # held until the flags they produced are acknowledged
+    for store in stores:
+        store.write_pending()
+    assert sorted(d for s in stores for d in s.device_ids()) == sorted(f"d{n}" for n in range(20))
+    home = stores[partition_for(b"d3", PARTITIONS)]
+    loaded = home.load("d3")
+    assert loaded is not None and loaded.ts == [T + 3] and loaded.watch_ms == [5_000]
+    home.delete("d3")
+    home.delete("d3")  # deleting twice is harmless
+    assert home.load("d3") is None and b"d3" in table
+    home.write_pending()
+    assert b"d3" not in table
+
+
+def judge_for(app: FakeApp) -> DeviceJudge:
+    return DeviceJudge(
+        policy=app.settings.policy,
+        names=app.names,  # type: ignore[arg-type]
+        device_state=app.device_state,
+        counts=app.counts,  # type: ignore[arg-type]
+        outbox=app.outbox,
+    )
+
+
+async def test_send_device_views_reaches_every_device_partition_in_records_of_bounded_size() -> None:
+    scorer = FakeApp()
+    many = [
+        DeviceView("d" * 128, "v" * 128, f"{n:0128d}", "u" * 128, T + n, 9_000) for n in range(VIEWS_PER_RECORD + 3)
+    ]
+    await send_device_views(scorer.outbox(), "device-views", PARTITIONS, many, 2, T + 10_000, False)
+    records = [(p, DeviceViews.from_bytes(v)) for p, v in scorer.device_views.sent]
+    home = partition_for(b"d" * 128, PARTITIONS)
+    assert sorted((p, len(r)) for p, r in records) == sorted(
+        [(home, VIEWS_PER_RECORD), (home, 3)] + [(p, 0) for p in range(PARTITIONS) if p != home]
+    )
+    assert all((r.source, r.through_ts, r.drained) == (2, T + 10_000, False) for _, r in records)
+    assert all(len(v) < 512 * 1024 for _, v in scorer.device_views.sent)

@@ -1,16 +1,17 @@
-"""ScorerApp.position_and_highwater: the position is after the last record *processed* (SPEC §5 "caught up"), not
+"""Positions.position_and_highwater: the position is after the last record *processed* (SPEC §5 "caught up"), not
 what the consumer fetched into Faust's stream buffer; before any, where processing starts. A partition revoked
 meanwhile gives no answer instead of crashing the timer that asked."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
 
-from stream_app.streaming.app import ScorerApp
+from stream_app.edges.settings import load_settings
+from stream_app.streaming.positions import Positions
+from stream_app.streaming.topics import TopicNames
 
 TOPIC = "video-views"
 
@@ -36,14 +37,16 @@ class FakeConsumer:
         return {tp: self.earliest for tp in tps}
 
 
-def app_with(consumer: FakeConsumer, processed: dict[tuple[str, int], int] | None = None) -> Any:
-    return SimpleNamespace(
-        faust=SimpleNamespace(consumer=consumer), processed_offsets=processed or {}, _start_offsets={}
-    )
+def app_with(
+    consumer: FakeConsumer, processed: dict[tuple[str, int], int] | None = None, *, stopping: bool = False
+) -> Positions:
+    positions = Positions(lambda: consumer, TopicNames.of(load_settings({})), lambda: stopping)
+    positions.processed.update(processed or {})
+    return positions
 
 
-async def position(app: Any) -> tuple[int | None, int | None]:
-    return await ScorerApp.position_and_highwater(app, TOPIC, 0)
+async def position(app: Positions) -> tuple[int | None, int | None]:
+    return await app.position_and_highwater(TOPIC, 0)
 
 
 async def test_the_position_is_after_the_last_processed_record() -> None:
@@ -76,3 +79,24 @@ async def test_the_high_watermark_is_at_least_what_was_fetched() -> None:
     consumer = FakeConsumer(highwater=90, committed=10)
     consumer._read_offset[TP(TOPIC, 0)] = 99
     assert await position(app_with(consumer, {(TOPIC, 0): 90})) == (90, 100)
+
+
+async def test_no_offset_lookup_once_the_worker_is_stopping() -> None:
+    # Faust's consumer thread answers no lookup during a shutdown: asking would only hold the shutdown
+    consumer = FakeConsumer(highwater=100, committed=None, earliest=3)
+    assert await position(app_with(consumer, stopping=True)) == (None, 100)
+    assert consumer.earliest_calls == 0
+
+
+async def test_an_unanswered_offset_lookup_gives_no_position_instead_of_waiting(monkeypatch: Any) -> None:
+    import asyncio
+
+    from stream_app.streaming import positions as positions_module
+
+    class SilentConsumer(FakeConsumer):
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            await asyncio.Event().wait()  # never answers
+            raise AssertionError("unreachable")
+
+    monkeypatch.setattr(positions_module, "OFFSET_LOOKUP_TIMEOUT_S", 0.05)
+    assert await position(app_with(SilentConsumer(highwater=100, committed=None))) == (None, 100)

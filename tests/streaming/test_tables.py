@@ -43,13 +43,22 @@ def test_video_state_is_written_to_the_partition_its_events_come_from(scenario_e
     assert producer.flush(10) == 0
     changelog = f"{prefix}{env['APP_ID']}-video-state-changelog"
 
+    def heads(records: list[dict[str, object]]) -> dict[str, int]:
+        """video -> partition of the segment record carrying its head"""
+        return {
+            head[0]: r["_partition"]  # type: ignore[misc]
+            for r in records
+            if r["kind"] == "SEGMENT"
+            for head in r["payload"][3]  # type: ignore[index]
+        }
+
     def complete(records: list[dict[str, object]]) -> bool:
-        heads = {r["payload"][0] for r in records if r["kind"] == "HEAD"}  # type: ignore[index]
         metas = {r["_partition"] for r in records if r["kind"] == "META"}
-        return heads >= set(videos) and metas == {0, 1, 2, 3}
+        return set(heads(records)) >= set(videos) and metas == {0, 1, 2, 3}
 
     with WorkerProcess(env):
         records = read_topic(bootstrap, changelog, complete, timeout=60, decode=_stored)
+    assert heads(records) == {video: partition_for(video.encode(), 4) for video in videos}
     for record in records:
         if record["kind"] == "HEAD":
             video = record["payload"][0]  # type: ignore[index]

@@ -1,0 +1,69 @@
+"""`stream-app replay`'s throughput beside the worker's, on the same input (SPEC §11, issue 13 "Speed").
+
+    python bench/replay_speed.py --events 200000 --worker     # replay and the scorer (worker) on one input
+    python bench/replay_speed.py --events 1000000             # replay only: a million retained events
+
+One run: a fresh embedded broker, `stream-app bench`'s input (the simulator's organic traffic, profiles first,
+batch envelopes), then `stream_app.replay.command.measure_replay` (both policies, the device rules, every window
+settled) and, with --worker, the scorer as `stream-app bench` measures it. Prints one Markdown line per
+measurement; `make bench` can report the replay beside the worker by calling `measure_replay` the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stream_app import benchmark
+from stream_app.edges.broker import EmbeddedBroker
+from stream_app.edges.kafka_client import client_kwargs
+from stream_app.replay.command import measure_replay
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=benchmark.DEFAULT_RATE)
+    parser.add_argument("--worker", action="store_true", help="also measure the scorer (worker) on the same input")
+    args = parser.parse_args()
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap
+        prefix = f"rbench{os.getpid()}-"
+        security = client_kwargs(os.environ)
+        asyncio.run(benchmark._apply_topics(bootstrap, prefix, security))
+        started = time.monotonic()
+        size = asyncio.run(benchmark._publish_input(bootstrap, prefix, args.events, "envelope", args.rate, security))
+        print(
+            f"published {size.events:,} events in {size.records:,} records ({size.bytes / 2**20:.0f} MiB, "
+            f"{size.event_time_span_s:.0f} s of event time) in {time.monotonic() - started:.0f} s",
+            file=sys.stderr,
+        )
+        timing = measure_replay(bootstrap, prefix)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"| replay (baseline + candidate, device rules) | {timing.events:,} | {timing.seconds:.1f} s | "
+            f"{timing.events_per_s:,.0f} events/s | CPU {timing.cpu_s:.1f} s | peak RSS {rss:,.0f} MiB |"
+        )
+        if args.worker:
+            workdir = Path(tempfile.mkdtemp(prefix="replay-bench-"))
+            timeout = benchmark.START_TIMEOUT_S + size.events / benchmark.SLOWEST_EVENTS_PER_S
+            scorer = benchmark._measure_scorer(bootstrap, prefix, size.events, workdir, broker.pid, timeout)
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(
+                f"| scorer (worker) | {scorer.events:,} | {scorer.seconds:.1f} s | {scorer.events_per_s:,.0f} events/s"
+                f" | CPU {scorer.cpu_s or 0:.1f} s | peak RSS {scorer.peak_rss_mib or 0:,.0f} MiB |"
+            )
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The device judge: one device partition's rules (SPEC §6 device_burst, device_overlap, account_farm) over its
+batches of accepted views, with the flags and the acknowledgement they produce. Pure: the worker's wiring
+(streaming/devices.py) and a replay run the very same code over a DeviceStore.
+
+Event time. Views reach a device partition from every event partition, which run at different event times (a
+catch-up reads them minutes apart). Each DeviceViews record carries its source's progress; the partition's
+watermark is the slowest source's (windows.SourceWatermark, never more than MAX_SOURCE_SKEW_S behind the most
+advanced). device_burst is judged as views arrive; device_overlap and account_farm judge a device's views in
+canonical order once nothing can still precede them: when the watermark is rules.device_flag_delay_ms past them,
+or when every source has reported it is drained (then every view produced so far is here). Each device is
+revisited when the watermark reaches its next due time (a heap), so a device that stops viewing is judged and
+forgotten without a scan. After each batch the partition acknowledges its watermark: every flag for a view up to
+watermark - device_flag_delay_ms has been returned, so event partitions may forget such views.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stream_app.domain import jsoncodec, rules
+from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceViews
+from stream_app.domain.policy import Policy
+from stream_app.domain.rules_state import DeviceState
+from stream_app.domain.windows import SourceWatermark
+
+__all__ = ["DeviceStore", "DeviceVerdicts", "MemoryDeviceStore", "PartitionDeviceJudge"]
+
+
+class DeviceStore(Protocol):
+    """Where one device partition's DeviceStates live (the worker: the device-state table, keyed by device_id)."""
+
+    def load(self, device_id: str) -> DeviceState | None: ...
+
+    def save(self, device_id: str, state: DeviceState) -> None: ...
+
+    def delete(self, device_id: str) -> None: ...
+
+    def device_ids(self) -> Iterable[str]:
+        """Every device of this partition that has state."""
+        ...
+
+
+class MemoryDeviceStore:
+    """A DeviceStore in a dict of stored values (the table's bytes), for replays and tests."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    def load(self, device_id: str) -> DeviceState | None:
+        raw = self.values.get(device_id)
+        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
+
+    def save(self, device_id: str, state: DeviceState) -> None:
+        self.values[device_id] = jsoncodec.dumps_to_keep(state.to_stored())
+
+    def delete(self, device_id: str) -> None:
+        self.values.pop(device_id, None)
+
+    def device_ids(self) -> Iterable[str]:
+        return list(self.values)
+
+
+@dataclass(slots=True)
+class DeviceVerdicts:
+    """What one batch of a device partition produced: flags to send to the videos' partitions (in order), then
+    the acknowledgement of its watermark to every event partition (None: the watermark did not move)."""
+
+    flags: list[DeviceFlag] = field(default_factory=list)
+    ack: DeviceAck | None = None
+
+
+class PartitionDeviceJudge:
+    """All devices of one partition of the device-views topic, fed by `sources` event partitions."""
+
+    def __init__(self, policy: Policy, partition: int, store: DeviceStore, *, sources: int) -> None:
+        self.policy = policy
+        self.partition = partition
+        self.store = store
+        self.sources = sources
+        self.clock = SourceWatermark(max_skew_ms=policy.max_source_skew_s * 1000)
+        self._drained: dict[int, bool] = {}  # source -> its latest record said it was drained
+        self._acked = -1
+        # DeviceStates kept between batches while they hold views (devices that viewed in the last minutes: they
+        # are touched again soon, at the latest when their views are judged); a device left with only a watch
+        # interval or an account (most devices, for a day) lives in the store alone, its object would cost several
+        # times its stored bytes
+        self._devices: dict[str, DeviceState] = {}
+        self._due: dict[str, int] = {}  # every device with state -> the watermark it is next due at
+        self._heap: list[tuple[int, str]] = []  # (due, device); entries whose due is no longer _due[device] are stale
+        self._pending: set[str] = set()  # devices with views device_overlap / account_farm have not judged
+        self._started = False
+
+    @property
+    def watermark(self) -> int | None:
+        return self.clock.watermark
+
+    def judge(self, records: Sequence[DeviceViews]) -> DeviceVerdicts:
+        """Judge a batch of this partition's records (in partition order); save each device it changed once."""
+        if not self._started:
+            self._restore()
+        out = DeviceVerdicts()
+        touched: set[str] = set()
+        for record in records:
+            if record.through_ts >= 0:
+                self.clock.observe(record.source, record.through_ts)
+            self._drained[record.source] = record.drained
+            if record.ts:
+                self._on_views(record, out.flags, touched)
+        for device_id in touched:
+            self._schedule(device_id, self._devices[device_id])
+        watermark = self.clock.advance(self.sources)
+        if watermark is not None:
+            self._advance(watermark, out.flags, touched)
+        if self._pending and len(self._drained) >= self.sources and all(self._drained.values()):
+            self._judge_pending(out.flags, touched)
+        self._write(touched)
+        if watermark is not None and watermark > self._acked:
+            self._acked = watermark
+            out.ack = DeviceAck(self.partition, watermark)
+        return out
+
+    # --- per view: device_burst now, the later device rules when nothing can precede the view any more ---------
+
+    def _on_views(self, record: DeviceViews, flags: list[DeviceFlag], touched: set[str]) -> None:
+        policy = self.policy
+        devices = self._devices
+        pending = self._pending
+        burst: list[int] = []
+        device_ids, video_ids, event_ids = record.device_ids, record.video_ids, record.event_ids
+        viewer_ids, times, watches = record.viewer_ids, record.ts, record.watch_ms
+        for k in range(len(times)):
+            device_id = device_ids[k]
+            state = devices.get(device_id)
+            if state is None:
+                state = self._load(device_id)
+            ts = times[k]
+            if state.index_of(event_ids[k], ts) is not None:
+                # a device-views record read again after a crash or a rebalance: this view is in the state already
+                # (judged, its flags sent before the state was written); counting it twice would make false flags
+                continue
+            i = state.insert(ts, watches[k], video_ids[k], event_ids[k], viewer_ids[k])
+            most = rules.device_burst_at(policy, state, i, burst)
+            if most:
+                detail = rules.device_burst_detail(policy, device_id, most)
+                for j in burst:
+                    flags.append(DeviceFlag(state.video_ids[j], state.event_ids[j], rules.Reason.DEVICE_BURST, detail))
+                burst.clear()
+            if ts <= state.judged_through:  # its device was judged past it already: judged now, changing nothing else
+                rules.judge_device_view(policy, state, device_id, i, flags)
+            else:
+                pending.add(device_id)
+            touched.add(device_id)
+
+    # --- event time -------------------------------------------------------------------------------------------
+
+    def _advance(self, watermark: int, flags: list[DeviceFlag], touched: set[str]) -> None:
+        """Judge and expire every device whose due time the watermark has reached."""
+        heap = self._heap
+        while heap and heap[0][0] <= watermark:
+            due, device_id = heapq.heappop(heap)
+            if self._due.get(device_id) != due:
+                continue  # stale: rescheduled since
+            del self._due[device_id]
+            state = self._load(device_id)
+            rules.advance_device(self.policy, state, device_id, watermark, flags)
+            if state.pending_from() == len(state.ts):
+                self._pending.discard(device_id)
+            touched.add(device_id)
+
+    def _judge_pending(self, flags: list[DeviceFlag], touched: set[str]) -> None:
+        """Every source is drained: every view produced so far is here, so every pending view is judged now."""
+        for device_id in self._pending:
+            state = self._load(device_id)
+            rules.judge_device_views(self.policy, state, device_id, state.max_ts, flags)
+            touched.add(device_id)
+        self._pending.clear()
+
+    def _schedule(self, device_id: str, state: DeviceState) -> None:
+        due = rules.device_due_ms(self.policy, state)
+        if due is None:
+            return
+        current = self._due.get(device_id)
+        if current is None or due < current:  # a later due is found when the earlier entry comes up
+            self._due[device_id] = due
+            heapq.heappush(self._heap, (due, device_id))
+
+    # --- state --------------------------------------------------------------------------------------------------
+
+    def _load(self, device_id: str) -> DeviceState:
+        """The device's state (kept while it holds views, else read from the store)."""
+        state = self._devices.get(device_id)
+        if state is None:
+            state = self.store.load(device_id)
+            if state is None:
+                state = DeviceState()
+            self._devices[device_id] = state
+        return state
+
+    def _restore(self) -> None:
+        """First batch after an assignment: the store is the truth. Every device is scheduled (its views may be due
+        for judging or forgetting) and those with views not judged yet wait for the next drained report too.
+        One pass over the partition's devices, kept as due times only."""
+        self._started = True
+        for device_id in self.store.device_ids():
+            state = self.store.load(device_id)
+            if state is None:
+                continue
+            self._schedule(device_id, state)
+            if state.pending_from() < len(state.ts):
+                self._pending.add(device_id)
+
+    def _write(self, touched: set[str]) -> None:
+        for device_id in touched:
+            state = self._devices[device_id]
+            if not state.ts:
+                del self._devices[device_id]
+            if state.is_empty():
+                self._due.pop(device_id, None)
+                self._pending.discard(device_id)
+                self.store.delete(device_id)
+            else:
+                self.store.save(device_id, state)
+                self._schedule(device_id, state)
+
+    def device_count(self) -> int:
+        """How many devices of the partition hold state."""
+        return len(self._due)

@@ -1,0 +1,16 @@
+"""Process-wide settings of the worker's Python runtime."""
+
+from __future__ import annotations
+
+import gc
+
+# CPython's cyclic collector runs a young collection every 700 allocations and, now and then, a full one over
+# every object; a worker holds millions of small objects (a day of viewer memories) that form no cycles, so those
+# passes are pure overhead. Measured on the scoring core (600k-event hot-video workload, CPU time): 38 us/event
+# with the default thresholds, 28.5 with these, 26.4 with the collector off. Cycles are still collected.
+GC_THRESHOLDS = (100_000, 50, 1_000)
+
+
+def tune_gc() -> None:
+    """Collect less often (see GC_THRESHOLDS); call once at start-up."""
+    gc.set_threshold(*GC_THRESHOLDS)

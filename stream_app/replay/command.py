@@ -1,0 +1,348 @@
+"""`stream-app replay --policy FILE [--baseline FILE] [--from T] [--to T] [--output DIR]` (SPEC §11), and
+`measure_replay` for the throughput benchmark.
+
+Reads the retained input with its own consumer (reading.py), scores it under the baseline and the candidate in one
+pass (engine.py), reads the ledger and reconciles the baseline with it (ledger.py), writes the five files
+(report.py). Never writes to a topic, never joins a consumer group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from stream_app.domain.errors import BrokerError, ConfigError, ReplaySelectionError
+from stream_app.domain.events import InputTopic, OutputTopic
+from stream_app.domain.policy import Policy, load_policy, policy_hash
+from stream_app.domain.windows import window_bounds, window_index
+from stream_app.replay import ledger as ledger_mod
+from stream_app.replay import reading, report
+from stream_app.replay.engine import PolicyRun, ReplayEngine
+
+
+def add_parser(sub: Any) -> None:
+    """The `replay` subcommand (called by cli.build_parser)."""
+    replay = sub.add_parser(
+        "replay",
+        help="score the retained input under a candidate policy beside the baseline, and reconcile the ledger",
+        description=__doc__,
+    )
+    replay.add_argument("--policy", required=True, help="the candidate policy: a TOML file (keys of domain/policy.py)")
+    replay.add_argument(
+        "--baseline", help="the baseline policy file (default: the policy in effect, from POLICY_FILE and environment)"
+    )
+    replay.add_argument(
+        "--from", dest="from_time", metavar="T", help="first record timestamp to read: ISO-8601 or epoch ms"
+    )
+    replay.add_argument(
+        "--to", dest="to_time", metavar="T", help="last record timestamp to read (default: everything retained)"
+    )
+    replay.add_argument("--output", metavar="DIR", help="where to write the five files (default: ./replay-<time>)")
+    replay.set_defaults(func=run)
+
+
+def load_policies(env: Mapping[str, str], candidate_file: str, baseline_file: str | None) -> tuple[Policy, Policy]:
+    """The baseline is the policy the workers run (POLICY_FILE and environment) unless --baseline names a file; the
+    candidate is what the workers would run with POLICY_FILE=FILE in the same environment."""
+    try:
+        baseline = load_policy(env, baseline_file) if baseline_file else load_policy(env)
+    except ConfigError as exc:
+        raise ConfigError(f"baseline policy: {exc}") from None
+    try:
+        candidate = load_policy(env, candidate_file)
+    except ConfigError as exc:
+        raise ConfigError(f"candidate policy (--policy): {exc}") from None
+    return baseline, candidate
+
+
+@dataclass
+class ReplayOutcome:
+    baseline: PolicyRun
+    candidate: PolicyRun
+    engine: ReplayEngine
+    snapshot: reading.Snapshot
+    selection: reading.Selection
+    present_ms: int
+    ledger_values: list[bytes | None]
+    covered_from_ms: int | None
+    read_seconds: float
+    read_cpu_seconds: float
+
+
+async def replay_from_broker(
+    bootstrap: str,
+    prefix: str,
+    security: Mapping[str, Any],
+    baseline: Policy,
+    candidate: Policy,
+    selection: reading.Selection,
+    *,
+    wall_clock_ms: int,
+    progress: bool = True,
+    read_ledger: bool = True,
+) -> ReplayOutcome:
+    from aiokafka.errors import KafkaError
+
+    from stream_app.edges.partitioner import partition_for
+
+    consumer = reading.new_consumer(bootstrap, security)
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise BrokerError(f"cannot reach the broker at {bootstrap}: {exc}") from None
+    try:
+        ledger_topic = prefix + OutputTopic.SETTLEMENTS.value
+        # the ledger is checked with the input, so a missing one is refused before the long read
+        required = (ledger_topic,) if read_ledger else ()
+        snapshot = await reading.take_snapshot(consumer, bootstrap, prefix, selection, security, required)
+        engine = ReplayEngine([baseline, candidate], snapshot.partitions, partition_for)
+        total = sum(snapshot.records(t) for t in InputTopic)
+        with _progress(total, progress) as advance:
+            started, cpu0 = time.monotonic(), time.process_time()
+            engine.add_profiles(await reading.read_profiles(consumer, snapshot, selection, advance))
+            async for record in reading.read_events(consumer, snapshot, selection, advance):
+                engine.add(record)
+            newest = engine.counts.newest_event_ts
+            if newest is None:
+                raise ReplaySelectionError(
+                    f"no view or interaction between {_shown(selection.from_ms)} and {_shown(selection.to_ms)} in "
+                    f"{snapshot.topics[InputTopic.VIEWS]} and {snapshot.topics[InputTopic.INTERACTIONS]}: nothing "
+                    "to replay"
+                )
+            # SPEC §11: the end of the input is the present: the newest event time read with --to, else now
+            present = newest if selection.to_ms is not None else wall_clock_ms
+            engine.finish(present)
+            read_seconds, read_cpu = time.monotonic() - started, time.process_time() - cpu0
+        ledger_values: list[bytes | None] = []
+        if read_ledger:
+            count = snapshot.other_partitions[ledger_topic]
+            settlements = await reading.read_settlements(consumer, ledger_topic, count, bootstrap, security)
+            ledger_values = [value for _, _, value in settlements]
+    finally:
+        await consumer.stop()
+    baseline_run, candidate_run = engine.runs
+    return ReplayOutcome(
+        baseline_run,
+        candidate_run,
+        engine,
+        snapshot,
+        selection,
+        present,
+        ledger_values,
+        _covered_from(selection, snapshot, engine, baseline),
+        read_seconds,
+        read_cpu,
+    )
+
+
+def _covered_from(
+    selection: reading.Selection, snapshot: reading.Snapshot, engine: ReplayEngine, policy: Policy
+) -> int | None:
+    """The start of the first window the input covers whole: after --from, or after where retention cut it."""
+    start = selection.from_ms
+    if start is None:
+        start = snapshot.complete_from_ms()
+    if start is None:
+        return None
+    k = window_index(start, policy.window_s)
+    first, _ = window_bounds(k, policy.window_s)
+    return first if first == start else window_bounds(k + 1, policy.window_s)[0]
+
+
+class _progress:
+    """A rich progress bar over the records to read (on stderr), or nothing."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("replay: reading records"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._bar.start()
+        task = self._bar.add_task("read", total=self.total)
+        return lambda n: self._bar.advance(task, n) if n else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _shown(ms: int | None) -> str:
+    return "the start" if ms is None else reading.format_ms(ms)
+
+
+def build_files(outcome: ReplayOutcome, baseline_source: str, candidate_source: str, out: Path) -> dict[str, Any]:
+    """Reduce the outcome to rows, reconcile with the ledger, write the five files; returns summary.json's content."""
+    base_run, cand_run = outcome.baseline, outcome.candidate
+    grace_ms = base_run.policy.grace_s * 1000
+    records, _bad = ledger_mod.decode_ledger(outcome.ledger_values)
+    ledger_view = ledger_mod.reduce_ledger(
+        records, covered_from_ms=outcome.covered_from_ms, due_by_ms=outcome.present_ms, grace_ms=grace_ms
+    )
+    replay_view = ledger_mod.reduce_ledger(
+        base_run.totals.settlements,
+        covered_from_ms=outcome.covered_from_ms,
+        due_by_ms=outcome.present_ms,
+        grace_ms=grace_ms,
+        device_clawed=base_run.totals.device_clawed,
+    )
+    reconciliation = ledger_mod.reconcile(ledger_view, replay_view)
+    videos = report.video_rows(base_run.results(), cand_run.results())
+    creators = report.creator_rows(videos)
+    counts = outcome.engine.counts
+    selection = outcome.selection
+    facts = report.ReplayFacts(
+        baseline=base_run.policy,
+        candidate=cand_run.policy,
+        baseline_id=base_run.policy_id,
+        candidate_id=cand_run.policy_id,
+        baseline_source=baseline_source,
+        candidate_source=candidate_source,
+        selection={
+            "from": _shown(selection.from_ms),
+            "to": "the end" if selection.to_ms is None else _shown(selection.to_ms),
+            # not the wall clock's value: the same input must give the same files
+            "present": "the wall clock (no --to)" if selection.to_ms is None else reading.format_ms(outcome.present_ms),
+            "newest_event": reading.format_ms(counts.newest_event_ts or 0),
+            "compared_from": "the start" if outcome.covered_from_ms is None else _shown(outcome.covered_from_ms),
+        },
+        read={
+            "records": dict(sorted(counts.records.items())),
+            "events": dict(sorted(counts.events.items())),
+            "invalid": dict(sorted(counts.invalid.items())),
+        },
+        outcomes={"baseline": _outcomes(base_run), "candidate": _outcomes(cand_run)},
+    )
+    return report.write_files(out, facts, videos, creators, reconciliation)
+
+
+def _outcomes(run: PolicyRun) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for (topic, outcome, reason), n in run.totals.outcomes.items():
+        counts[" ".join(part for part in (topic, outcome, reason) if part)] += n
+    return dict(sorted(counts.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream_app.edges.kafka_client import client_kwargs
+    from stream_app.edges.runtime import tune_gc
+    from stream_app.edges.settings import load_settings
+
+    settings = load_settings()
+    baseline, candidate = load_policies(settings.env, args.policy, args.baseline)
+    selection = reading.Selection(
+        None if args.from_time is None else reading.parse_time(args.from_time, "--from"),
+        None if args.to_time is None else reading.parse_time(args.to_time, "--to"),
+    )
+    now = dt.datetime.now(dt.UTC)
+    out = Path(args.output) if args.output else Path(f"replay-{now.strftime('%Y%m%dT%H%M%SZ')}")
+    tune_gc()  # as the worker: millions of small objects that form no cycles
+    outcome = asyncio.run(
+        replay_from_broker(
+            settings.kafka_bootstrap,
+            settings.topic_prefix,
+            client_kwargs(settings.env),
+            baseline,
+            candidate,
+            selection,
+            wall_clock_ms=int(now.timestamp() * 1000),
+            progress=True,
+        )
+    )
+    baseline_source = args.baseline or (settings.policy_file or "defaults") + " + environment"
+    summary = build_files(outcome, baseline_source, args.policy, out)
+    recon = summary["reconciliation"]
+    totals = summary["totals"]
+    print(
+        f"replay: {sum(outcome.engine.counts.events.values()):,} events in {outcome.read_seconds:.1f} s; "
+        f"baseline {policy_hash(baseline)} {report.micros(totals['baseline_settled_micros'])}, "
+        f"candidate {policy_hash(candidate)} {report.micros(totals['candidate_settled_micros'])}; "
+        f"{recon['status']}"
+        + (f" ({recon['differing_videos']} videos differ)" if recon["differing_videos"] else "")
+        + f"; files in {out}/",
+        file=sys.stdout,
+    )
+    return 0
+
+
+# ---- for the throughput benchmark (stream_app/benchmark/) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayTiming:
+    """A replay's read-and-score throughput over a broker's input (both policies, the device rules included)."""
+
+    events: int  # input events read (envelope elements count one each), profiles included
+    records: int
+    seconds: float  # first record read -> every window settled (connecting and the snapshot not counted)
+    cpu_s: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def measure_replay(
+    bootstrap: str,
+    topic_prefix: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    candidate: Policy | None = None,
+) -> ReplayTiming:
+    """Replay everything under `topic_prefix` as `stream-app replay` does (baseline: the environment's policy;
+    candidate: `candidate`, default the baseline with policies/v2.toml's watch weight) and time it. Writes no file
+    and reads no ledger. For `stream-app bench`, to report beside the worker on the same input."""
+    from stream_app.edges.kafka_client import client_kwargs
+    from stream_app.edges.runtime import tune_gc
+
+    env = dict(os.environ if env is None else env)
+    baseline = load_policy(env)
+    tune_gc()
+    outcome = asyncio.run(
+        replay_from_broker(
+            bootstrap,
+            topic_prefix,
+            client_kwargs(env),
+            baseline,
+            candidate or replace(baseline, watch_weight_bps=2_000),
+            reading.Selection(),
+            wall_clock_ms=int(time.time() * 1000),
+            progress=False,
+            read_ledger=False,
+        )
+    )
+    counts = outcome.engine.counts
+    return ReplayTiming(
+        sum(counts.events.values()), sum(counts.records.values()), outcome.read_seconds, outcome.read_cpu_seconds
+    )

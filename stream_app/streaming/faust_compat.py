@@ -1,0 +1,242 @@
+"""Every place the worker reaches into Faust, mode or aiokafka beyond their public API: the patches, the private
+attributes it reads, the private methods it overrides. Nothing else in the project does.
+
+Each section says which upstream behaviour it works around and which test proves the workaround holds; a Faust or
+aiokafka upgrade starts here. The patches are installed once per process (`install`) and are idempotent.
+
+1. Changelog recovery ends at the true end of each partition (`Recovery._build_highwaters`).
+   tansu (the embedded broker) reports a partition's high watermark as the last batch's base offset + 1, too low
+   after a multi-record batch; Faust's recovery trusts it and stopped early (a table of 1,000 increments came back
+   as 999). Reading from one before the reported end returns the whole last batch, whose last offset + 1 is the
+   true end (a no-op on Apache Kafka). Proved by tests/integration/test_scoring_scenario.py (restarts end with the
+   undisturbed numbers) and the chaos suite.
+2. Stream partitions start where they should (`Consumer.perform_seek`, `Consumer.resume_partitions`).
+   Faust fetches while it recovers tables but drops what it fetches while its flow is suspended, moving the fetch
+   position past those records, and its "seek to committed" step seeks nowhere for a partition with no committed
+   offset: a worker restarted after SIGKILL before its first commit skipped a partition's first 35 records. Such
+   partitions are sought to their earliest offset (on the consumer's own thread: from the app's thread the seek
+   raced aiokafka's fetcher, a KeyError in fetched_records). Faust also resumes stream partitions *before* seeking
+   them, so records from the old position reached the agent first (later events moved the watermark, earlier ones
+   were judged late): they are held back until sought. Proved by tests/streaming/test_uncommitted_seek.py and the
+   chaos suite (tests/chaos/test_crashes.py).
+3. Commits never pass what the agent processed (`Consumer._filter_committable_offsets`).
+   Faust committed offsets of input partitions a worker had just taken over, during its table recovery, before
+   scoring any of their records, which then never got an outcome. Each commit of an input partition is clamped to
+   the offset after the last record the agent processed (streaming/delivery_guard.py clamp_commits). Proved by
+   tests/streaming/test_delivery_guard.py and the chaos suite.
+4. Table writes name their partition (`faust.streams._current_event`).
+   Tables are written once per batch inside `take_events`, where Faust has no current event; its table writes
+   pick the changelog partition (and a RocksDB store's database) from the current event. `writing_for` makes an
+   event of the partition being written the current one. Proved by tests/streaming/test_tables.py.
+5. Where a consumer is (`Consumer._read_offset`, `Consumer._committed_offset`): no public accessor; read by the
+   caught-up check and the lag metric. Proved by tests/streaming/test_position.py.
+6. The producer's aiokafka client (`Producer._ensure_producer().client`): to pin its metadata to every topic the
+   worker writes (aiokafka replaces its metadata with the one topic it asks about when a new topic appears after
+   it started, and a batch queued for another topic then waited for the request timeout). Proved by
+   tests/integration/test_worker_topology.py.
+7. The signal handler of mode's Worker (`Worker._schedule_shutdown`): the shutdown clock starts when SIGTERM or
+   SIGINT arrives. Proved by tests/integration/test_lifecycle.py.
+8. Table recovery's progress (`app.tables.recovery`, not declared by TableManagerT): the readiness probe says
+   a worker recovering its tables is not ready, with the records left. Proved by tests/streaming/test_lifecycle.py
+   and tests/integration/test_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import faust
+from aiokafka import TopicPartition
+from faust.streams import _current_event
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+# faust.App attributes the patches read (set by `install`)
+_TRUE_ENDS_ATTR = "rewards_true_ends"  # reads the true end of changelog partitions
+_STREAM_TOPICS_ATTR = "rewards_stream_topics"  # topics whose partitions start from the earliest when uncommitted
+_SEEK_LISTENER_ATTR = "rewards_on_sought"  # called with {tp: offset} once stream partitions are sought
+_COMMIT_CLAMP_ATTR = "rewards_commit_clamp"  # called with the offsets about to be committed, changes them
+# the Consumer attribute holding the stream partitions Faust asked to resume before they were sought
+_HELD_ATTR = "_rewards_held_until_sought"
+
+TrueEnds = Callable[[dict[TopicPartition, int]], Any]  # reported ends -> awaitable of true ends
+
+
+# ---- 1. changelog recovery ends at the true end ----------------------------------------------------------------
+
+
+def _install_true_changelog_end() -> None:
+    original = Recovery._build_highwaters
+    if getattr(original, "_true_end", False):
+        return
+
+    async def build_highwaters(self: Recovery, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await original(self, consumer, tps, destination, title)
+        true_ends = getattr(self.app, _TRUE_ENDS_ATTR, None)
+        if true_ends is None:
+            return
+        # Faust stores "last offset" (end - 1) in destination.
+        reported = {TopicPartition(tp.topic, tp.partition): destination[tp] + 1 for tp in tps}
+        ends = await true_ends(reported)
+        for tp in tps:
+            end = ends[TopicPartition(tp.topic, tp.partition)]
+            if end - 1 > destination[tp]:
+                log.info("changelog %s[%d]: broker reported end %d, true end %d", *tp, destination[tp] + 1, end)
+                destination[tp] = end - 1
+
+    build_highwaters._true_end = True  # type: ignore[attr-defined]
+    Recovery._build_highwaters = build_highwaters  # type: ignore[method-assign]
+
+
+# ---- 2. stream partitions start where they should ------------------------------------------------------------
+
+
+def _install_stream_seek() -> None:
+    original_seek = Consumer.perform_seek
+    if getattr(original_seek, "_seeks_uncommitted", False):
+        return
+    original_resume = Consumer.resume_partitions
+
+    def stream_topics(consumer: Any) -> set[str]:
+        return set(getattr(consumer.app, _STREAM_TOPICS_ATTR, None) or ())
+
+    def resume_partitions(self: Any, tps: Iterable[TP]) -> None:
+        tps = set(tps)
+        topics = stream_topics(self)
+        held = {tp for tp in tps if tp.topic in topics}
+        if held:
+            setattr(self, _HELD_ATTR, getattr(self, _HELD_ATTR, set()) | held)
+        original_resume(self, tps - held)
+
+    async def perform_seek(self: Any) -> None:
+        await original_seek(self)
+        topics = stream_topics(self)
+        assigned = set(self.assignment())
+        uncommitted = [tp for tp in assigned if tp.topic in topics and committed_offset(self, tp) is None]
+        offsets: dict[TP, int] = {}
+        if uncommitted:
+            earliest = await self.earliest_offsets(*uncommitted)
+            offsets = {tp: earliest.get(tp) or 0 for tp in uncommitted}
+            for tp, offset in offsets.items():
+                log.info("no committed offset for %s[%d]: starting from offset %d", tp.topic, tp.partition, offset)
+            await self.seek_wait(offsets)  # on the consumer's own thread (see the module docstring)
+        on_sought = getattr(self.app, _SEEK_LISTENER_ATTR, None)
+        if on_sought is not None:
+            on_sought({tp: offsets.get(tp, committed_offset(self, tp)) for tp in assigned})
+        # only once sought (a failed seek leaves them held for the next perform_seek, which Faust repeats)
+        held: set[TP] = getattr(self, _HELD_ATTR, set())
+        setattr(self, _HELD_ATTR, set())
+        original_resume(self, held & assigned)
+
+    resume_partitions._holds_streams = True  # type: ignore[attr-defined]
+    perform_seek._seeks_uncommitted = True  # type: ignore[attr-defined]
+    Consumer.resume_partitions = resume_partitions  # type: ignore[method-assign]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+
+
+# ---- 3. commits never pass what the agent processed ------------------------------------------------------------
+
+
+def _install_commit_clamp() -> None:
+    original = Consumer._filter_committable_offsets
+    if getattr(original, "_clamped", False):
+        return
+
+    def filter_committable_offsets(self: Any, tps: Iterable[TP]) -> dict[TP, int]:
+        offsets: dict[TP, int] = original(self, tps)
+        clamp = getattr(self.app, _COMMIT_CLAMP_ATTR, None)
+        if clamp is not None:
+            clamp(offsets)
+        return offsets
+
+    filter_committable_offsets._clamped = True  # type: ignore[attr-defined]
+    Consumer._filter_committable_offsets = filter_committable_offsets  # type: ignore[method-assign]
+
+
+# ---- 4. table writes name their partition ----------------------------------------------------------------------
+
+
+@contextmanager
+def writing_for(event: Any) -> Iterator[None]:
+    """Table writes inside this block go to the partition of `event` (Faust reads the current event)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+# ---- 5. where a consumer is --------------------------------------------------------------------------------------
+
+
+def fetched_offset(consumer: Any, tp: TP) -> int | None:
+    """The offset of the last record Faust handed to the stream's buffer (None: none yet)."""
+    offset: int | None = consumer._read_offset.get(tp)
+    return offset
+
+
+def committed_offset(consumer: Any, tp: TP) -> int | None:
+    """The offset committed for the partition, as Faust's consumer knows it (None: nothing committed)."""
+    offset: int | None = consumer._committed_offset.get(tp)
+    return offset
+
+
+# ---- 6. the producer's aiokafka client ---------------------------------------------------------------------------
+
+
+def aiokafka_client(producer: Any) -> Any:
+    """The aiokafka client under Faust's producer (started)."""
+    return producer._ensure_producer().client
+
+
+# ---- 7. the signal handler of mode's Worker -----------------------------------------------------------------------
+
+
+class SignalAwareWorker(faust.Worker):
+    """faust.Worker that calls `on_shutdown_signal(name)` the moment SIGTERM or SIGINT arrives, then shuts down."""
+
+    on_shutdown_signal: Callable[[str], None] | None = None
+
+    def _schedule_shutdown(self, signal_: signal.Signals) -> None:  # mode.Worker's handler of SIGTERM and SIGINT
+        if self.on_shutdown_signal is not None:
+            self.on_shutdown_signal(signal.Signals(signal_).name)
+        super()._schedule_shutdown(signal_)
+
+
+# ---- 8. table recovery's progress ---------------------------------------------------------------------------------
+
+
+def table_recovery(app: Any) -> Any:
+    """The app's table Recovery service (`completed` event, `active_remaining_total()`)."""
+    return getattr(app.tables, "recovery")  # noqa: B009 (TableManagerT does not declare it)
+
+
+# ---- installing ---------------------------------------------------------------------------------------------------
+
+
+def install(
+    app: faust.App,
+    *,
+    true_ends: TrueEnds,
+    stream_topics: Iterable[str],
+    on_sought: Callable[[dict[TP, int | None]], None] | None = None,
+    clamp_commits: Callable[[dict[TP, int]], None] | None = None,
+) -> None:
+    """Install patches 1-3 (process-wide, idempotent) and give this app what they read: the reader of true
+    changelog ends, the topics whose uncommitted partitions start from the earliest offset, who hears where the
+    stream partitions were sought, and what clamps the offsets about to be committed."""
+    _install_true_changelog_end()
+    _install_stream_seek()
+    _install_commit_clamp()
+    setattr(app, _TRUE_ENDS_ATTR, true_ends)
+    setattr(app, _STREAM_TOPICS_ATTR, set(stream_topics))
+    setattr(app, _SEEK_LISTENER_ATTR, on_sought)
+    setattr(app, _COMMIT_CLAMP_ATTR, clamp_commits)
