@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- for the throughput benchmark (stream_app/benchmark.py) ------------------------------------------------
+# ---- for the throughput benchmark (stream_app/benchmark/) ------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""`stream-app bench` (SPEC §10) end to end on a small input: the raw consumer, the no-op Faust agent and the
-scorer each consume every published event, and the results land in the `## Throughput` section of the output.
+"""`stream-app bench` (SPEC §10, issue 9) end to end at small sizes: every measurement runs and produces numbers,
+and the results land in the `## Throughput` section of the output, other sections left alone.
 """
 
 from __future__ import annotations
@@ -10,64 +10,150 @@ from pathlib import Path
 import pytest
 
 from stream_app.benchmark import processed_events, replace_section, run_bench
+from stream_app.benchmark.common import processed_by_topic, progress_toward
+from stream_app.benchmark.hot import HotWorkload, crossing_time, thirds_of
+from stream_app.benchmark.profile import summarize_folded
+from stream_app.benchmark.soak import trend
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-# 3,000 view and interaction events plus one profile for each of the simulator's 400 default creators.
-SMOKE_EVENTS = 3_000
+# 2,000 view and interaction events plus one profile for each of the simulator's 400 default creators.
+SMOKE_EVENTS = 2_000
 PROFILES = 400
 
 ROW = re.compile(r"^\| (?P<name>[^|]+?) \| (?P<events>[\d,]+) \| (?P<seconds>[\d.,]+) \| (?P<rate>[\d,]+) \|", re.M)
-RATIO = re.compile(r"^\| (?P<name>[a-z/ -]+) \| (?P<value>\d+\.\d{3}) \|$", re.M)
+TARGET = re.compile(
+    r"^\| (?P<label>\d\. [^|]+?) \| (?P<goal>[^|]+) \| (?P<measured>[^|]+) \| (?P<status>[^|]+) \|$", re.M
+)
 
 
-def test_bench_measures_all_three_consumers_on_every_event(bootstrap: str, tmp_path: Path) -> None:
+def test_bench_runs_every_measurement_and_reports_every_target(tmp_path: Path) -> None:
+    # Like `make bench`: KAFKA_BOOTSTRAP when set, else a fresh embedded broker per measurement (not the session's
+    # broker, which the other tests load while the bench kills and restarts workers).
     output = tmp_path / "RESULTS.md"
     output.write_text("# Benchmark results\n\n## Quality\n\nkept as it was\n", encoding="utf-8")
+    argv = ["--events", str(SMOKE_EVENTS), "--hot-events", "3000", "--hot-viewers", "2500", "--soak", "15"]
+    argv += ["--rate", "300", "--profile", "--output", str(output)]
 
-    status = run_bench(["--events", str(SMOKE_EVENTS), "--output", str(output), "--bootstrap", bootstrap])
+    status = run_bench(argv)
 
-    assert status == 0
     text = output.read_text(encoding="utf-8")
+    assert status == 0, text
     # Another benchmark's section is left alone; ours is appended after it.
     assert text.startswith("# Benchmark results\n\n## Quality\n\nkept as it was\n\n## Throughput\n")
-    assert f"Input: {SMOKE_EVENTS + PROFILES:,} events (creator-profiles {PROFILES}," in text
     rows = {m["name"]: m for m in ROW.finditer(text)}
-    assert list(rows) == ["raw consumer ceiling", "no-op Faust agent", "scorer (`stream-app worker`)"]
-    for row in rows.values():
-        assert row["events"] == f"{SMOKE_EVENTS + PROFILES:,}"
-        assert int(row["rate"].replace(",", "")) > 0
-    rates = {name: int(row["rate"].replace(",", "")) for name, row in rows.items()}
-    ratios = {m["name"]: float(m["value"]) for m in RATIO.finditer(text)}
-    assert list(ratios) == ["scorer / no-op", "scorer / raw", "no-op / raw"]
-    # Rates are printed rounded to whole events/s and ratios to three places.
-    scorer, noop, raw = rates["scorer (`stream-app worker`)"], rates["no-op Faust agent"], rates["raw consumer ceiling"]
-    assert ratios["scorer / no-op"] == pytest.approx(scorer / noop, abs=2e-3)
-    assert ratios["scorer / raw"] == pytest.approx(scorer / raw, abs=2e-3)
-    assert ratios["no-op / raw"] == pytest.approx(noop / raw, abs=2e-3)
+    for name in (
+        "raw consumer ceiling",
+        "no-op Faust agent",
+        "scorer (`stream-app worker`)",
+        "Quix Streams tumbling-window count",
+        "scorer under py-spy (profile pass)",
+    ):
+        assert name in rows, name
+        assert int(rows[name]["rate"].replace(",", "")) > 0
+    assert f"Input: {SMOKE_EVENTS + PROFILES:,} events (creator-profiles {PROFILES}," in text
+    targets = {m["label"]: m for m in TARGET.finditer(text)}
+    # Every target of issue 9 is reported with a figure; small sizes are flagged as such.
+    for label in (
+        "1. envelopes vs Quix Streams",
+        "1. envelopes vs raw ceiling",
+        "2. single-event records",
+        "3. flat with state (memory://)",
+        "3. flat with state (rocksdb://)",
+        "4. RSS, rocksdb://",
+        "4. restart, memory://",
+        "4. restart, rocksdb://",
+        "5. soak: lag",
+        "5. soak: RSS",
+        "5. soak: write amplification",
+    ):
+        assert label in targets, label
+        assert targets[label]["measured"].strip() != "n/a", label
+        assert "not run" not in targets[label]["status"], label
+    assert "reduced size" in targets["3. flat with state (memory://)"]["status"]
+    # state bytes per third need thirds longer than the 1 s between end-offset samples: reported, maybe n/a here
+    assert "3. no batch's work grows with memory" in targets
+    assert "### Where the scorer's time goes" in text
+    assert "| part of the program | own samples | share |" in text
     assert "did not finish" not in text
 
 
 def test_only_the_throughput_section_is_replaced() -> None:
-    before = "# Benchmark results\n\n## Quality\n\nq1\n\n## Throughput\n\nold\n\n## Latency\n\nl1\n"
+    before = "# Benchmark results\n\n## Quality\n\nq1\n\n## Throughput\n\nold\n\n### sub\n\nx\n\n## Latency\n\nl1\n"
 
     after = replace_section(before, "## Throughput\n\nnew\n")
 
     assert after == "# Benchmark results\n\n## Quality\n\nq1\n\n## Throughput\n\nnew\n\n## Latency\n\nl1\n"
     assert replace_section("", "## Throughput\n\nnew\n") == "# Benchmark results\n\n## Throughput\n\nnew\n"
-    assert replace_section("# R\n\n## Quality\n\nq\n", "## Throughput\n\nt\n") == (
-        "# R\n\n## Quality\n\nq\n\n## Throughput\n\nt\n"
-    )
+
+
+SAMPLES = {
+    'rewards_events_total{outcome="accepted",topic="video-views"}': 2900.0,
+    'rewards_events_total{outcome="invalid",topic="video-views"}': 3.0,
+    'rewards_events_total{outcome="accepted",topic="creator-profiles"}': 400.0,
+    'rewards_events_total{outcome="suspicious",topic="video-interactions"}': 5.0,
+    'rewards_events_created{outcome="accepted",topic="video-views"}': 1.7e9,
+    "rewards_pending_interactions": 97.0,
+    "rewards_windows_settled_total": 5.0,
+}
 
 
 def test_processed_events_sums_every_outcome_and_pending_interactions() -> None:
-    samples = {
-        'rewards_events_total{outcome="accepted",topic="video-views"}': 2900.0,
-        'rewards_events_total{outcome="invalid",topic="video-views"}': 3.0,
-        'rewards_events_total{outcome="accepted",topic="creator-profiles"}': 400.0,
-        'rewards_events_created{outcome="accepted",topic="video-views"}': 1.7e9,
-        "rewards_pending_interactions": 97.0,
-        "rewards_windows_settled_total": 5.0,
-    }
+    assert processed_events(SAMPLES) == 2903 + 400 + 5 + 97
+    assert processed_by_topic(SAMPLES) == {"video-views": 2903, "creator-profiles": 400, "video-interactions": 102}
 
-    assert processed_events(samples) == 2900 + 3 + 400 + 97
+
+def test_progress_is_capped_per_topic_and_done_when_every_topic_is() -> None:
+    expected = {"video-views": 2903, "creator-profiles": 400, "video-interactions": 100}
+
+    assert progress_toward(SAMPLES, expected) == (2903 + 400 + 100, True)
+    assert progress_toward(SAMPLES, {**expected, "video-views": 3000}) == (2903 + 400 + 100, False)
+
+
+def test_thirds_interpolate_between_scrapes() -> None:
+    timeline = [(10.0, 0), (11.0, 100), (12.0, 200), (14.0, 300)]
+
+    assert crossing_time(timeline, 150) == pytest.approx(11.5)
+    thirds = thirds_of(timeline, 300)
+    assert thirds is not None
+    assert thirds.first_rate == pytest.approx(100.0)
+    assert thirds.last_rate == pytest.approx(50.0)
+    assert thirds.ratio == pytest.approx(0.5)
+
+
+def test_hot_workload_has_a_hot_video_and_mostly_new_viewers() -> None:
+    workload = HotWorkload(20_000, 15_000)
+    events = list(workload.events(20_000, 0, 6 * 3_600_000))
+
+    stats = workload.stats
+    assert len(events) == 20_000 == stats.views + stats.interactions
+    assert 0.45 < stats.hot_views / stats.views < 0.55
+    assert 13_500 < stats.viewers < 16_500
+    assert [e[1]["ts"] for e in events] == sorted(e[1]["ts"] for e in events)
+    assert events[-1][1]["ts"] == 6 * 3_600_000
+
+
+def test_trend_is_least_squares_growth_over_the_stretch() -> None:
+    flat = trend([(0.0, 5.0), (10.0, 7.0), (20.0, 7.0), (30.0, 5.0)])
+    growing = trend([(0.0, 0.0), (10.0, 10.0), (20.0, 20.0)])
+
+    assert flat is not None and flat.growth == pytest.approx(0.0)
+    assert growing is not None and growing.growth == pytest.approx(20.0)
+
+
+def test_profile_groups_own_time_by_part_of_the_program() -> None:
+    folded = "\n".join(
+        [
+            "main (x.py:1);judge_view (stream_app/domain/rules.py:10) 6",
+            "main (x.py:1);loads (stream_app/domain/jsoncodec.py:5) 3",
+            "main (x.py:1);_run_once (asyncio/base_events.py:1900) 1",
+        ]
+    )
+
+    summary = summarize_folded(folded)
+
+    assert summary.samples == 10
+    assert summary.by_group["rules"] == 6
+    assert summary.by_group["JSON"] == 3
+    assert summary.by_group["Faust/aiokafka/asyncio"] == 1
+    assert summary.by_function.most_common(1)[0] == (("judge_view", "stream_app/domain/rules.py"), 6)

@@ -1,0 +1,522 @@
+"""The throughput measurements (SPEC §10): the raw-consumer ceiling, a no-op Faust agent and the scorer, one after
+another on the same pre-published input (the simulator's organic traffic, as envelopes or single records).
+
+- raw consumer ceiling: one aiokafka consumer (no group) reads every record and decodes it with orjson;
+- no-op Faust agent: a minimal Faust app (`python -m stream_app.benchmark noop-worker`) whose agents take batches
+  of 500 and only decode them, run as a worker subprocess; it reports progress in a file;
+- the scorer: `stream-app worker` as a subprocess, watched through its /metrics until every published event has
+  an outcome or is a pending interaction (`ScorerRun`, also used by the flat-with-state and soak measurements).
+
+Each throughput is counted from the first event processed to the last, so start-up and the consumer-group join
+(which tansu answers only after half the session timeout) are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream_app.benchmark.common import (
+    INPUT_TOPICS,
+    POLL_INTERVAL_S,
+    SCORER_COMMAND,
+    SCRAPE_INTERVAL_S,
+    BenchError,
+    Measurement,
+    WorkerProcess,
+    cpu_seconds,
+    log,
+    peak_rss_mib,
+    profiled,
+    progress_toward,
+    scrape,
+    worker_env,
+)
+from stream_app.domain.events import InputTopic
+
+DEFAULT_RATE = 500.0  # simulated events per second of event time: 200k events span 400 s of event time
+SEED = 1
+NOOP_BATCH_EVENTS = 500  # the scorer's agents take batches too (streaming/app.py)
+NOOP_BATCH_WITHIN_S = 0.05
+PROGRESS_WRITE_INTERVAL_S = 0.25
+# Slack on the simulated duration, so the generator yields at least the requested number of traffic events.
+_DURATION_SLACK = 1.25
+
+
+@dataclass
+class InputSize:
+    """What was published: events (envelope elements count one each), Kafka records and value bytes, by topic."""
+
+    events: int = 0
+    records: int = 0
+    bytes: int = 0
+    events_by_topic: dict[str, int] = field(default_factory=dict)
+    event_time_span_s: float = 0.0
+    publish_s: float = 0.0
+    mode: str = "envelope"
+
+
+# ---- input -----------------------------------------------------------------------------------------------------
+
+
+def simulated_input(events: int, rate: float, now_ms: int | None = None) -> list[Any]:
+    """The run's input: the simulator's profiles, then its first `events` organic view/interaction events."""
+    from stream_app.edges.simulate_run import fast_start_ms
+    from stream_app.edges.simulator import SimulationConfig, generate
+
+    duration_s = max(1.0, math.ceil(events / rate * _DURATION_SLACK))
+    config = SimulationConfig(
+        seed=SEED, start_ms=fast_start_ms(duration_s, now_ms), duration_s=duration_s, rate_per_s=rate
+    )
+    generated = generate(config)
+    profiles: list[Any] = []
+    traffic: list[Any] = []
+    for event in generated:
+        if event.topic is InputTopic.PROFILES:
+            profiles.append(event)
+            continue
+        traffic.append(event)
+        break
+    traffic.extend(itertools.islice(generated, events - len(traffic)))
+    return profiles + traffic
+
+
+def publish_input(
+    bootstrap: str, prefix: str, simulated: Sequence[Any], mode: str, security: Mapping[str, Any]
+) -> InputSize:
+    """Publish the simulated events once with the producer SDK in `mode`, profiles first."""
+    return asyncio.run(_publish_input(bootstrap, prefix, simulated, mode, security))
+
+
+async def _publish_input(
+    bootstrap: str, prefix: str, simulated: Sequence[Any], mode: str, security: Mapping[str, Any]
+) -> InputSize:
+    from stream_app.edges.producer import RewardsProducer, SendReport
+
+    by_topic: dict[InputTopic, list[dict[str, Any]]] = {topic: [] for topic in INPUT_TOPICS}
+    for event in simulated:
+        if not isinstance(event.payload, dict):  # organic traffic has no malformed records
+            raise BenchError(f"unexpected raw record in organic traffic: {event!r}")
+        by_topic[event.topic].append(event.payload)
+    traffic = [e.at_ms for e in simulated if e.topic is not InputTopic.PROFILES]
+    started = time.monotonic()
+    total = SendReport()
+    async with RewardsProducer(
+        bootstrap,
+        topic_prefix=prefix,
+        mode="single" if mode == "single" else "envelope",
+        client_kwargs=security,
+    ) as producer:
+        for topic in INPUT_TOPICS:  # profiles first, so creators are known before their videos' views
+            total += await producer.send(topic, by_topic[topic])
+    return InputSize(
+        events=total.events,
+        records=total.records,
+        bytes=total.bytes,
+        events_by_topic={topic.value: len(by_topic[topic]) for topic in INPUT_TOPICS},
+        event_time_span_s=(max(traffic) - min(traffic)) / 1000 if traffic else 0.0,
+        publish_s=time.monotonic() - started,
+        mode=mode,
+    )
+
+
+# ---- 1. raw consumer -------------------------------------------------------------------------------------------
+
+
+def _event_count(value: bytes | None) -> int:
+    """Events in one record: an envelope counts its elements, anything else counts one."""
+    try:
+        decoded = orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return 1
+    return len(decoded) if isinstance(decoded, list) else 1
+
+
+def measure_raw(
+    bootstrap: str,
+    topics: list[str],
+    expected: int,
+    security: Mapping[str, Any],
+    broker_pid: int | None,
+    timeout: float,
+) -> Measurement:
+    """The raw-consumer ceiling, run inside the bench process."""
+    return asyncio.run(_measure_raw(bootstrap, topics, expected, security, broker_pid, timeout))
+
+
+async def _measure_raw(
+    bootstrap: str,
+    topics: list[str],
+    expected: int,
+    security: Mapping[str, Any],
+    broker_pid: int | None,
+    timeout: float,
+) -> Measurement:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(security))
+    await consumer.start()
+    try:
+        tps: list[TopicPartition] = []
+        for topic in topics:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                raise BenchError(f"topic {topic} has no partitions")
+            tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        events = 0
+        # Assigned and positioned: the clock starts with the first fetch, as the Faust workers' does after their
+        # partitions are assigned.
+        first, cpu0, broker0 = time.monotonic(), time.process_time(), cpu_seconds(broker_pid)
+        deadline = first + timeout
+        while remaining:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for tp, messages in batches.items():
+                for message in messages:
+                    events += _event_count(message.value)
+                if messages and messages[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+            if time.monotonic() > deadline:
+                raise BenchError(f"raw consumer: read {events} of {expected} events in {timeout:.0f} s")
+        end = time.monotonic()
+        cpu = time.process_time() - cpu0
+        broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else None
+    finally:
+        await consumer.stop()
+    if events != expected:
+        raise BenchError(f"raw consumer read {events} events, {expected} were published")
+    return Measurement(
+        "raw consumer ceiling",
+        events,
+        end - first,
+        cpu_s=cpu,
+        broker_cpu_s=broker_cpu,
+    )
+
+
+# ---- 2. no-op Faust agent --------------------------------------------------------------------------------------
+
+
+def measure_noop(
+    bootstrap: str, prefix: str, expected: int, workdir: Path, broker_pid: int | None, timeout: float, label: str = ""
+) -> Measurement:
+    """The no-op Faust agent (its own consumer group) on the input under `prefix`."""
+    progress_path = workdir / f"noop{label}-progress.json"
+    env = worker_env(bootstrap, prefix, f"{prefix}noop{label}")
+    command = [sys.executable, "-m", "stream_app.benchmark", "noop-worker", str(progress_path), str(expected)]
+    return measure_progress_worker(
+        "no-op Faust agent", command, env, progress_path, expected, workdir, broker_pid, timeout, f"noop{label}"
+    )
+
+
+def measure_progress_worker(
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    progress_path: Path,
+    expected: int,
+    workdir: Path,
+    broker_pid: int | None,
+    timeout: float,
+    log_name: str,
+) -> Measurement:
+    """A worker subprocess that writes its progress to `progress_path` (_Progress): the no-op agent, Quix."""
+    with WorkerProcess(command, env, workdir, log_name) as worker:
+        deadline = time.monotonic() + timeout
+        broker_first: float | None = None
+        peak: float | None = None
+        while True:
+            progress = _read_progress(progress_path)
+            peak = peak_rss_mib(worker.pid) or peak
+            if progress is not None and broker_first is None:
+                broker_first = cpu_seconds(broker_pid)
+            if progress is not None and progress["events"] >= expected:
+                break
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                seen = progress["events"] if progress else 0
+                raise BenchError(f"{name}: {seen} of {expected} events after {timeout:.0f} s\n{worker.tail()}")
+            time.sleep(POLL_INTERVAL_S)
+        broker_cpu = cpu_seconds(broker_pid) - broker_first if broker_pid and broker_first is not None else None
+        peak = peak_rss_mib(worker.pid) or peak
+        launched = worker.launched
+    if progress["events"] != expected:
+        raise BenchError(f"{name} counted {progress['events']} events, {expected} were published")
+    return Measurement(
+        name,
+        progress["events"],
+        progress["last"] - progress["first"],
+        startup_s=progress["first"] - launched,
+        cpu_s=progress["last_cpu"] - progress["first_cpu"],
+        broker_cpu_s=broker_cpu,
+        peak_rss_mib=peak,
+    )
+
+
+def _read_progress(path: Path) -> dict[str, Any] | None:
+    try:
+        progress: dict[str, Any] = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return progress
+
+
+class Progress:
+    """Counts events of a progress worker (the no-op agents, the Quix app); writes {events, first, last, first_cpu,
+    last_cpu} to a file.
+
+    `first` is when the partitions were last assigned before the first event (so the first fetch is timed, the
+    group join is not), or the first event's batch if no assignment was seen. Times are time.monotonic()
+    (CLOCK_MONOTONIC, the same clock in every process of the machine).
+    """
+
+    def __init__(self, path: Path, expected: int) -> None:
+        self.path = path
+        self.expected = expected
+        self.events = 0
+        self.started = False
+        self.first: float | None = None
+        self.first_cpu = 0.0
+        self.written_at = 0.0
+
+    def assigned(self) -> None:
+        if not self.started:
+            self.first, self.first_cpu = time.monotonic(), time.process_time()
+            self._write(self.first)
+
+    def add(self, values: Sequence[bytes | None]) -> None:
+        self.add_events(sum(_event_count(value) for value in values))
+
+    def add_events(self, count: int) -> None:
+        if not self.started:
+            self.started = True
+            if self.first is None:
+                self.first, self.first_cpu = time.monotonic(), time.process_time()
+        self.events += count
+        now = time.monotonic()
+        if self.events >= self.expected or now - self.written_at >= PROGRESS_WRITE_INTERVAL_S:
+            self._write(now)
+
+    def _write(self, now: float) -> None:
+        self.written_at = now
+        payload = {
+            "events": self.events,
+            "first": self.first,
+            "last": now,
+            "first_cpu": self.first_cpu,
+            "last_cpu": time.process_time(),
+        }
+        partial = self.path.with_suffix(".tmp")
+        partial.write_bytes(orjson.dumps(payload))
+        partial.replace(self.path)
+
+
+def build_noop_app(progress: Progress) -> Any:
+    """A Faust app on the scorer's input topics whose agents take batches of 500 and only decode them.
+
+    Same broker settings as the scorer (streaming/app.py): web server off, no topic declaration, no leader topic.
+    """
+    import faust
+
+    from stream_app.edges.settings import load_settings
+    from stream_app.streaming.app import broker_credentials
+
+    settings = load_settings()
+    app = faust.App(
+        settings.app_id,
+        broker=";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap.split(",")),
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+        autodiscover=False,
+    )
+
+    def raw_topic(*names: str) -> Any:
+        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    events_topic = raw_topic(settings.topic(InputTopic.VIEWS), settings.topic(InputTopic.INTERACTIONS))
+    profiles_topic = raw_topic(settings.topic(InputTopic.PROFILES))
+
+    async def count_events(stream: Any) -> None:
+        async for batch in stream.take_events(NOOP_BATCH_EVENTS, within=NOOP_BATCH_WITHIN_S):
+            progress.add([event.value for event in batch])
+
+    async def count_profiles(stream: Any) -> None:
+        async for batch in stream.take_events(NOOP_BATCH_EVENTS, within=NOOP_BATCH_WITHIN_S):
+            progress.add([event.value for event in batch])
+
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        if assigned:
+            progress.assigned()
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    app.agent(events_topic, name="noop-events")(count_events)
+    app.agent(profiles_topic, name="noop-profiles")(count_profiles)
+    return app
+
+
+def noop_worker_main(argv: Sequence[str]) -> int:
+    """`python -m stream_app.benchmark noop-worker PROGRESS_FILE EXPECTED_EVENTS` (settings from the env)."""
+    import faust
+
+    path, expected = Path(argv[0]), int(argv[1])
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_noop_app(Progress(path, expected))
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    worker.spinner = None
+    worker.execute_from_commandline()
+    return 0
+
+
+# ---- 3. the scorer ---------------------------------------------------------------------------------------------
+
+
+SCORER_NAME = "scorer (`stream-app worker`)"
+
+
+class ScorerRun:
+    """`stream-app worker` as a subprocess (optionally under py-spy), watched through its /metrics.
+
+    `watch(expected)` returns the throughput from the last scrape that showed nothing processed to the first that
+    shows `expected` events processed; the worker keeps running until the block ends (SIGTERM, or SIGINT to py-spy)
+    or `kill()` (SIGKILL, a crash).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        app_id: str,
+        workdir: Path,
+        *,
+        broker_pid: int | None = None,
+        log_name: str = "scorer",
+        profile: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.env = worker_env(bootstrap, prefix, app_id, **dict(env or {}))
+        self.url = f"http://127.0.0.1:{self.env['METRICS_PORT']}/metrics"
+        command = profiled(SCORER_COMMAND, profile) if profile else list(SCORER_COMMAND)
+        self.worker = WorkerProcess(command, self.env, workdir, log_name)
+        self.broker_pid = broker_pid
+        self.app_id = app_id
+
+    def __enter__(self) -> ScorerRun:
+        self.worker.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.__exit__(*exc)
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.worker_pid
+
+    def kill(self) -> None:
+        self.worker.kill()
+
+    def samples(self) -> dict[str, float] | None:
+        return scrape(self.url)
+
+    def watch(
+        self,
+        expected_by_topic: Mapping[str, int],
+        timeout: float,
+        name: str = SCORER_NAME,
+        on_scrape: Callable[[], None] | None = None,
+    ) -> Measurement:
+        """Scrape until every topic's expected events are processed; if the worker dies or stalls, what it did
+        until then, with the reason in `failure`."""
+        worker, broker_pid = self.worker, self.broker_pid
+        expected = sum(expected_by_topic.values())
+        deadline = time.monotonic() + timeout
+        # The last moment the worker was seen with nothing processed: the measurement starts there.
+        zero_at, zero_cpu, zero_broker = worker.launched, 0.0, cpu_seconds(broker_pid)
+        # The last moment its count changed (the end, when it finishes or stops making progress).
+        end, end_cpu, end_broker = zero_at, zero_cpu, zero_broker
+        processed = 0
+        peak: float | None = None
+        timeline: list[tuple[float, int]] = []
+        failure: str | None = None
+        while True:
+            before = time.monotonic()
+            pid = self.pid
+            cpu, broker_cpu = cpu_seconds(pid), cpu_seconds(broker_pid)
+            peak = peak_rss_mib(pid) or peak
+            samples = self.samples()
+            if on_scrape is not None:
+                on_scrape()
+            now_processed, done = (processed, False) if samples is None else progress_toward(samples, expected_by_topic)
+            if now_processed == 0:
+                zero_at, zero_cpu, zero_broker = before, cpu, broker_cpu
+                timeline = [(before, 0)]
+            elif now_processed != processed:
+                timeline.append((time.monotonic(), now_processed))
+            if now_processed != processed:
+                processed = now_processed
+                end, end_cpu, end_broker = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker_pid)
+            if done:
+                break
+            if worker.exited() is not None:
+                failure = f"worker exited with status {worker.exited()}: {worker.first_error()}"
+                break
+            if time.monotonic() > deadline:
+                failure = f"not finished after {timeout:.0f} s (last error in its log: {worker.first_error()})"
+                break
+            time.sleep(SCRAPE_INTERVAL_S)
+        if failure is not None:
+            failure += f"; processed {processed:,} of {expected:,} events"
+            log.warning("%s: %s (worker log: %s)", name, failure, worker.log_path)
+        return Measurement(
+            name,
+            processed,
+            end - zero_at,
+            startup_s=zero_at - worker.launched,
+            cpu_s=end_cpu - zero_cpu,
+            broker_cpu_s=end_broker - zero_broker if broker_pid else None,
+            peak_rss_mib=peak_rss_mib(self.pid) or peak,
+            failure=failure,
+            timeline=timeline,
+        )
+
+
+def measure_scorer(
+    bootstrap: str,
+    prefix: str,
+    app_id: str,
+    expected_by_topic: Mapping[str, int],
+    workdir: Path,
+    broker_pid: int | None,
+    timeout: float,
+    *,
+    profile: Path | None = None,
+    log_name: str = "scorer",
+    name: str = SCORER_NAME,
+) -> Measurement:
+    """The scorer's throughput on the input under `prefix`, its own app id (consumer group and state)."""
+    with ScorerRun(
+        bootstrap, prefix, app_id, workdir, broker_pid=broker_pid, log_name=log_name, profile=profile
+    ) as run:
+        return run.watch(expected_by_topic, timeout, name)
