@@ -4,6 +4,7 @@ event partition one device-flags record with its flags (reason included) then th
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +20,8 @@ from stream_app.streaming.devices import VIEWS_PER_RECORD, DeviceJudge, TableDev
 from stream_app.streaming.emitter import Outbox
 
 PARTITIONS = 4
+# each device-views partition's next offset: records of a test's batches follow one another as on the broker
+OFFSETS = {p: itertools.count() for p in range(PARTITIONS)}
 T = 1_000_000
 
 
@@ -108,7 +111,9 @@ def batch_of(
     for view in views:
         by_partition[partition_for(view.device_id.encode(), PARTITIONS)].append(view)
     return [
-        FakeEvent(FakeMessage("device-views", p, 0, DeviceViews.of(source, through, drained, vs).to_bytes()))
+        FakeEvent(
+            FakeMessage("device-views", p, next(OFFSETS[p]), DeviceViews.of(source, through, drained, vs).to_bytes())
+        )
         for p, vs in by_partition.items()
     ]
 
