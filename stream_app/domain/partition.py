@@ -454,6 +454,24 @@ class PartitionScorer:
         if settle and deadlines and self.watermark is not None and deadlines[0][0] <= self.watermark:
             self._settle_due_videos(now_ms, effects)
 
+    def may_settle(self, batch_min_ts: int | None, batch_max_ts: int | None, now_ms: int | None) -> bool:
+        """Whether a batch could settle a window here: its events' ts lie in [batch_min_ts, batch_max_ts] (None:
+        no event), and `now_ms` is given when the wall clock may stand in for the watermark (a tick, or a topic
+        already idle). Conservative: True whenever the watermark could reach a deadline, so that the wiring can
+        bring the profile history up to date first (SPEC §5: the profile in effect at the window's end)."""
+        deadline = self._deadlines[0][0] if self._deadlines else None
+        if batch_min_ts is not None:
+            opened = self._deadline(window_index(batch_min_ts, self.policy.window_s))
+            deadline = opened if deadline is None else min(deadline, opened)
+        if deadline is None:
+            return False
+        reach = max(
+            (t for t in (self.watermark, batch_max_ts, *self.latest_ts.values()) if t is not None), default=None
+        )
+        if now_ms is not None or any(self._idle.values()):
+            reach = now_ms if reach is None or (now_ms is not None and now_ms > reach) else reach
+        return reach is not None and reach >= deadline
+
     def settle_due(self, now_ms: int, effects: Effects, *, profiles_ready: bool = True) -> None:
         """On a tick: recompute idleness at the wall clock, then settle what the watermark makes due (without the
         profile history no settlement may be decided; the watermark still moves)."""

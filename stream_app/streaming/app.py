@@ -88,6 +88,7 @@ class ScorerApp:
             positions=self.positions,
             counts=counts,
             producer=lambda: self.faust.producer,
+            sync_profiles=self.profile_reader.sync,
         )
         self.devices = DeviceJudge(
             policy=settings.policy,

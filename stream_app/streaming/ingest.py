@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from stream_app.domain import jsoncodec
@@ -58,6 +58,7 @@ class IngestProcessor:
         positions: Positions,
         counts: PartitionCounts,
         producer: Callable[[], Any],
+        sync_profiles: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.policy
@@ -67,6 +68,7 @@ class IngestProcessor:
         self.video_state = video_state
         self.profiles = profiles
         self.profiles_ready = profiles_ready  # set once the profile reader caught up (eligibility needs it)
+        self._sync_profiles = sync_profiles  # the profile reader takes in what the broker holds (before settling)
         self.positions = positions
         self.partition_count = counts
         self._producer = producer  # Faust's producer exists only once the app runs
@@ -155,7 +157,7 @@ class IngestProcessor:
         for event in batch:
             message = event.message
             try:
-                await self._process_record(message, now_ms, {}, outbox)
+                await self._process_record(message, now_ms, {}, outbox, None)
             except Exception as exc:  # one bad record must never stop the worker or vanish
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
                 await self.emitter.dead_letter(
@@ -180,7 +182,9 @@ class IngestProcessor:
         input_topics = self._input_topics
         processed = self.positions.processed
         self._lag_ts = {InputTopic.VIEWS: [], InputTopic.INTERACTIONS: []}
-        for event in batch:
+        decoded = self._decode_batch(batch)
+        await self._sync_profiles_if_settling(batch, decoded, now_ms)
+        for n, event in enumerate(batch):
             message = event.message
             last_event[message.partition] = event
             try:
@@ -190,7 +194,7 @@ class IngestProcessor:
                 if message.topic == self.names.device_flags:
                     self._on_device_flags(message, now_ms, touched)
                     continue
-                await self._process_record(message, now_ms, touched, outbox)
+                await self._process_record(message, now_ms, touched, outbox, decoded[n])
             except Exception as exc:  # one bad record must never stop the worker or vanish
                 log.exception("unexpected failure on %s[%s]@%s", message.topic, message.partition, message.offset)
                 if message.topic in input_topics:
@@ -241,16 +245,73 @@ class IngestProcessor:
             self.metrics.set_pending_interactions(self.pending_interactions())
         self.metrics.set_provisional_micros(sum(s.provisional_micros for s in self.partitions.values()))
 
-    async def _process_record(self, message: Any, now_ms: int, touched: dict[int, Effects], outbox: Outbox) -> None:
-        topic = self._input_topics[message.topic]
-        decoded = decode_record(
-            topic,
+    def _decode(self, message: Any) -> list[Any]:
+        return decode_record(
+            self._input_topics[message.topic],
             message.key,
             message.value,
             partition=message.partition,
             partition_count=self.partition_count(message.topic),
             partition_for=partition_for,
         )
+
+    def _decode_batch(self, batch: Sequence[Any]) -> list[list[Any] | None]:
+        """Every input record of the batch decoded (None: not an input record, or its decoding failed, which the
+        scoring pass meets again and dead-letters)."""
+        input_topics = self._input_topics
+        decoded: list[list[Any] | None] = []
+        for event in batch:
+            message = event.message
+            items = None
+            if message.topic in input_topics:
+                try:
+                    items = self._decode(message)
+                except Exception:  # decoded again, and dead-lettered, where it is scored
+                    items = None
+            decoded.append(items)
+        return decoded
+
+    async def _sync_profiles_if_settling(
+        self, batch: Sequence[Any], decoded: Sequence[list[Any] | None], now_ms: int
+    ) -> None:
+        """Before a batch that may settle a window, bring the profile history up to what the broker holds (SPEC
+        §5: a settlement fixes the eligibility of the profile in effect at the window's end)."""
+        if self._sync_profiles is None:
+            return
+        spans: dict[int, list[Any]] = {}  # partition -> [smallest event ts, largest event ts, a tick came]
+        ticks = self.names.ticks
+        for event, items in zip(batch, decoded, strict=True):
+            message = event.message
+            span = spans.get(message.partition)
+            if span is None:
+                span = spans[message.partition] = [None, None, False]
+            if message.topic == ticks:
+                span[2] = True
+            elif items:
+                low, high = span[0], span[1]
+                for item in items:
+                    if isinstance(item, InvalidEvent):
+                        continue
+                    ts = item.event.ts
+                    if low is None or ts < low:
+                        low = ts
+                    if high is None or ts > high:
+                        high = ts
+                span[0], span[1] = low, high
+        for partition, (low, high, ticked) in spans.items():
+            if low is None and not ticked:
+                continue
+            scorer = self.scorer_for(partition, ticks)
+            if scorer.may_settle(low, high, now_ms if ticked else None):
+                await self._sync_profiles()
+                return
+
+    async def _process_record(
+        self, message: Any, now_ms: int, touched: dict[int, Effects], outbox: Outbox, decoded: list[Any] | None
+    ) -> None:
+        topic = self._input_topics[message.topic]
+        if decoded is None:
+            decoded = self._decode(message)
         record_ts_ms = round(message.timestamp * 1000)  # Faust gives seconds as a float
         metrics = self.metrics
         for item in decoded:

@@ -357,3 +357,57 @@ def test_watch_time_in_the_window_state_and_the_settlement_record(
         record["multiplier_bps"],
         record["settled_micros"],
     ) == (qualified_views, completion, multiplier, settled)
+
+
+def test_may_settle_is_true_before_every_batch_that_settles_and_false_for_most_that_do_not() -> None:
+    """The wiring brings the profile history up to date before a batch only when `may_settle` says so: it must
+    never be False for a batch that settles a window (random batches of views and interactions, some out of
+    order, some ticks with the wall clock), and it is worth asking only if it is often False."""
+    import random
+
+    rng = random.Random(7)
+    h = Harness()
+    h.profiles.add(profile("c1", 0))
+    ts, now, answers, settling = 0, NOW, [], 0
+    for n in range(400):
+        batch = []
+        for _ in range(rng.randint(1, 6)):
+            ts += rng.choice((0, 5, 50, 400, 1_500))
+            event_ts = max(0, ts - rng.choice((0, 0, 0, 1_000)))
+            video = f"vid{rng.randrange(5)}"
+            if rng.random() < 0.8:
+                batch.append(view(n * 10 + len(batch), video, f"u{rng.randrange(50)}", event_ts))
+            else:
+                batch.append(interaction(n * 10 + len(batch), video, f"u{rng.randrange(50)}", event_ts, "like"))
+        tick = rng.random() < 0.1
+        now += 700
+        low, high = min(e.ts for e in batch), max(e.ts for e in batch)
+        said = h.scorer.may_settle(low, high, now if tick else None)
+        effects = Effects()
+        if tick:
+            h.scorer.settle_due(now, effects)
+        for event in batch:
+            topic = VIEWS if isinstance(event, ViewEvent) else INTERACTIONS
+            h.scorer.on_event(topic, event, Position(0, h.offset, -1), event.ts, now, effects)
+            h.offset += 1
+        h.store.apply(h.scorer.flush(now, effects))
+        settled = [r for r in dicts(effects.settlements) if r["kind"] == "settlement"]
+        if settled:
+            settling += 1
+            assert said, (n, low, high, settled)
+        answers.append(said)
+    assert settling > 20
+    assert answers.count(False) > len(answers) / 2
+
+
+def test_may_settle_counts_the_wall_clock_of_a_tick_and_nothing_without_windows() -> None:
+    h = Harness()
+    h.profiles.add(profile("c1", 0))
+    assert not h.scorer.may_settle(None, None, NOW)  # no window at all
+    h.send(view(1, "vid1", "u1", 1_000))  # window 0 (0..10 s), due at 12 s
+    assert not h.scorer.may_settle(None, None, None)
+    assert not h.scorer.may_settle(2_000, 11_999, None)
+    assert h.scorer.may_settle(2_000, 12_000, None)
+    assert h.scorer.may_settle(None, None, 12_000)  # a tick: the wall clock may stand in
+    # a batch whose own first event opens a window that its later events make due
+    assert Harness().scorer.may_settle(30_000, 42_000, None)
