@@ -1,5 +1,5 @@
-"""One versioned codec for every value the worker stores (video heads, journal segments, partition and device
-state): a two-byte header (a magic byte, then the layout's format number), a kind byte, then compact JSON.
+"""One versioned codec for every value the worker stores (video heads, journal segments, partition meta, device
+log segments): a two-byte header (a magic byte, then the layout's format number), a kind byte, then compact JSON.
 
 Why a header: the layout of stored state changes between releases. A worker must recognise state written by
 another layout, migrate it or refuse it with a message saying what to do; without a header it would misread it.
@@ -27,7 +27,7 @@ class Kind(Enum):
     HEAD = b"h"  # one video's totals, open windows, replay positions, version (domain/scoring.py)
     SEGMENT = b"j"  # one batch's journal of one partition (domain/journal.py)
     META = b"m"  # one partition's watermarks, policy id, device acknowledgements, next segment number
-    DEVICE = b"d"  # one device's recent views (device rules)
+    DEVICE_LOG = b"l"  # one batch's device states of one device partition (domain/device_log.py)
 
 
 def encode(kind: Kind, payload: Any) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.device_judge import PartitionDeviceJudge
+from stream_app.domain.device_log import DeviceLog
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceFlags, DeviceView, DeviceViews
 from stream_app.domain.errors import SerializationError, StateFormatError
 from stream_app.domain.policy import Policy
@@ -56,41 +57,67 @@ async def send_device_views(
 
 
 class TableDeviceStore:
-    """The device-state table as a DeviceStore: key device_id bytes, value the DeviceState's JSON.
+    """The device-state table as a DeviceStore, laid out as a log (domain/device_log.py): a batch's device states
+    are one record, under ``0xFF l <partition>:<seq>``, whatever the number of devices it changed.
 
     Writes are held until `write_pending` (SPEC §4: the state that makes a device-views record read again count as
-    seen is never durable before the flags it produced are acknowledged by the broker)."""
+    seen is never durable before the flags it produced are acknowledged by the broker). States stored by the
+    previous layout, one key per device (the bare device id), are migrated: read at restore, written into the first
+    segment, then deleted."""
 
     def __init__(self, table: Any, partition: int, partition_count: int) -> None:
         self.table = table
         self.partition = partition
-        self.partition_count = partition_count
-        self._pending: dict[bytes, bytes | None] = {}  # key -> value to write (None: delete)
+        prefix = log_key_prefix(partition)
+        segments: list[bytes] = []
+        legacy: list[tuple[str, bytes]] = []
+        for key in list(table.keys()):
+            if key.startswith(prefix):
+                segments.append(table[key])
+            elif not key.startswith(_PREFIX) and partition_for(key, partition_count) == partition:
+                legacy.append((key.decode(), table[key]))
+        self.log = DeviceLog.restore(segments, legacy)
+        self._legacy_keys = [key.encode() for key, _ in legacy]
 
     def load(self, device_id: str) -> DeviceState | None:
-        key = device_id.encode()
-        raw = self._pending[key] if key in self._pending else self.table.get(key)
+        raw = self.log.get(device_id)
         return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
 
     def save(self, device_id: str, state: DeviceState) -> None:
-        self._pending[device_id.encode()] = jsoncodec.dumps_to_keep(state.to_stored())
+        self.log.put(device_id, jsoncodec.dumps_to_keep(state.to_stored()))
 
     def delete(self, device_id: str) -> None:
-        self._pending[device_id.encode()] = None
+        self.log.delete(device_id)
 
     def write_pending(self) -> None:
-        """Write what the judge saved and deleted since the last call (inside writing_for this partition)."""
+        """Write what the judge saved and deleted since the last call (inside writing_for this partition): the new
+        segments, then the migrated keys of the previous layout and the segments compaction dropped."""
         table = self.table
-        for key, value in self._pending.items():
-            if value is not None:
-                table[key] = value
-            elif table.get(key) is not None:
+        write = self.log.seal()
+        for seq, value in write.segments:
+            table[log_key(self.partition, seq)] = value
+        for key in self._legacy_keys:
+            if table.get(key) is not None:
                 del table[key]
-        self._pending.clear()
+        self._legacy_keys = []
+        for seq in write.dropped:
+            key = log_key(self.partition, seq)
+            if table.get(key) is not None:
+                del table[key]  # a tombstone in the changelog
 
     def device_ids(self) -> Iterable[str]:
-        count = self.partition_count
-        return [key.decode() for key in list(self.table.keys()) if partition_for(key, count) == self.partition]
+        return self.log.device_ids()
+
+
+_PREFIX = b"\xff"  # never starts a UTF-8 device id, so no log key is a bare device id of the previous layout
+
+
+def log_key_prefix(partition: int) -> bytes:
+    return _PREFIX + b"l%d:" % partition
+
+
+def log_key(partition: int, seq: int) -> bytes:
+    return log_key_prefix(partition) + b"%d" % seq
 
 
 class DeviceJudge:

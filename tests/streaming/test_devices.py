@@ -172,18 +172,23 @@ async def test_the_watermark_is_acknowledged_to_every_event_partition_after_the_
     assert len(app.acks()) == len(acks) and len(app.device_flags.sent) == sent
 
 
+def stored_devices(app: FakeApp) -> set[str]:
+    """The devices with a state in the table, as a worker restoring every partition finds them."""
+    return {d for p in range(PARTITIONS) for d in TableDeviceStore(app.device_state, p, PARTITIONS).device_ids()}
+
+
 async def test_a_device_that_stops_viewing_leaves_the_table_once_the_watermark_is_past() -> None:
     app = FakeApp()
     judge = judge_for(app)
     await judge.process_batch(from_every_source([view(0, "quiet", T)]))
-    assert list(app.device_state) == [b"quiet"]
+    assert stored_devices(app) == {"quiet"}
     # every event partition moves on; without views of "quiet", its state stays until the watermark passes its
     # view (360 s) and its account (DEDUPE_S later): no sweep of the table needed
     later = T + 360_000 + 86_400_000
     await judge.process_batch([e for source in range(PARTITIONS) for e in batch_of([], source, through_ts=later - 1)])
-    assert list(app.device_state) == [b"quiet"]
+    assert stored_devices(app) == {"quiet"}
     await judge.process_batch([e for source in range(PARTITIONS) for e in batch_of([], source, through_ts=later)])
-    assert list(app.device_state) == []
+    assert stored_devices(app) == set()
 
 
 async def test_a_device_is_kept_while_a_source_lags() -> None:
@@ -193,7 +198,7 @@ async def test_a_device_is_kept_while_a_source_lags() -> None:
     await judge.process_batch(batch_of([view(0, "dev", T)], source=0))
     for source in range(1, PARTITIONS):
         await judge.process_batch(batch_of([view(source, "busy", T + 1_800_000)], source=source))
-    assert b"dev" in app.device_state
+    assert "dev" in stored_devices(app)
 
 
 async def test_a_burst_behind_the_partitions_newest_view_is_still_caught() -> None:
@@ -243,11 +248,11 @@ async def test_device_state_in_an_unknown_format_stops_the_worker(monkeypatch: p
     assert stops == [3] and app.device_flags.sent == []
 
 
-def test_the_table_store_round_trips_and_lists_only_its_partition() -> None:
-    table: dict[bytes, bytes] = {}
-    stores = [TableDeviceStore(table, p, PARTITIONS) for p in range(PARTITIONS)]
+def test_the_table_store_round_trips_in_one_record_per_batch_and_lists_only_its_partition() -> None:
     from stream_app.domain.rules_state import DeviceState
 
+    table: dict[bytes, bytes] = {}
+    stores = [TableDeviceStore(table, p, PARTITIONS) for p in range(PARTITIONS)]
     for n in range(20):
         device = f"d{n}"
         state = DeviceState()
@@ -256,15 +261,43 @@ def test_the_table_store_round_trips_and_lists_only_its_partition() -> None:
     assert table == {}  # held until the flags they produced are acknowledged
     for store in stores:
         store.write_pending()
+    assert len(table) == PARTITIONS  # one record per partition, however many devices it changed
     assert sorted(d for s in stores for d in s.device_ids()) == sorted(f"d{n}" for n in range(20))
-    home = stores[partition_for(b"d3", PARTITIONS)]
+    home_partition = partition_for(b"d3", PARTITIONS)
+    home = stores[home_partition]
     loaded = home.load("d3")
     assert loaded is not None and loaded.ts == [T + 3] and loaded.watch_ms == [5_000]
     home.delete("d3")
     home.delete("d3")  # deleting twice is harmless
-    assert home.load("d3") is None and b"d3" in table
+    assert home.load("d3") is None
     home.write_pending()
-    assert b"d3" not in table
+    # a worker taking the partition over finds every state but the deleted one
+    restored = TableDeviceStore(table, home_partition, PARTITIONS)
+    assert set(restored.device_ids()) == set(home.device_ids()) and "d3" not in set(restored.device_ids())
+    for device in home.device_ids():
+        again = restored.load(device)
+        assert again is not None and again.event_ids == [f"e{device[1:]}"]
+
+
+def test_states_stored_one_key_per_device_are_migrated_into_the_log() -> None:
+    """The previous layout kept each device under its bare device id: read at restore, written into the first
+    segment, and the bare keys deleted after it."""
+    from stream_app.domain.rules_state import DeviceState
+
+    table: dict[bytes, bytes] = {}
+    devices_here = [f"m{n}" for n in range(40) if partition_for(f"m{n}".encode(), PARTITIONS) == 1]
+    for n, device in enumerate(devices_here):
+        state = DeviceState()
+        state.insert(T + n, 1_000, "v", f"e{n}", f"u{n}")
+        table[device.encode()] = jsoncodec.dumps(state.to_stored())
+    store = TableDeviceStore(table, 1, PARTITIONS)
+    assert sorted(store.device_ids()) == sorted(devices_here)
+    loaded = store.load(devices_here[0])
+    assert loaded is not None and loaded.viewer_ids == ["u0"]
+    store.write_pending()
+    assert all(not key.startswith(b"m") for key in table)  # the bare keys are gone, the log holds them
+    restored = TableDeviceStore(table, 1, PARTITIONS)
+    assert sorted(restored.device_ids()) == sorted(devices_here)
 
 
 def judge_for(app: FakeApp) -> DeviceJudge:

@@ -1,0 +1,215 @@
+"""One device partition's stored device states, kept as a log of segments: the device-state table's layout.
+
+Why a log. A device's state changes with nearly every view it makes (a view added, judged, forgotten), and a
+state stored under a key of its own costs one changelog record per device and batch: measured, about half of the
+worker's time went to those records (bench/RESULTS.md). Here each batch writes one record, a *segment* holding
+the stored states of every device the batch changed (or a deletion mark), however many there are. Restore reads
+the partition's segments in order and keeps each device's newest entry.
+
+Bounded by compaction. An entry superseded by a newer one is dead. When the live segments hold more than twice as
+many entries as there are devices (plus `SLACK_ENTRIES`), the oldest segment's live entries are copied into the
+batch's segment (their stored bytes as they are, never re-serialized) and the oldest segment is dropped. So the
+log holds at most about twice the live states, and a state is copied forward about once per write, amortized. A
+deletion mark stays while an older segment may hold a copy of its device; once its segment is the oldest, none can,
+and it is dropped rather than copied.
+
+Crash consistency. A batch's segments are written in seq order, then the dropped ones are deleted: restore takes
+the newest entry per device over whatever prefix reached the changelog. A device whose newest state did not reach
+it is met again when the device-views records since the last commit are read again (the device judge skips what a
+state already holds: DeviceState.through_offset), exactly as with one key per device.
+
+Pure: the wiring (streaming/devices.py) stores the segments under keys of its own and passes them back at restore.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stream_app.domain import codec, jsoncodec
+from stream_app.domain.codec import Kind
+
+__all__ = ["SEGMENT_BYTES", "SLACK_ENTRIES", "DeviceLog", "LogWrite"]
+
+# A segment is one Kafka record of the state changelog: kept well under the broker's default 1 MB record size.
+SEGMENT_BYTES = 512 * 1024
+# Dead entries tolerated beyond one per live device before compaction copies anything: a small partition is
+# never compacted, and a large one compacts in steps of whole segments.
+SLACK_ENTRIES = 4096
+# At most this many live entries are copied forward per batch, beyond twice the batch's own: a batch never pays
+# for a long backlog of compaction at once.
+COPY_PER_BATCH = 20_000
+# What an entry costs in a segment besides its device id and value (brackets, commas, quotes, null).
+_ENTRY_OVERHEAD = 8
+
+
+@dataclass(slots=True)
+class LogWrite:
+    """A batch's writes, in this order: the new segments (seq, value), then the segments to delete."""
+
+    segments: list[tuple[int, bytes]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.segments or self.dropped)
+
+
+class DeviceLog:
+    """The stored states of one device partition's devices (device_id -> stored bytes) and the segments that hold
+    them. `put`/`delete` change a device; `seal` turns the changes since the last seal into segments."""
+
+    __slots__ = ("_entries", "_latest", "_live", "_members", "_next_seq", "_order", "_pending", "_values")
+
+    def __init__(self) -> None:
+        self._values: dict[str, bytes] = {}  # device -> its stored state (as of the last seal, and pending puts)
+        self._pending: dict[str, bytes | None] = {}  # changes since the last seal (None: deleted)
+        self._latest: dict[str, int] = {}  # device -> the segment holding its newest entry (a state or a mark)
+        self._members: dict[int, list[str]] = {}  # live segment -> the devices it has an entry of, in order
+        self._live: dict[int, int] = {}  # live segment -> how many of its entries are their device's newest
+        self._order: deque[int] = deque()  # live segments, oldest first
+        self._entries = 0  # entries in live segments, dead ones included
+        self._next_seq = 0
+
+    # ---- restore ----
+
+    @classmethod
+    def restore(cls, segments: Iterable[bytes], legacy: Iterable[tuple[str, bytes]] = ()) -> DeviceLog:
+        """The log as stored: its segments (any order), and `legacy`, states stored one key per device by the
+        previous layout (migrated: a device with no entry in a segment takes it, and the next seal writes it into
+        a segment; the wiring then deletes the legacy keys)."""
+        log = cls()
+        decoded = sorted((codec.decode(Kind.DEVICE_LOG, raw) for raw in segments), key=lambda payload: payload[0])
+        for seq, entries in decoded:
+            members = [device_id for device_id, _ in entries]
+            log._add_segment(seq, members)
+            for device_id, state in entries:
+                if state is None:
+                    log._values.pop(device_id, None)
+                else:
+                    log._values[device_id] = jsoncodec.dumps_to_keep(state)
+        for device_id, value in legacy:
+            if device_id not in log._latest:
+                log._values[device_id] = value
+                log._pending[device_id] = value
+        return log
+
+    def _add_segment(self, seq: int, members: list[str]) -> None:
+        latest = self._latest
+        live = self._live
+        for device_id in members:
+            previous = latest.get(device_id)
+            if previous in live:  # not when its segment was just dropped (its entry copied forward)
+                live[previous] -= 1
+            latest[device_id] = seq
+        live[seq] = len(members)
+        self._members[seq] = members
+        self._order.append(seq)
+        self._entries += len(members)
+        self._next_seq = max(self._next_seq, seq + 1)
+
+    # ---- the states ----
+
+    def get(self, device_id: str) -> bytes | None:
+        return self._values.get(device_id)
+
+    def put(self, device_id: str, value: bytes) -> None:
+        self._values[device_id] = value
+        self._pending[device_id] = value
+
+    def delete(self, device_id: str) -> None:
+        if self._values.pop(device_id, None) is not None or device_id in self._pending:
+            self._pending[device_id] = None
+
+    def device_ids(self) -> list[str]:
+        """Every device with a stored state."""
+        return list(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def entry_count(self) -> int:
+        """Entries held by the live segments, dead ones included."""
+        return self._entries
+
+    @property
+    def live_entry_count(self) -> int:
+        """Entries that are their device's newest: a state, or a deletion mark an older segment may still need."""
+        return len(self._latest)
+
+    # ---- sealing a batch ----
+
+    def seal(self) -> LogWrite:
+        """The changes since the last seal as new segments, with the live entries compaction copies forward, and
+        the segments that compaction drops (to delete after the new ones are written)."""
+        pending, self._pending = self._pending, {}
+        latest = self._latest
+        entries: list[tuple[str, bytes | None]] = []
+        for device_id, value in pending.items():
+            if value is None and device_id not in latest:
+                continue  # never written to a segment: nothing to mark deleted
+            entries.append((device_id, value))
+        dropped = self._compact(entries, {device_id for device_id, _ in entries})
+        write = LogWrite(dropped=dropped)
+        if entries:
+            for members, encoded in self._encode(entries):
+                seq = self._next_seq
+                self._add_segment(seq, members)
+                write.segments.append((seq, codec.encode(Kind.DEVICE_LOG, [seq, encoded])))
+        return write
+
+    def _compact(self, entries: list[tuple[str, bytes | None]], written: set[str]) -> list[int]:
+        """Drop the oldest segments while the log holds more than twice the live entries (plus slack): their live
+        entries not written by this batch anyway are appended to `entries`; their deletion marks are forgotten."""
+        dropped: list[int] = []
+        budget = COPY_PER_BATCH + 2 * len(entries)
+        latest = self._latest
+        values = self._values
+        order = self._order
+        while order and self._entries + len(entries) > 2 * len(latest) + SLACK_ENTRIES and budget > 0:
+            seq = order.popleft()
+            members = self._members.pop(seq)
+            self._live.pop(seq)
+            self._entries -= len(members)
+            for device_id in members:
+                if latest.get(device_id) != seq:
+                    continue  # dead: a newer entry exists
+                if device_id in written:
+                    continue  # this batch writes it anyway
+                value = values.get(device_id)
+                if value is None:
+                    del latest[device_id]  # a deletion mark in the oldest segment: no older copy is left
+                else:
+                    entries.append((device_id, value))
+                    written.add(device_id)
+                    budget -= 1
+            dropped.append(seq)
+        return dropped
+
+    def _encode(self, entries: list[tuple[str, bytes | None]]) -> list[tuple[list[str], list[Any]]]:
+        """entries in parts whose encoding stays under SEGMENT_BYTES: (device ids, JSON-ready entries), the stored
+        states embedded as they are (orjson.Fragment)."""
+        parts: list[tuple[list[str], list[Any]]] = []
+        members: list[str] = []
+        encoded: list[Any] = []
+        size = 0
+        budget = SEGMENT_BYTES - 64  # the header, the seq and the brackets
+        for device_id, value in entries:
+            cost = len(device_id) * 4 + (len(value) if value is not None else 4) + _ENTRY_OVERHEAD
+            if members and size + cost > budget:
+                parts.append((members, encoded))
+                members, encoded, size = [], [], 0
+            members.append(device_id)
+            encoded.append([device_id, None if value is None else orjson.Fragment(value)])
+            size += cost
+        if members:
+            parts.append((members, encoded))
+        return parts

@@ -1,0 +1,141 @@
+"""The device log (domain/device_log.py): one segment per batch whatever it changed, the newest entry of each
+device wins at restore (from any prefix of the writes), and compaction keeps the log within about twice the live
+states without re-serializing them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from stream_app.domain import codec, device_log
+from stream_app.domain.codec import Kind
+from stream_app.domain.device_log import DeviceLog, LogWrite
+
+
+class Stored:
+    """A table of segments, written as the wiring writes a LogWrite (new segments, then the dropped ones)."""
+
+    def __init__(self) -> None:
+        self.segments: dict[int, bytes] = {}
+        self.writes: list[tuple[str, int, bytes | None]] = []  # every table operation, in order
+
+    def apply(self, write: LogWrite) -> None:
+        for seq, value in write.segments:
+            self.segments[seq] = value
+            self.writes.append(("put", seq, value))
+        for seq in write.dropped:
+            del self.segments[seq]
+            self.writes.append(("del", seq, None))
+
+
+def state(n: int, size: int = 1) -> bytes:
+    return b"[3,%d,%s]" % (n, b",".join([b'"x"'] * size))
+
+
+def test_a_batch_is_one_segment_and_restore_takes_each_devices_newest_entry() -> None:
+    log = DeviceLog()
+    stored = Stored()
+    for n in range(100):
+        log.put(f"d{n}", state(n))
+    stored.apply(log.seal())
+    assert len(stored.segments) == 1
+    log.put("d1", state(1001))
+    log.delete("d2")
+    log.put("new", state(7))
+    stored.apply(log.seal())
+    restored = DeviceLog.restore(stored.segments.values())
+    assert restored.get("d1") == state(1001) and restored.get("d2") is None and restored.get("new") == state(7)
+    assert sorted(restored.device_ids()) == sorted(log.device_ids()) and len(restored) == 100
+    assert restored.get("d50") == state(50)
+
+
+def test_a_seal_with_nothing_changed_writes_nothing_and_a_put_then_delete_leaves_no_mark() -> None:
+    log = DeviceLog()
+    assert not log.seal()
+    log.put("brief", state(1))
+    log.delete("brief")
+    assert not log.seal() and len(log) == 0
+
+
+def test_compaction_keeps_the_log_within_twice_the_live_states_and_never_loses_one() -> None:
+    rng = random.Random(3)
+    log = DeviceLog()
+    stored = Stored()
+    truth: dict[str, bytes] = {}
+    for batch in range(400):
+        for _ in range(200):
+            device = f"d{rng.randrange(3_000)}"
+            if rng.random() < 0.1:
+                log.delete(device)
+                truth.pop(device, None)
+            else:
+                value = state(batch, rng.randrange(1, 4))
+                log.put(device, value)
+                truth[device] = value
+        stored.apply(log.seal())
+        assert log.entry_count <= 2 * log.live_entry_count + device_log.SLACK_ENTRIES + 2 * 200
+        assert log.live_entry_count <= 3_000  # at most one entry per device: deletion marks do not pile up
+    assert log.segment_count < 400  # old segments were dropped
+    restored = DeviceLog.restore(stored.segments.values())
+    assert {d: restored.get(d) for d in restored.device_ids()} == truth
+
+
+def test_restore_from_any_prefix_of_the_writes_gives_each_device_a_state_it_had() -> None:
+    """A crash can stop the writes anywhere: every device restored has one of the states it had, the newest of
+    those whose segment reached the table (the rest is read again from the device-views records)."""
+    rng = random.Random(7)
+    log = DeviceLog()
+    stored = Stored()
+    history: dict[str, list[bytes | None]] = {}
+    for batch in range(300):
+        for _ in range(150):
+            device = f"d{rng.randrange(2_000)}"
+            value = state(batch * 1000 + rng.randrange(1000))
+            log.put(device, value)
+            history.setdefault(device, []).append(value)
+        stored.apply(log.seal())
+    writes = stored.writes
+    for cut in [*sorted(rng.sample(range(len(writes)), 25)), len(writes)]:
+        table: dict[int, bytes] = {}
+        for op, seq, value in writes[:cut]:
+            if op == "put":
+                assert value is not None
+                table[seq] = value
+            else:
+                table.pop(seq, None)
+        restored = DeviceLog.restore(table.values())
+        for device in restored.device_ids():
+            assert restored.get(device) in history[device]
+    final = DeviceLog.restore(stored.segments.values())
+    assert {d: final.get(d) for d in final.device_ids()} == {d: v[-1] for d, v in history.items()}
+
+
+def test_segments_stay_under_the_record_size_and_states_are_embedded_as_stored() -> None:
+    log = DeviceLog()
+    big = state(1, 2_000)  # about 8 KiB
+    for n in range(200):
+        log.put(f"device-{n:0120d}", big)
+    write = log.seal()
+    assert len(write.segments) > 1
+    assert all(len(value) <= device_log.SEGMENT_BYTES for _, value in write.segments)
+    seq, entries = codec.decode(Kind.DEVICE_LOG, write.segments[0][1])
+    assert seq == write.segments[0][0] and entries[0][1] == [3, 1, *["x"] * 2_000]
+
+
+def test_states_of_the_previous_layout_are_taken_unless_a_segment_has_the_device() -> None:
+    log = DeviceLog()
+    log.put("both", state(2))
+    stored = Stored()
+    stored.apply(log.seal())
+    restored = DeviceLog.restore(stored.segments.values(), legacy=[("both", state(1)), ("old", state(3))])
+    assert restored.get("both") == state(2) and restored.get("old") == state(3)
+    write = restored.seal()  # the migrated state goes into a segment
+    stored.apply(write)
+    again = DeviceLog.restore(stored.segments.values())
+    assert again.get("old") == state(3)
+
+
+def test_a_foreign_segment_is_refused() -> None:
+    with pytest.raises(codec.StateFormatError):
+        DeviceLog.restore([b"[1,2]"])
