@@ -91,19 +91,26 @@ class PartitionDeviceJudge:
         self._due: dict[str, int] = {}  # every device with state -> the watermark it is next due at
         self._heap: list[tuple[int, str]] = []  # (due, device); entries whose due is no longer _due[device] are stale
         self._pending: set[str] = set()  # devices with views device_overlap / account_farm have not judged
+        self._changed: dict[str, DeviceState] = {}  # devices changed since the last save_changed
         self._started = False
 
     @property
     def watermark(self) -> int | None:
         return self.clock.watermark
 
-    def judge(self, records: Sequence[DeviceViews], offsets: Sequence[int] | None = None) -> DeviceVerdicts:
-        """Judge a batch of this partition's records (in partition order); save each device it changed once.
+    def judge(
+        self, records: Sequence[DeviceViews], offsets: Sequence[int] | None = None, *, save: bool = True
+    ) -> DeviceVerdicts:
+        """Judge a batch of this partition's records (in partition order).
 
         `offsets`: each record's offset in the device-views partition (increasing). A device's state remembers the
         last record it took views from, so a record read again after a crash or a rebalance changes nothing for
         the devices whose state holds it already. Without offsets (a replay, which reads each record once), a
-        view already in its device's recent views is skipped."""
+        view already in its device's recent views is skipped.
+
+        `save`: save every device changed since the last save to the store, once each (`save_changed`); a caller
+        that saves less often than every batch must not let the device-views records since the last save count
+        as consumed (the worker holds back their offsets' commit), so that a crash reads them again."""
         if not self._started:
             self._restore()
         out = DeviceVerdicts()
@@ -122,6 +129,8 @@ class PartitionDeviceJudge:
         if self._pending and len(self._drained) >= self.sources and all(self._drained.values()):
             self._judge_pending(out.flags, touched)
         self._write(touched)
+        if save:
+            self.save_changed()
         if watermark is not None and watermark > self._acked:
             self._acked = watermark
             out.ack = DeviceAck(self.partition, watermark)
@@ -204,12 +213,14 @@ class PartitionDeviceJudge:
     # --- state --------------------------------------------------------------------------------------------------
 
     def _load(self, device_id: str) -> DeviceState:
-        """The device's state (kept while it holds views, else read from the store)."""
+        """The device's state (kept while it holds views, or changed since the last save; else from the store)."""
         state = self._devices.get(device_id)
         if state is None:
-            state = self.store.load(device_id)
+            state = self._changed.get(device_id)
             if state is None:
-                state = DeviceState()
+                state = self.store.load(device_id)
+                if state is None:
+                    state = DeviceState()
             self._devices[device_id] = state
         return state
 
@@ -227,17 +238,29 @@ class PartitionDeviceJudge:
                 self._pending.add(device_id)
 
     def _write(self, touched: set[str]) -> None:
+        """The batch's devices are changed (saved by save_changed); one left without views leaves the working set."""
+        changed = self._changed
         for device_id in touched:
             state = self._devices[device_id]
+            changed[device_id] = state
             if not state.ts:
                 del self._devices[device_id]
             if state.is_empty():
                 self._due.pop(device_id, None)
                 self._pending.discard(device_id)
-                self.store.delete(device_id)
-            else:
-                self.store.save(device_id, state)
+            elif device_id not in self._due:  # advanced in this batch; else its due was set as its views came
                 self._schedule(device_id, state)
+
+    def save_changed(self) -> None:
+        """Save to the store every device changed since the last save, once each (a device left with nothing is
+        deleted)."""
+        store = self.store
+        for device_id, state in self._changed.items():
+            if state.is_empty():
+                store.delete(device_id)
+            else:
+                store.save(device_id, state)
+        self._changed.clear()
 
     def device_count(self) -> int:
         """How many devices of the partition hold state."""

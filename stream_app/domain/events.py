@@ -1,9 +1,13 @@
-"""The three input event types of SPEC §3, as immutable typed values, and the input topics they arrive on."""
+"""The three input event types of SPEC §3, as immutable typed values, and the input topics they arrive on.
+
+The events are NamedTuples rather than frozen dataclasses: every input event is built once on the hot path, and a
+frozen dataclass sets each field through object.__setattr__ (measured: 1.07 us for a view's ten fields, against
+0.25 us for a NamedTuple, which is as immutable)."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class InputTopic(enum.Enum):
@@ -12,6 +16,10 @@ class InputTopic(enum.Enum):
     VIEWS = "video-views"
     INTERACTIONS = "video-interactions"
     PROFILES = "creator-profiles"
+
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's own __hash__ is Python
+    # code, and the scorer keys a few dicts by topic on every event).
+    __hash__ = object.__hash__
 
 
 class OutputTopic(enum.Enum):
@@ -38,8 +46,7 @@ KNOWN_KINDS = frozenset({"like", "comment", "share", "follow"})
 STANDINGS = frozenset({"good", "restricted", "banned"})
 
 
-@dataclass(frozen=True, slots=True)
-class ViewEvent:
+class ViewEvent(NamedTuple):
     event_id: str
     video_id: str
     creator_id: str
@@ -56,8 +63,7 @@ class ViewEvent:
         return self.video_id
 
 
-@dataclass(frozen=True, slots=True)
-class InteractionEvent:
+class InteractionEvent(NamedTuple):
     event_id: str
     video_id: str
     creator_id: str
@@ -71,8 +77,7 @@ class InteractionEvent:
         return self.video_id
 
 
-@dataclass(frozen=True, slots=True)
-class CreatorProfile:
+class CreatorProfile(NamedTuple):
     creator_id: str
     followers: int
     views_30d: int

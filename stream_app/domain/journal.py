@@ -49,6 +49,8 @@ OP_TRIM = 5  # [OP_TRIM, video_id, cutoff_ms]: accepted views kept for clawback 
 SEGMENT_BYTES = 512 * 1024
 # What a video head takes in a segment, at most (ids of up to 128 code points, a few windows): room kept per head.
 HEAD_BYTES = 4096
+# The least an operation or a head is estimated to take (a view of short ids takes about 150 bytes).
+MIN_ENTRY_BYTES = 64
 
 
 def view_op(view: ViewEvent, offset: int, index: int) -> list[Any]:
@@ -162,6 +164,7 @@ class Journal:
     max_ts: int = -1
     head_seq: dict[str, int] = field(default_factory=dict)  # video -> segment holding its newest head
     heads_in: dict[int, set[str]] = field(default_factory=dict)  # segment -> videos whose newest head it holds
+    entry_bytes: int = 256  # what an operation or a head took in the last segment, on average (size estimates)
 
     def record(self, op: list[Any], ts: int = -1) -> None:
         self.ops.append(op)
@@ -173,35 +176,47 @@ class Journal:
         are empty). One segment, or, for a batch too big for one record (a batch of envelopes can hold millions
         of events), several under SEGMENT_BYTES, each with whole videos where it can: a video's head goes in the
         last segment holding its operations (a segment written without the ones after it is still consistent:
-        replay follows each video's head). The next batch starts anew."""
+        replay follows each video's head). The next batch starts anew.
+
+        Sizes are estimated from the bytes per entry of the previous segments, so a big batch is encoded about
+        once (encoding it whole to find it too big, then each video on its own to cut it, cost three times)."""
         if not self.ops and not changed:
             return []
         max_ts = max(self.max_ts, watermark_ms if watermark_ms is not None else -1)
         ops, self.ops, self.max_ts = self.ops, [], -1
-        whole = self._seal_part(ops, list(changed.values()), max_ts)
-        if whole is not None:
-            return [whole]
-        sealed = []
-        for part_ops, ledgers in _split(ops, changed):
-            part = self._seal_part(part_ops, ledgers, max_ts, force=True)
-            assert part is not None
-            sealed.append(part)
-        return sealed
+        ledgers = list(changed.values())
+        entries = len(ops) + len(ledgers)
+        if entries * self.entry_bytes <= SEGMENT_BYTES * 3 // 4:
+            value = self._encode(self.next_seq, ops, ledgers, max_ts)
+            if len(value) <= SEGMENT_BYTES:
+                return [self._commit(value, max_ts, ledgers, entries)]
+        budget = SEGMENT_BYTES // 2  # room for the estimate to be off
+        while True:
+            parts = _split(ops, changed, budget, self.entry_bytes)
+            values = [
+                self._encode(self.next_seq + n, part_ops, part_ledgers, max_ts)
+                for n, (part_ops, part_ledgers) in enumerate(parts)
+            ]
+            if all(len(value) <= SEGMENT_BYTES for value in values) or budget < HEAD_BYTES:
+                return [
+                    self._commit(value, max_ts, part_ledgers, len(part_ops) + len(part_ledgers))
+                    for value, (part_ops, part_ledgers) in zip(values, parts, strict=True)
+                ]
+            budget //= 2  # entries far bigger than the estimate: cut finer
 
-    def _seal_part(
-        self, ops: list[list[Any]], ledgers: list[VideoLedger], max_ts: int, *, force: bool = False
-    ) -> tuple[int, bytes] | None:
-        seq = self.next_seq
+    def _encode(self, seq: int, ops: list[list[Any]], ledgers: list[VideoLedger], max_ts: int) -> bytes:
         for ledger in ledgers:
             ledger.journal_seq = seq
-        segment = Segment(seq, max_ts, ops, [ledger.head() for ledger in ledgers])
-        value = codec.encode(Kind.SEGMENT, segment.to_payload())
-        if len(value) > SEGMENT_BYTES and not force:
-            return None
+        return codec.encode(Kind.SEGMENT, Segment(seq, max_ts, ops, [ledger.head() for ledger in ledgers]).to_payload())
+
+    def _commit(self, value: bytes, max_ts: int, ledgers: list[VideoLedger], entries: int) -> tuple[int, bytes]:
+        seq = self.next_seq
         self.next_seq += 1
         self.live.append((seq, max_ts))
         for ledger in ledgers:
             self._head_at(ledger.video_id, seq)
+        if entries:
+            self.entry_bytes = max(MIN_ENTRY_BYTES, len(value) // entries)
         return seq, value
 
     def _head_at(self, video_id: str, seq: int) -> None:
@@ -245,26 +260,29 @@ class Journal:
         return dropped, rescue
 
 
-def _split(ops: list[list[Any]], changed: dict[str, VideoLedger]) -> list[tuple[list[list[Any]], list[VideoLedger]]]:
-    """A batch's operations and heads in parts under SEGMENT_BYTES: whole videos per part where a video fits,
-    each video's operations in order, its head in the part with its last operations."""
+def _split(
+    ops: list[list[Any]], changed: dict[str, VideoLedger], budget: int, entry_bytes: int
+) -> list[tuple[list[list[Any]], list[VideoLedger]]]:
+    """A batch's operations and heads in parts of about `budget` bytes (each entry estimated at `entry_bytes`):
+    whole videos per part where a video fits, each video's operations in order, its head in the part with its last
+    operations."""
     by_video: dict[str, list[list[Any]]] = {}
     for op in ops:
         by_video.setdefault(op[1], []).append(op)
     for video_id in changed:
         by_video.setdefault(video_id, [])
-    budget = SEGMENT_BYTES // 2  # room for the heads and the encoding's slack
+    per_part = max(1, budget // entry_bytes - 1)
     parts: list[tuple[list[list[Any]], list[VideoLedger]]] = []
     part_ops: list[list[Any]] = []
     part_heads: list[VideoLedger] = []
     size = 0
     for video_id, video_ops in by_video.items():
-        chunks = _chunks(video_ops, budget)
-        for chunk in chunks[:-1]:  # a video too big for one part: its first operations in parts of their own
-            parts.append((chunk, []))
-        last = chunks[-1]
-        last_size = len(codec.encode(Kind.SEGMENT, last)) + HEAD_BYTES
-        if part_ops and size + last_size > budget:
+        last = video_ops
+        while len(last) > per_part:  # a video too big for one part: its first operations in parts of their own
+            parts.append((last[:per_part], []))
+            last = last[per_part:]
+        last_size = (len(last) + 1) * entry_bytes
+        if (part_ops or part_heads) and size + last_size > budget:
             parts.append((part_ops, part_heads))
             part_ops, part_heads, size = [], [], 0
         part_ops.extend(last)
@@ -275,17 +293,3 @@ def _split(ops: list[list[Any]], changed: dict[str, VideoLedger]) -> list[tuple[
     if part_ops or part_heads:
         parts.append((part_ops, part_heads))
     return parts
-
-
-def _chunks(ops: list[list[Any]], budget: int) -> list[list[list[Any]]]:
-    """ops in consecutive chunks whose encoding fits `budget` (at least one chunk, maybe empty)."""
-    pending = [ops]
-    chunks = []
-    while pending:
-        chunk = pending.pop(0)
-        if len(chunk) > 1 and len(codec.encode(Kind.SEGMENT, chunk)) > budget:
-            half = len(chunk) // 2
-            pending[:0] = [chunk[:half], chunk[half:]]
-        else:
-            chunks.append(chunk)
-    return chunks

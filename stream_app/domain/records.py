@@ -29,9 +29,7 @@ _KEEP_ENCODED = DEAD_LETTER_KEEP_BYTES * 4 // 3
 _ALWAYS_TEXT = _KEEP_ENCODED // 6
 
 # Field names per event type, computed once: dataclasses.fields() and asdict() are too slow for the hot path.
-_EVENT_FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in (ViewEvent, InteractionEvent, CreatorProfile)
-}
+_EVENT_FIELDS: dict[type, tuple[str, ...]] = {cls: cls._fields for cls in (ViewEvent, InteractionEvent, CreatorProfile)}
 
 
 def _as_text(data: bytes) -> tuple[str, bool]:

@@ -550,6 +550,8 @@ class DeviceState:
 
     def holds(self, event_id: str, ts: int) -> bool:
         """This view is here already: among the recent views, or judged, kept and forgotten from them."""
+        if ts > self.max_ts:
+            return False  # newer than every view the device has held (the common case: views come in order)
         if self.index_of(event_id, ts) is not None:
             return True
         ends = self.kept_ends

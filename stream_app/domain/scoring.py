@@ -16,7 +16,7 @@ Pure: the caller passes events with their positions, verdicts come from rules.py
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from stream_app.domain import policy as pol
 from stream_app.domain import rules
@@ -46,21 +46,20 @@ def recent_views_cutoff(policy: pol.Policy, event_cutoff_ms: int, newest_ts: int
     return min(event_cutoff_ms, max(flag_safe_ms, newest_ts - policy.device_flag_hold_s * 1000))
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where an event came from: the replay key of SPEC §4 (index -1 stands for a single-object record)."""
+class Position(NamedTuple):
+    """Where an event came from: the replay key of SPEC §4 (index -1 stands for a single-object record). A
+    NamedTuple, like the events (domain/events.py): one is built per event. `index` shadows tuple.index."""
 
     partition: int
     offset: int
-    index: int
+    index: int  # type: ignore[assignment]
 
     @property
     def index_or_none(self) -> int | None:
         return None if self.index < 0 else self.index
 
 
-@dataclass(frozen=True, slots=True)
-class EventOutcome:
+class EventOutcome(NamedTuple):
     """An event's outcome to count (and, unless accepted, to audit)."""
 
     topic: InputTopic

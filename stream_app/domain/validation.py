@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import SerializationError
@@ -31,15 +32,15 @@ _SHOWN_CHARS = 40
 _REGION = re.compile(r"[A-Z]{2}")
 
 
-@dataclass(frozen=True, slots=True)
-class ValidEvent:
+# ValidEvent, InvalidEvent: NamedTuples (built per event, see domain/events.py). Their `index` field shadows
+# tuple.index, which nothing here calls.
+class ValidEvent(NamedTuple):
     event: Event
-    index: int | None  # None for a single-object record; 0..n-1 for an element of a batch envelope
+    index: int | None  # type: ignore[assignment]  # None for a single-object record; 0..n-1 in an envelope
 
 
-@dataclass(frozen=True, slots=True)
-class InvalidEvent:
-    index: int | None  # None for a single-object record or a record that is not a valid envelope at all
+class InvalidEvent(NamedTuple):
+    index: int | None  # type: ignore[assignment]  # None for an object record or a record that is no envelope
     error: str  # names the field and the reason
     value: bytes  # original record bytes (index None), or the envelope element re-serialized
 
@@ -137,7 +138,7 @@ def _schema(
 ) -> _Schema:
     """Order the checks as the dataclass orders its fields: that is the order errors are reported in."""
     # Events are built positionally, so the order must come from the dataclass itself, never from the table.
-    return _Schema(build, tuple((f.name, checks[f.name]) for f in fields(build)), key_field, accept)
+    return _Schema(build, tuple((name, checks[name]) for name in build._fields), key_field, accept)
 
 
 _CAPITALS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")

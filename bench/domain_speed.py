@@ -1,0 +1,259 @@
+"""What the scoring core costs per event, without Kafka or Faust (issue 9: "a scoring core that costs ~10 us per
+event, whatever the state holds").
+
+    python bench/domain_speed.py [--events 200000] [--mode envelope|single] [--repeat 3] [--profile OUT.folded]
+
+The input is `stream-app bench`'s (the simulator's organic traffic, seed 1, 500 events per second of event time),
+laid out as the producer SDK publishes it: per topic-partition (4 partitions), envelopes of up to 1,000 events in
+event-time order, or one record per event. The worker's batch path is then run in-process, phase by phase, each
+timed in CPU seconds (time.process_time):
+
+- decode: `validation.decode_record` of every record (JSON, SPEC §3 checks, key and partition);
+- score: `PartitionScorer.on_event` for every valid event, as the events agent calls it;
+- flush: the end of each batch, `PartitionScorer.flush` and its state write (journal segment, heads, meta) into
+  an in-memory store;
+- devices: the accepted views of each batch as DeviceViews records to the 4 device partitions, judged by
+  `PartitionDeviceJudge` over the device log (domain/device_log.py, what the device-state table holds), its
+  segments sealed, and its flags applied back (`on_device_flag`) with the next batch.
+
+A batch is 2,000 records (single) or the records of 0.1 s of this input (envelope), as the agent's
+`take_events(2000, within=0.1)` takes them from a backlog. Ticks (1 s of record time) settle idle windows, as in
+the worker. Prints one Markdown table: microseconds of CPU per event for each phase and in all, the best of
+`--repeat` runs (a shared machine: the best run is the least disturbed one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stream_app.benchmark.throughput import simulated_input
+from stream_app.domain import jsoncodec
+from stream_app.domain.device_judge import PartitionDeviceJudge
+from stream_app.domain.device_log import DeviceLog
+from stream_app.domain.device_records import DeviceFlag, DeviceViews
+from stream_app.domain.events import CreatorProfile, InputTopic
+from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
+from stream_app.domain.policy import Policy, policy_hash
+from stream_app.domain.profiles import ProfileHistory
+from stream_app.domain.rules_state import DeviceState
+from stream_app.domain.scoring import Position
+from stream_app.domain.validation import InvalidEvent, decode_record
+from stream_app.edges.partitioner import partition_for
+from stream_app.edges.runtime import tune_gc
+
+PARTITIONS = 4  # topics/topics.toml
+ENVELOPE_EVENTS = 1_000
+SINGLE_BATCH_RECORDS = 2_000
+ENVELOPE_BATCH_RECORDS = 8  # about 0.1 s of this input at the scorer's envelope rate
+TICK_MS = 1_000
+PHASES = ("decode", "score", "flush", "devices")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: InputTopic
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+
+
+class LogStore:
+    """The device-state table as the worker keeps it (streaming/devices.py TableDeviceStore), over a dict."""
+
+    def __init__(self) -> None:
+        self.log = DeviceLog()
+        self.table: dict[int, bytes] = {}
+
+    def load(self, device_id: str) -> DeviceState | None:
+        raw = self.log.get(device_id)
+        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
+
+    def save(self, device_id: str, state: DeviceState) -> None:
+        self.log.put(device_id, jsoncodec.dumps_to_keep(state.to_stored()))
+
+    def delete(self, device_id: str) -> None:
+        self.log.delete(device_id)
+
+    def device_ids(self) -> list[str]:
+        return self.log.device_ids()
+
+    def write_pending(self) -> None:
+        write = self.log.seal()
+        for seq, value in write.segments:
+            self.table[seq] = value
+        for seq in write.dropped:
+            self.table.pop(seq, None)
+
+
+def records_of(events: int, mode: str) -> tuple[list[Record], list[CreatorProfile], int]:
+    """The input as records (offsets per topic-partition), the profiles, and the count of traffic events."""
+    simulated = simulated_input(events, 500.0)
+    profiles = [CreatorProfile(**e.payload) for e in simulated if e.topic is InputTopic.PROFILES]
+    traffic = [e for e in simulated if e.topic is not InputTopic.PROFILES]
+    by_tp: dict[tuple[InputTopic, int], list[Any]] = defaultdict(list)
+    for event in traffic:
+        by_tp[(event.topic, partition_for(event.payload["video_id"].encode(), PARTITIONS))].append(event)
+    chunks: list[tuple[int, InputTopic, int, list[Any]]] = []
+    size = ENVELOPE_EVENTS if mode == "envelope" else 1
+    for (topic, partition), group in by_tp.items():
+        for start in range(0, len(group), size):
+            chunk = group[start : start + size]
+            chunks.append((chunk[-1].at_ms, topic, partition, chunk))
+    chunks.sort(key=lambda c: c[0])
+    offsets: dict[tuple[InputTopic, int], int] = defaultdict(int)
+    records = []
+    for at_ms, topic, partition, chunk in chunks:
+        if mode == "envelope":
+            key, value = None, orjson.dumps([e.payload for e in chunk])
+        else:
+            key, value = chunk[0].payload["video_id"].encode(), orjson.dumps(chunk[0].payload)
+        records.append(Record(topic, partition, offsets[(topic, partition)], at_ms, key, value))
+        offsets[(topic, partition)] += 1
+    return records, profiles, len(traffic)
+
+
+@dataclass
+class Run:
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    accepted: int = 0
+    flags: int = 0
+
+
+def batches(records: list[Record], mode: str) -> Iterator[list[Record]]:
+    size = ENVELOPE_BATCH_RECORDS if mode == "envelope" else SINGLE_BATCH_RECORDS
+    for start in range(0, len(records), size):
+        yield records[start : start + size]
+
+
+def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch path runs)
+    records: list[Record], profiles: list[CreatorProfile], mode: str, save_every: int
+) -> Run:
+    policy = Policy()
+    policy_id = policy_hash(policy)
+    history = ProfileHistory(policy)
+    for profile in profiles:
+        history.add(profile)
+    start_ms = records[0].timestamp_ms
+    stores = [MemoryState() for _ in range(PARTITIONS)]
+    scorers = [
+        PartitionScorer(policy, policy_id, p, stores[p], history, now_ms=start_ms, device_partitions=PARTITIONS)
+        for p in range(PARTITIONS)
+    ]
+    device_stores = [LogStore() for _ in range(PARTITIONS)]
+    judges = [PartitionDeviceJudge(policy, q, device_stores[q], sources=PARTITIONS) for q in range(PARTITIONS)]
+    device_offsets = [0] * PARTITIONS
+    pending_flags: list[DeviceFlag] = []
+    pending_acks: list[tuple[int, int]] = []
+    last_tick = start_ms
+    run = Run()
+    clock = time.process_time
+    for batch_no, batch in enumerate(batches(records, mode)):
+        now = batch[-1].timestamp_ms
+        started = clock()
+        decoded = [
+            decode_record(
+                r.topic,
+                r.key,
+                r.value,
+                partition=r.partition,
+                partition_count=PARTITIONS,
+                partition_for=partition_for,
+            )
+            for r in batch
+        ]
+        scored = clock()
+        run.seconds["decode"] += scored - started
+        effects = [Effects() for _ in range(PARTITIONS)]
+        for flag in pending_flags:
+            p = partition_for(flag.video_id.encode(), PARTITIONS)
+            scorers[p].on_device_flag(flag.video_id, flag.event_id, flag.reason, flag.detail, now, effects[p])
+        for q, watermark in pending_acks:
+            for scorer in scorers:
+                scorer.on_device_ack(q, watermark)
+        pending_flags, pending_acks = [], []
+        if now - last_tick >= TICK_MS:
+            last_tick = now
+            for p, scorer in enumerate(scorers):
+                for topic in (InputTopic.VIEWS, InputTopic.INTERACTIONS):
+                    scorer.observe_position(topic, False, now)
+                scorer.settle_due(now, effects[p])
+                scorer.sweep_quiet_videos(now)
+        for record, items in zip(batch, decoded, strict=True):
+            scorer = scorers[record.partition]
+            partition_effects = effects[record.partition]
+            for item in items:
+                if isinstance(item, InvalidEvent):
+                    continue
+                index = -1 if item.index is None else item.index
+                position = Position(record.partition, record.offset, index)
+                scorer.on_event(record.topic, item.event, position, record.timestamp_ms, now, partition_effects)
+        flushed = clock()
+        run.seconds["score"] += flushed - scored
+        for p, scorer in enumerate(scorers):
+            stores[p].apply(scorer.flush(now, effects[p]))
+        judged = clock()
+        run.seconds["flush"] += judged - flushed
+        by_device: list[list[DeviceViews]] = [[] for _ in range(PARTITIONS)]
+        for p, scorer in enumerate(scorers):  # as streaming/devices.py send_device_views groups them
+            groups: list[list[Any]] = [[] for _ in range(PARTITIONS)]
+            for v in effects[p].device_views:
+                groups[partition_for(v.device_id.encode(), PARTITIONS)].append(v)
+            progress = scorer.source_progress_ms()
+            for q in range(PARTITIONS):
+                record = DeviceViews.of(p, -1 if progress is None else progress, False, groups[q])
+                by_device[q].append(DeviceViews.from_bytes(record.to_bytes()))
+        for q, judge in enumerate(judges):
+            device_records = by_device[q]
+            offsets = list(range(device_offsets[q], device_offsets[q] + len(device_records)))
+            device_offsets[q] += len(device_records)
+            save = batch_no % save_every == 0
+            verdicts = judge.judge(device_records, offsets, save=save)
+            if save:
+                device_stores[q].write_pending()
+            pending_flags.extend(verdicts.flags)
+            if verdicts.ack is not None:
+                pending_acks.append((q, verdicts.ack.watermark))
+            run.flags += len(verdicts.flags)
+        run.seconds["devices"] += clock() - judged
+        run.accepted += sum(e.accepted.get(InputTopic.VIEWS, 0) for e in effects)
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--mode", choices=("envelope", "single"), default="envelope")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device-save-every", type=int, default=1, help="batches between device state saves")
+    args = parser.parse_args()
+    records, profiles, events = records_of(args.events, args.mode)
+    print(f"{events:,} events in {len(records):,} records ({args.mode})", file=sys.stderr)
+    tune_gc()  # as the worker does
+    gc.freeze()  # the input stays alive for the whole run, as the worker's would not: keep it out of collections
+    best: Run | None = None
+    for _ in range(args.repeat):
+        run = run_once(records, profiles, args.mode, args.device_save_every)
+        if best is None or sum(run.seconds.values()) < sum(best.seconds.values()):
+            best = run
+    assert best is not None
+    print("| phase | us per event |\n|---|---:|")
+    for phase in PHASES:
+        print(f"| {phase} | {best.seconds[phase] / events * 1e6:.1f} |")
+    print(f"| **all** | **{sum(best.seconds.values()) / events * 1e6:.1f}** |")
+    print(f"accepted views {best.accepted:,}, device flags {best.flags:,}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
