@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream_app import benchmark
 from stream_app.edges.broker import EmbeddedBroker
 from stream_app.edges.kafka_client import client_kwargs
 from stream_app.replay.command import measure_replay
+from stream_app.tools import benchmark
 
 
 def main() -> int:

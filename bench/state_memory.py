@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_app.benchmark import replace_section
 from stream_app.domain import jsoncodec, rules
 from stream_app.domain.device_judge import PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceView, DeviceViews
@@ -48,6 +47,7 @@ from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.scoring import INTERACTIONS, VIEWS, Position, VideoLedger
+from stream_app.tools.benchmark import replace_section
 
 SECTION_HEADING = "## State memory"
 DEFAULT_OUTPUT = Path("bench/RESULTS.md")

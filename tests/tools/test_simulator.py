@@ -16,11 +16,11 @@ from stream_app.domain import jsoncodec
 from stream_app.domain.errors import ConfigError
 from stream_app.domain.events import InputTopic
 from stream_app.domain.validation import InvalidEvent, ValidEvent, decode_record
-from stream_app.edges import simulate_run
 from stream_app.edges.partitioner import KEY_FIELD, partition_for
 from stream_app.edges.producer import SendReport
-from stream_app.edges.simulate_run import SimulationReport, fast_start_ms, run_simulation
-from stream_app.edges.simulator import (
+from stream_app.tools.simulator import publish as simulate_run
+from stream_app.tools.simulator.publish import SimulationReport, fast_start_ms, run_simulation
+from stream_app.tools.simulator.traffic import (
     EXPECTED_REASONS,
     FRAUD_SCENARIOS,
     SimEvent,

@@ -29,7 +29,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark.common import (
+from stream_app.domain.events import InputTopic
+from stream_app.tools.benchmark.common import (
     BenchError,
     EndOffsetSampler,
     Measurement,
@@ -40,8 +41,7 @@ from stream_app.benchmark.common import (
     read_topic_bytes,
     timeout_for,
 )
-from stream_app.benchmark.throughput import ScorerRun
-from stream_app.domain.events import InputTopic
+from stream_app.tools.benchmark.throughput import ScorerRun
 
 SPAN_S = 6 * 3600
 VIDEOS = 2_000

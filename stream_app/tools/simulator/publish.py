@@ -20,7 +20,7 @@ from typing import IO, Any, Protocol
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic
 from stream_app.edges.producer import RewardsProducer, SendMode, SendReport
-from stream_app.edges.simulator import SimEvent, SimulationConfig, generate, label_record
+from stream_app.tools.simulator.traffic import SimEvent, SimulationConfig, generate, label_record
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 from stream_app.edges.localhost import free_port, scrape_metrics
 
-log = logging.getLogger("stream_app.benchmark")
+log = logging.getLogger("stream_app.tools.benchmark")
 
 # The scorer is watched through its /metrics, which it renders on a thread of its own: scraping every 0.1 s took
 # about 5 % of its samples in a profile, every 0.25 s keeps that near 2 % (and the timing within 0.5 %).

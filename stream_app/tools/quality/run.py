@@ -1,7 +1,7 @@
 """Authenticity quality report (issue 4): the scorer's recall and precision per fraud scenario, its false-positive
 rate on organic traffic, and what fraud does to the money, measured on simulated traffic through a real broker.
 
-`python bench/quality.py` or `python -m stream_app.quality [--events N] [--seeds 1,2] [--output bench/RESULTS.md]
+`python bench/quality.py` or `python -m stream_app.tools.quality [--events N] [--seeds 1,2] [--output bench/RESULTS.md]
 [--bootstrap HOST:PORT] [--json PATH]`. Per seed it does two runs, each on a fresh embedded tansu broker (unless
 --bootstrap or KAFKA_BOOTSTRAP names one) under a fresh TOPIC_PREFIX, with `stream-app worker` as a subprocess:
 
@@ -62,7 +62,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark import worker_env as bench_worker_env
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
@@ -70,7 +69,8 @@ from stream_app.domain.policy import Policy
 from stream_app.edges.cli_args import positive_int
 from stream_app.edges.localhost import scrape_metrics
 from stream_app.edges.metrics import HEALTH_METRIC_NAMES
-from stream_app.edges.simulator import (
+from stream_app.tools.benchmark import worker_env as bench_worker_env
+from stream_app.tools.simulator.traffic import (
     EXPECTED_REASONS,
     FRAUD_SCENARIOS,
     INVALID,
@@ -226,7 +226,7 @@ class SeedResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m stream_app.quality",
+        prog="python -m stream_app.tools.quality",
         description="Recall/precision per fraud scenario, organic false positives and money, on a real broker.",
     )
     parser.add_argument("--events", type=positive_int, default=DEFAULT_EVENTS, help="traffic events per run")
@@ -337,7 +337,7 @@ def all_targets_met(results: Sequence[SeedResult], events: int) -> bool:
 def simulation_config(seed: int, events: int, rate: float, now_ms: int | None = None) -> SimulationConfig:
     """The fraud run's config: every scenario, at least `events` traffic events, event time ending a window and
     its grace (plus SETTLE_MARGIN_S) before now, so idleness settles every window once the input is drained."""
-    from stream_app.edges.simulate_run import fast_start_ms
+    from stream_app.tools.simulator.publish import fast_start_ms
 
     policy = Policy()
     settle_room_s = policy.window_s + policy.grace_s + SETTLE_MARGIN_S
@@ -455,7 +455,7 @@ def run_once(
     _stream_app(env, workdir, "topics", "apply")
     started = time.monotonic()
     if config is not None:
-        from stream_app.edges.simulate_run import run_simulation
+        from stream_app.tools.simulator.publish import run_simulation
 
         report = asyncio.run(
             run_simulation(
@@ -491,7 +491,7 @@ def _stream_app(env: Mapping[str, str], workdir: Path, *args: str) -> None:
 async def _publish(stream: list[SimEvent], bootstrap: str, prefix: str, security: Mapping[str, Any]) -> int:
     """The stream as run_simulation sends it: profiles first, then batches of 500 per topic in stream order."""
     from stream_app.edges.producer import RewardsProducer
-    from stream_app.edges.simulate_run import DEFAULT_BATCH_EVENTS
+    from stream_app.tools.simulator.publish import DEFAULT_BATCH_EVENTS
 
     sent = 0
     async with RewardsProducer(bootstrap, topic_prefix=prefix, client_kwargs=security) as producer:
@@ -962,7 +962,7 @@ def format_section(
     failures: Mapping[int, str] | None = None,
     idle_settle_s: int = IDLE_SETTLE_S,
 ) -> str:
-    from stream_app.benchmark import machine_info
+    from stream_app.tools.benchmark import machine_info
 
     machine = machine_info()
     seeds = ", ".join(str(seed) for seed in sorted([r.seed for r in results] + list(failures or {})))
@@ -1055,7 +1055,7 @@ def format_section(
 
 
 def write_section(path: Path, section: str) -> None:
-    from stream_app.benchmark import replace_section
+    from stream_app.tools.benchmark import replace_section
 
     existing = path.read_text(encoding="utf-8") if path.exists() else ""
     path.parent.mkdir(parents=True, exist_ok=True)

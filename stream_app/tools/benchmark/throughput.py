@@ -2,7 +2,7 @@
 another on the same pre-published input (the simulator's organic traffic, as envelopes or single records).
 
 - raw consumer ceiling: one aiokafka consumer (no group) reads every record and decodes it with orjson;
-- no-op Faust agent: a minimal Faust app (`python -m stream_app.benchmark noop-worker`) whose agents take batches
+- no-op Faust agent: a minimal Faust app (`python -m stream_app.tools.benchmark noop-worker`) whose agents take batches
   of 500 and only decode them, run as a worker subprocess; it reports progress in a file;
 - the scorer: `stream-app worker` as a subprocess, watched through its /metrics until every published event has
   an outcome or is a pending interaction (`ScorerRun`, also used by the flat-with-state and soak measurements).
@@ -27,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from stream_app.benchmark.common import (
+from stream_app.domain.events import InputTopic
+from stream_app.tools.benchmark.common import (
     INPUT_TOPICS,
     POLL_INTERVAL_S,
     SCORER_COMMAND,
@@ -43,7 +44,6 @@ from stream_app.benchmark.common import (
     scrape,
     worker_env,
 )
-from stream_app.domain.events import InputTopic
 
 DEFAULT_RATE = 500.0  # simulated events per second of event time: 200k events span 400 s of event time
 SEED = 1
@@ -72,8 +72,8 @@ class InputSize:
 
 def simulated_input(events: int, rate: float, now_ms: int | None = None) -> list[Any]:
     """The run's input: the simulator's profiles, then its first `events` organic view/interaction events."""
-    from stream_app.edges.simulate_run import fast_start_ms
-    from stream_app.edges.simulator import SimulationConfig, generate
+    from stream_app.tools.simulator.publish import fast_start_ms
+    from stream_app.tools.simulator.traffic import SimulationConfig, generate
 
     duration_s = max(1.0, math.ceil(events / rate * _DURATION_SLACK))
     config = SimulationConfig(
@@ -220,7 +220,7 @@ def measure_noop(
     """The no-op Faust agent (its own consumer group) on the input under `prefix`."""
     progress_path = workdir / f"noop{label}-progress.json"
     env = worker_env(bootstrap, prefix, f"{prefix}noop{label}")
-    command = [sys.executable, "-m", "stream_app.benchmark", "noop-worker", str(progress_path), str(expected)]
+    command = [sys.executable, "-m", "stream_app.tools.benchmark", "noop-worker", str(progress_path), str(expected)]
     return measure_progress_worker(
         "no-op Faust agent", command, env, progress_path, expected, workdir, broker_pid, timeout, f"noop{label}"
     )
@@ -378,7 +378,7 @@ def build_noop_app(progress: Progress) -> Any:
 
 
 def noop_worker_main(argv: Sequence[str]) -> int:
-    """`python -m stream_app.benchmark noop-worker PROGRESS_FILE EXPECTED_EVENTS` (settings from the env)."""
+    """`python -m stream_app.tools.benchmark noop-worker PROGRESS_FILE EXPECTED_EVENTS` (settings from the env)."""
     import faust
 
     path, expected = Path(argv[0]), int(argv[1])

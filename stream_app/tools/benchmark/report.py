@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream_app.benchmark.common import Measurement
-from stream_app.benchmark.hot import HotResult, StoreRun
-from stream_app.benchmark.profile import ProfileSummary, format_profile
-from stream_app.benchmark.soak import DRAIN_S, SoakResult
-from stream_app.benchmark.throughput import SEED, InputSize
+from stream_app.tools.benchmark.common import Measurement
+from stream_app.tools.benchmark.hot import HotResult, StoreRun
+from stream_app.tools.benchmark.profile import ProfileSummary, format_profile
+from stream_app.tools.benchmark.soak import DRAIN_S, SoakResult
+from stream_app.tools.benchmark.throughput import SEED, InputSize
 
 SECTION_HEADING = "## Throughput"
 RESULTS_TITLE = "# Benchmark results"

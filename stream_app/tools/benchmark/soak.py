@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark.common import (
+from stream_app.tools.benchmark.common import (
     BenchError,
     changelog_topic_names,
     consumer_lag,
@@ -39,7 +39,7 @@ from stream_app.benchmark.common import (
     read_topic_bytes,
     rss_mib,
 )
-from stream_app.benchmark.throughput import ScorerRun
+from stream_app.tools.benchmark.throughput import ScorerRun
 
 SAMPLE_S = 5.0
 WINDOW_S = 60

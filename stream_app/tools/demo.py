@@ -112,8 +112,8 @@ async def _watch(bootstrap: str, topic: str, metrics_port: int, stop: asyncio.Ev
 
 
 async def _run(bootstrap: str, env: dict[str, str], duration_s: float, rate: float, seed: int) -> None:
-    from stream_app.edges.simulate_run import run_simulation
-    from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
+    from stream_app.tools.simulator.publish import run_simulation
+    from stream_app.tools.simulator.traffic import FRAUD_SCENARIOS, SimulationConfig
 
     stop = asyncio.Event()
     started = time.monotonic()

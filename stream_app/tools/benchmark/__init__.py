@@ -8,9 +8,9 @@ Quix Streams peer), `hot` (the hot-video workload, flat with state, restart), `s
 (py-spy summary), `report` (targets and the Markdown section), `common` (brokers, subprocesses, /proc, /metrics).
 """
 
-from stream_app.benchmark.common import BenchError, machine_info, processed_events, worker_env
-from stream_app.benchmark.report import replace_section, write_section
-from stream_app.benchmark.run import run_bench
+from stream_app.tools.benchmark.common import BenchError, machine_info, processed_events, worker_env
+from stream_app.tools.benchmark.report import replace_section, write_section
+from stream_app.tools.benchmark.run import run_bench
 
 __all__ = [
     "BenchError",

@@ -1,0 +1,1 @@
+"""The labelled traffic simulator (`stream-app simulate`)."""
