@@ -18,9 +18,7 @@ from stream_app.domain.events import InputTopic
 from stream_app.domain.validation import InvalidEvent, ValidEvent, decode_record
 from stream_app.edges.partitioner import KEY_FIELD, partition_for
 from stream_app.edges.producer import SendReport
-from stream_app.tools.simulator import publish as simulate_run
-from stream_app.tools.simulator.publish import SimulationReport, fast_start_ms, run_simulation
-from stream_app.tools.simulator.traffic import (
+from stream_app.tools.simulator import (
     EXPECTED_REASONS,
     FRAUD_SCENARIOS,
     SimEvent,
@@ -30,6 +28,8 @@ from stream_app.tools.simulator.traffic import (
     label_record,
     write_labels,
 )
+from stream_app.tools.simulator import publish as simulate_run
+from stream_app.tools.simulator.publish import SimulationReport, fast_start_ms, run_simulation
 
 START = 1_700_000_000_000
 SCHEMA_FIELDS = {

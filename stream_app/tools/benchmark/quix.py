@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from stream_app.domain.events import InputTopic
-from stream_app.tools.benchmark.common import worker_env
 from stream_app.tools.benchmark.throughput import Progress, measure_progress_worker
+from stream_app.tools.harness import worker_env
 
 QUIX_NAME = "Quix Streams tumbling-window count"
 OUTPUT_TOPIC = "quix-window-counts"

@@ -4,7 +4,6 @@ each measurement's figures."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from stream_app.tools.benchmark.common import Measurement
 from stream_app.tools.benchmark.hot import HotResult, StoreRun
@@ -13,7 +12,6 @@ from stream_app.tools.benchmark.soak import DRAIN_S, SoakResult
 from stream_app.tools.benchmark.throughput import SEED, InputSize
 
 SECTION_HEADING = "## Throughput"
-RESULTS_TITLE = "# Benchmark results"
 
 # Issue 9's targets, and the sizes at which they are defined.
 QUIX_FACTOR = 3.0
@@ -455,25 +453,6 @@ def _soak_lines(soak: SoakResult, broker: str) -> list[str]:
         )
         previous = sample
     return lines
-
-
-def replace_section(text: str, section: str, heading: str = SECTION_HEADING) -> str:
-    """`text` with its `heading` section (up to the next `## ` heading) replaced by `section`, or it appended."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    body = section.rstrip("\n") + "\n"
-    if start is None:
-        head = text.rstrip("\n")
-        return (head + "\n\n" if head else f"{RESULTS_TITLE}\n\n") + body
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    after = "".join(lines[end:])
-    return "".join(lines[:start]) + body + ("\n" + after if after else "")
-
-
-def write_section(path: Path, section: str) -> None:
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(replace_section(existing, section), encoding="utf-8")
 
 
 def format_summary(run: BenchRun) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import shlex
 import shutil
 import sys
@@ -16,18 +15,7 @@ from pathlib import Path
 from stream_app.domain.errors import StreamAppError
 from stream_app.edges.cli_args import USAGE_ERROR, OneLineParser, non_negative_float, positive_float, positive_int
 from stream_app.tools.benchmark import report
-from stream_app.tools.benchmark.common import (
-    BenchError,
-    apply_topics,
-    check_configured_broker,
-    fresh_broker,
-    input_topic_names,
-    load_average,
-    log,
-    machine_info,
-    security_kwargs,
-    timeout_for,
-)
+from stream_app.tools.benchmark.common import BenchError, log, timeout_for
 from stream_app.tools.benchmark.report import BenchRun, ThroughputBlock
 from stream_app.tools.benchmark.throughput import (
     DEFAULT_RATE,
@@ -36,6 +24,18 @@ from stream_app.tools.benchmark.throughput import (
     measure_scorer,
     publish_input,
     simulated_input,
+)
+from stream_app.tools.harness import (
+    apply_topics,
+    check_configured_broker,
+    fresh_broker,
+    input_topic_names,
+    load_average,
+    machine_info,
+    progress_log,
+    security_kwargs,
+    sigterm_exits,
+    write_section,
 )
 
 DEFAULT_EVENTS = 200_000
@@ -95,12 +95,7 @@ def run_bench(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--":  # `stream-app bench -- --events N` hands the separator on
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    if not log.handlers:  # progress lines of the bench only; the Kafka clients' own INFO logs stay quiet
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", datefmt="%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    progress_log(log, "bench")
     command = "stream-app bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     if not args.output.parent.is_dir():  # found out now, not after minutes of measuring
         print(f"stream-app bench: --output {args.output}: no directory {args.output.parent}", file=sys.stderr)
@@ -123,17 +118,18 @@ def run_bench(argv: list[str] | None = None) -> int:
         "hot": lambda: _hot(run, args, workdir),
         "soak": lambda: _soak(run, args, workdir),
     }
-    for name in args.only:
-        if name == "soak" and args.soak <= 0:
-            continue
-        try:
-            steps[name]()
-        except StreamAppError as exc:
-            log.error("%s: %s", name, exc)
-            run.problems[name] = f"{str(exc).splitlines()[0]} (worker logs kept in {workdir})"
+    with sigterm_exits():
+        for name in args.only:
+            if name == "soak" and args.soak <= 0:
+                continue
+            try:
+                steps[name]()
+            except StreamAppError as exc:
+                log.error("%s: %s", name, exc)
+                run.problems[name] = f"{str(exc).splitlines()[0]} (worker logs kept in {workdir})"
     run.load_at_end = load_average()
     run.machine = machine_info()
-    report.write_section(args.output, report.format_section(run))
+    write_section(args.output, report.format_section(run))
     print(report.format_summary(run))
     print(f"results written to {args.output} ({report.SECTION_HEADING})")
     if run.failed:

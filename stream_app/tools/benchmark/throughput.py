@@ -29,19 +29,23 @@ import orjson
 
 from stream_app.domain.events import InputTopic
 from stream_app.tools.benchmark.common import (
-    INPUT_TOPICS,
     POLL_INTERVAL_S,
-    SCORER_COMMAND,
     SCRAPE_INTERVAL_S,
     BenchError,
     Measurement,
+    log,
+    profiled,
+)
+from stream_app.tools.harness import (
+    INPUT_TOPICS,
+    SCORER_COMMAND,
     WorkerProcess,
     cpu_seconds,
-    log,
+    metrics_url,
     peak_rss_mib,
-    profiled,
     progress_toward,
     scrape,
+    topic_partitions,
     worker_env,
 )
 
@@ -151,64 +155,47 @@ def measure_raw(
     broker_pid: int | None,
     timeout: float,
 ) -> Measurement:
-    """The raw-consumer ceiling, run inside the bench process."""
-    return asyncio.run(_measure_raw(bootstrap, topics, expected, security, broker_pid, timeout))
+    """The raw-consumer ceiling, run inside the bench process: its own fetch loop (what is measured), not the
+    harness's reader."""
+    from aiokafka import AIOKafkaConsumer
 
+    async def measure() -> Measurement:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(security)
+        )
+        await consumer.start()
+        try:
+            tps = [tp for topic in topics for tp in await topic_partitions(consumer, topic)]
+            if not tps:
+                raise BenchError(f"topics {', '.join(topics)} have no partitions")
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            events = 0
+            # Assigned and positioned: the clock starts with the first fetch, as the Faust workers' does after
+            # their partitions are assigned.
+            first, cpu0, broker0 = time.monotonic(), time.process_time(), cpu_seconds(broker_pid)
+            deadline = first + timeout
+            while remaining:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for tp, messages in batches.items():
+                    for message in messages:
+                        events += _event_count(message.value)
+                    if messages and messages[-1].offset + 1 >= ends[tp]:
+                        remaining.discard(tp)
+                if time.monotonic() > deadline:
+                    raise BenchError(f"raw consumer: read {events} of {expected} events in {timeout:.0f} s")
+            end = time.monotonic()
+            cpu = time.process_time() - cpu0
+            broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else None
+        finally:
+            await consumer.stop()
+        if events != expected:
+            raise BenchError(f"raw consumer read {events} events, {expected} were published")
+        return Measurement("raw consumer ceiling", events, end - first, cpu_s=cpu, broker_cpu_s=broker_cpu)
 
-async def _measure_raw(
-    bootstrap: str,
-    topics: list[str],
-    expected: int,
-    security: Mapping[str, Any],
-    broker_pid: int | None,
-    timeout: float,
-) -> Measurement:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(security))
-    await consumer.start()
-    try:
-        tps: list[TopicPartition] = []
-        for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                raise BenchError(f"topic {topic} has no partitions")
-            tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        events = 0
-        # Assigned and positioned: the clock starts with the first fetch, as the Faust workers' does after their
-        # partitions are assigned.
-        first, cpu0, broker0 = time.monotonic(), time.process_time(), cpu_seconds(broker_pid)
-        deadline = first + timeout
-        while remaining:
-            batches = await consumer.getmany(timeout_ms=1000)
-            for tp, messages in batches.items():
-                for message in messages:
-                    events += _event_count(message.value)
-                if messages and messages[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            if time.monotonic() > deadline:
-                raise BenchError(f"raw consumer: read {events} of {expected} events in {timeout:.0f} s")
-        end = time.monotonic()
-        cpu = time.process_time() - cpu0
-        broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else None
-    finally:
-        await consumer.stop()
-    if events != expected:
-        raise BenchError(f"raw consumer read {events} events, {expected} were published")
-    return Measurement(
-        "raw consumer ceiling",
-        events,
-        end - first,
-        cpu_s=cpu,
-        broker_cpu_s=broker_cpu,
-    )
+    return asyncio.run(measure())
 
 
 # ---- 2. no-op Faust agent --------------------------------------------------------------------------------------
@@ -417,7 +404,7 @@ class ScorerRun:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.env = worker_env(bootstrap, prefix, app_id, **dict(env or {}))
-        self.url = f"http://127.0.0.1:{self.env['METRICS_PORT']}/metrics"
+        self.url = metrics_url(self.env)
         command = profiled(SCORER_COMMAND, profile) if profile else list(SCORER_COMMAND)
         self.worker = WorkerProcess(command, self.env, workdir, log_name)
         self.broker_pid = broker_pid
