@@ -138,13 +138,16 @@ def _fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}x"
 
 
+def _reduced(*sizes: tuple[bool, str]) -> str:
+    """The sizes a run fell short of issue 9's at ((short, what it ran), ...), for "at reduced size: ..."."""
+    return ", ".join(ran for short, ran in sizes if short)
+
+
 def _hot_reduced(hot: HotResult) -> str:
-    parts = []
-    if hot.events < HOT_EVENTS:
-        parts.append(f"{hot.events:,} events")
-    if hot.stats.viewers <= HOT_VIEWERS:
-        parts.append(f"{hot.stats.viewers:,} viewers")
-    return ", ".join(parts)
+    return _reduced(
+        (hot.events < HOT_EVENTS, f"{hot.events:,} events"),
+        (hot.stats.viewers <= HOT_VIEWERS, f"{hot.stats.viewers:,} viewers"),
+    )
 
 
 def _run(hot: HotResult | None, store: str) -> StoreRun | None:
@@ -218,12 +221,10 @@ def _mib(value: float | None) -> str:
 
 
 def _soak_reduced(soak: SoakResult) -> str:
-    parts = []
-    if soak.seconds < SOAK_S:
-        parts.append(f"{soak.seconds:g} s")
-    if soak.target_rate < SOAK_RATE:
-        parts.append(f"{soak.target_rate:,.0f} ev/s")
-    return ", ".join(parts)
+    return _reduced(
+        (soak.seconds < SOAK_S, f"{soak.seconds:g} s"),
+        (soak.target_rate < SOAK_RATE, f"{soak.target_rate:,.0f} ev/s"),
+    )
 
 
 def _soak_targets(soak: SoakResult | None) -> list[Target]:

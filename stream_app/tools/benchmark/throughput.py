@@ -76,8 +76,8 @@ class InputSize:
 
 def simulated_input(events: int, rate: float, now_ms: int | None = None) -> list[Any]:
     """The run's input: the simulator's profiles, then its first `events` organic view/interaction events."""
-    from stream_app.tools.simulator.publish import fast_start_ms
     from stream_app.tools.simulator import SimulationConfig, generate
+    from stream_app.tools.simulator.publish import fast_start_ms
 
     duration_s = max(1.0, math.ceil(events / rate * _DURATION_SLACK))
     config = SimulationConfig(
