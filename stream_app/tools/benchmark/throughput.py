@@ -436,57 +436,66 @@ class ScorerRun:
     ) -> Measurement:
         """Scrape until every topic's expected events are processed; if the worker dies or stalls, what it did
         until then, with the reason in `failure`."""
-        worker, broker_pid = self.worker, self.broker_pid
-        expected = sum(expected_by_topic.values())
         deadline = time.monotonic() + timeout
         # The last moment the worker was seen with nothing processed: the measurement starts there.
-        zero_at, zero_cpu, zero_broker = worker.launched, 0.0, cpu_seconds(broker_pid)
+        zero = _Moment(self.worker.launched, 0.0, cpu_seconds(self.broker_pid))
         # The last moment its count changed (the end, when it finishes or stops making progress).
-        end, end_cpu, end_broker = zero_at, zero_cpu, zero_broker
+        end = zero
         processed = 0
         peak: float | None = None
         timeline: list[tuple[float, int]] = []
-        failure: str | None = None
         while True:
-            before = time.monotonic()
             pid = self.pid
-            cpu, broker_cpu = cpu_seconds(pid), cpu_seconds(broker_pid)
+            now = self._moment(time.monotonic(), pid)
             peak = peak_rss_mib(pid) or peak
             samples = self.samples()
             if on_scrape is not None:
                 on_scrape()
             now_processed, done = (processed, False) if samples is None else progress_toward(samples, expected_by_topic)
             if now_processed == 0:
-                zero_at, zero_cpu, zero_broker = before, cpu, broker_cpu
-                timeline = [(before, 0)]
+                zero, timeline = now, [(now.at, 0)]
             elif now_processed != processed:
                 timeline.append((time.monotonic(), now_processed))
             if now_processed != processed:
-                processed = now_processed
-                end, end_cpu, end_broker = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker_pid)
-            if done:
-                break
-            if worker.exited() is not None:
-                failure = f"worker exited with status {worker.exited()}: {worker.first_error()}"
-                break
-            if time.monotonic() > deadline:
-                failure = f"not finished after {timeout:.0f} s (last error in its log: {worker.first_error()})"
+                processed, end = now_processed, self._moment(time.monotonic(), pid)
+            failure = None if done else self._stopped(deadline, timeout)
+            if done or failure is not None:
                 break
             time.sleep(SCRAPE_INTERVAL_S)
         if failure is not None:
-            failure += f"; processed {processed:,} of {expected:,} events"
-            log.warning("%s: %s (worker log: %s)", name, failure, worker.log_path)
+            failure += f"; processed {processed:,} of {sum(expected_by_topic.values()):,} events"
+            log.warning("%s: %s (worker log: %s)", name, failure, self.worker.log_path)
         return Measurement(
             name,
             processed,
-            end - zero_at,
-            startup_s=zero_at - worker.launched,
-            cpu_s=end_cpu - zero_cpu,
-            broker_cpu_s=end_broker - zero_broker if broker_pid else None,
+            end.at - zero.at,
+            startup_s=zero.at - self.worker.launched,
+            cpu_s=end.cpu - zero.cpu,
+            broker_cpu_s=end.broker_cpu - zero.broker_cpu if self.broker_pid else None,
             peak_rss_mib=peak_rss_mib(self.pid) or peak,
             failure=failure,
             timeline=timeline,
         )
+
+    def _moment(self, at: float, pid: int | None) -> _Moment:
+        return _Moment(at, cpu_seconds(pid), cpu_seconds(self.broker_pid))
+
+    def _stopped(self, deadline: float, timeout: float) -> str | None:
+        """Why the worker will not finish (it exited, or time is up), or None."""
+        if self.worker.exited() is not None:
+            return f"worker exited with status {self.worker.exited()}: {self.worker.first_error()}"
+        if time.monotonic() > deadline:
+            return f"not finished after {timeout:.0f} s (last error in its log: {self.worker.first_error()})"
+        return None
+
+
+@dataclass(frozen=True)
+class _Moment:
+    """A moment of a scorer run (time.monotonic()) and the CPU seconds of the worker and of the broker by then."""
+
+    at: float
+    cpu: float
+    broker_cpu: float
 
 
 def measure_scorer(
