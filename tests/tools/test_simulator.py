@@ -26,9 +26,9 @@ from stream_app.tools.simulator import (
     generate,
     instance_counts,
     label_record,
+    publish,
     write_labels,
 )
-from stream_app.tools.simulator import publish as simulate_run
 from stream_app.tools.simulator.publish import SimulationReport, fast_start_ms, run_simulation
 
 START = 1_700_000_000_000
@@ -607,7 +607,7 @@ async def test_realtime_run_stamps_events_with_the_wall_clock_and_paces_them() -
     assert report.elapsed_s >= 0.4  # the last events are due ~0.6 s after the start
     ts = [item["ts"] for kind, _, batch in FakeProducer.instances[-1].calls if kind == "send" for item in batch]
     # events due within the next pacing tick are sent early, stamped with their due time
-    assert before <= min(ts) and max(ts) <= after + simulate_run._TICK_MS
+    assert before <= min(ts) and max(ts) <= after + publish._TICK_MS
 
 
 async def test_setting_stop_ends_the_run_early() -> None:
