@@ -2,6 +2,6 @@
 
 import sys
 
-from stream_app.quality import run_quality
+from stream_app.tools.quality import run_quality
 
 sys.exit(run_quality(sys.argv[1:]))

@@ -12,7 +12,6 @@ measurement; `make bench` can report the replay beside the worker by calling `me
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import resource
@@ -22,25 +21,27 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream_app import benchmark
 from stream_app.edges.broker import EmbeddedBroker
-from stream_app.edges.kafka_client import client_kwargs
 from stream_app.replay.command import measure_replay
+from stream_app.tools.benchmark.common import timeout_for
+from stream_app.tools.benchmark.throughput import DEFAULT_RATE, measure_scorer, publish_input, simulated_input
+from stream_app.tools.harness import apply_topics, security_kwargs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--rate", type=float, default=benchmark.DEFAULT_RATE)
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE)
     parser.add_argument("--worker", action="store_true", help="also measure the scorer (worker) on the same input")
     args = parser.parse_args()
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
         prefix = f"rbench{os.getpid()}-"
-        security = client_kwargs(os.environ)
-        asyncio.run(benchmark._apply_topics(bootstrap, prefix, security))
+        app_id = f"{prefix}scorer"
+        apply_topics(bootstrap, prefix, [app_id])
         started = time.monotonic()
-        size = asyncio.run(benchmark._publish_input(bootstrap, prefix, args.events, "envelope", args.rate, security))
+        simulated = simulated_input(args.events, args.rate)
+        size = publish_input(bootstrap, prefix, simulated, "envelope", security_kwargs())
         print(
             f"published {size.events:,} events in {size.records:,} records ({size.bytes / 2**20:.0f} MiB, "
             f"{size.event_time_span_s:.0f} s of event time) in {time.monotonic() - started:.0f} s",
@@ -54,8 +55,8 @@ def main() -> int:
         )
         if args.worker:
             workdir = Path(tempfile.mkdtemp(prefix="replay-bench-"))
-            timeout = benchmark.START_TIMEOUT_S + size.events / benchmark.SLOWEST_EVENTS_PER_S
-            scorer = benchmark._measure_scorer(bootstrap, prefix, size.events, workdir, broker.pid, timeout)
+            timeout = timeout_for(size.events)
+            scorer = measure_scorer(bootstrap, prefix, app_id, size.events_by_topic, workdir, broker.pid, timeout)
             shutil.rmtree(workdir, ignore_errors=True)
             print(
                 f"| scorer (worker) | {scorer.events:,} | {scorer.seconds:.1f} s | {scorer.events_per_s:,.0f} events/s"

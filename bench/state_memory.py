@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import os
-import platform
 import resource
 import sys
 import time
@@ -38,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_app.benchmark import replace_section
 from stream_app.domain import jsoncodec, rules
 from stream_app.domain.device_judge import PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceView, DeviceViews
@@ -48,6 +45,7 @@ from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.scoring import INTERACTIONS, VIEWS, Position, VideoLedger
+from stream_app.tools.harness import machine_info, write_section
 
 SECTION_HEADING = "## State memory"
 DEFAULT_OUTPUT = Path("bench/RESULTS.md")
@@ -55,7 +53,7 @@ MIB = 1 << 20
 HOUR_MS = 3_600_000
 # 2026-01-01T00:00:00Z: an hour-aligned epoch ms, so the run's window is window k = T0 // W of the default policy
 T0 = 1_767_225_600_000
-TAG = "5eed01"  # ids shaped like the simulator's (stream_app/edges/simulator.py)
+TAG = "5eed01"  # ids shaped like the simulator's (stream_app/tools/simulator/)
 BATCH = 5_000  # events per PartitionScorer batch (flush writes each touched ledger once)
 DEVICE_BATCH = 500  # views per device-views record (streaming/devices.py sends up to 500)
 CREATORS = 100
@@ -369,15 +367,8 @@ def _table(unit: str, counts: Sequence[int], rows_by_run: Sequence[Sequence[Row]
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.platform()}"
+    m = machine_info()
+    return f"{m['cpus']} CPUs ({m['cpu_model']}), Python {m['python']}, {m['platform']}"
 
 
 def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, date: str, command: str) -> str:
@@ -502,9 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python bench/state_memory.py", *(sys.argv[1:] if argv is None else argv)])
     section = format_section(vruns, druns, date=date, command=command)
     print(section)
-    existing = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(replace_section(existing, section, SECTION_HEADING), encoding="utf-8")
+    write_section(args.output, section)
     return 0
 
 

@@ -124,51 +124,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from stream_app.domain import jsoncodec
-    from stream_app.edges.kafka_client import client_kwargs
-    from stream_app.edges.simulate_run import fast_start_ms, run_simulation
-    from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
-
     if args.report:
-        from stream_app.quality import run_quality
+        from stream_app.tools.quality import run_quality
 
         events = int(args.rate * args.duration)
         return run_quality(["--events", str(events), "--seeds", str(args.seed), "--rate", str(args.rate)])
-    settings = _settings()
-    fraud = frozenset(FRAUD_SCENARIOS) if args.fraud == "all" else frozenset(filter(None, args.fraud.split(",")))
-    config = SimulationConfig(
-        seed=args.seed,
-        start_ms=fast_start_ms(args.duration),
-        duration_s=args.duration,
-        rate_per_s=args.rate,
-        creators=args.creators,
-        videos=args.videos,
-        fraud=fraud,
-        fraud_share=args.fraud_share,
-    )
-    report = asyncio.run(
-        run_simulation(
-            config,
-            bootstrap=settings.kafka_bootstrap,
-            topic_prefix=settings.topic_prefix,
-            mode="single" if args.single else "envelope",
-            labels_path=Path(args.labels) if args.labels else None,
-            realtime=args.realtime,
-            client_kwargs=client_kwargs(settings.env),
-        )
-    )
-    print(jsoncodec.dumps(report.as_dict()).decode())
-    return 0
+    from stream_app.tools.simulator.command import simulate
+
+    return simulate(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stream_app.demo import run_demo
+    from stream_app.tools.demo import run_demo
 
     return run_demo(duration_s=args.duration, rate=args.rate, seed=args.seed)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from stream_app.benchmark import run_bench
+    from stream_app.tools.benchmark import run_bench
 
     return run_bench(args.bench_args)
 
@@ -243,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # the benchmark parses its own options (argparse.REMAINDER drops leading "--events"-style options)
-        from stream_app.benchmark import run_bench
+        from stream_app.tools.benchmark import run_bench
 
         _quiet_client_logs()
         return run_bench(argv[1:])

@@ -1,5 +1,6 @@
-"""Prometheus metrics of SPEC §8: one RewardsMetrics object the worker calls, and the HTTP server that serves
-/metrics and the worker's probes (/livez, /readyz; edges/health.py).
+"""Prometheus metrics of SPEC §8: the metric names and closed label sets, one RewardsMetrics object the worker calls
+(its families declared once, as a table), and the HTTP server that serves /metrics and the worker's probes (/livez,
+/readyz; edges/health.py).
 
 Label values are closed sets (topics, outcomes, reason codes, partitions), never video/creator/viewer ids.
 """
@@ -130,114 +131,155 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
+@dataclass(frozen=True)
+class _Family:
+    """One metric family of RewardsMetrics: the attribute that holds it, its type, the name it is registered under
+    (prometheus_client appends _total to a counter's: "rewards_events" is exposed rewards_events_total), its help
+    text and label names."""
+
+    attribute: str
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    name: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+
+    def create(self, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+        if self.kind is Histogram:
+            return Histogram(self.name, self.documentation, self.labels, buckets=EVENT_LAG_BUCKETS, registry=registry)
+        return self.kind(self.name, self.documentation, self.labels, registry=registry)
+
+
+# Every family, in the order it is registered (and exposed): SPEC §8's, then the worker-health ones.
+_FAMILIES: Final[tuple[_Family, ...]] = (
+    _Family(
+        "_events",
+        Counter,
+        "rewards_events",
+        "Input events consumed, each counted once by its outcome (accepted, suspicious, late, invalid).",
+        ("topic", "outcome"),
+    ),
+    _Family(
+        "_pending_interactions",
+        Gauge,
+        "rewards_pending_interactions",
+        "Interactions waiting for their window to settle; their outcome is counted when it does.",
+    ),
+    _Family(
+        "_suspicious",
+        Counter,
+        "rewards_suspicious_events",
+        "Events with outcome suspicious, by the authenticity rule (reason code) that rejected them.",
+        ("reason",),
+    ),
+    _Family(
+        "_settled_micros",
+        Counter,
+        "rewards_settled_micros",
+        "Money fixed by window settlements, in micro-USD (divide by 1e6 for USD).",
+    ),
+    _Family(
+        "_clawback_micros",
+        Counter,
+        "rewards_clawback_micros",
+        "Money taken back from already-settled windows, in micro-USD (divide by 1e6 for USD).",
+    ),
+    _Family(
+        "_clawed_back",
+        Counter,
+        "rewards_clawed_back_events",
+        "Accepted views later rejected by an authenticity rule and removed from their window, by reason.",
+        ("reason",),
+    ),
+    _Family(
+        "_provisional_micros",
+        Gauge,
+        "rewards_provisional_micros",
+        "Provisional money (base micros) of open windows on this worker's partitions, in micro-USD.",
+    ),
+    _Family("_windows_settled", Counter, "rewards_windows_settled", "Per-video windows settled."),
+    _Family(
+        "_accruals_emitted", Counter, "rewards_accruals_emitted", "Accrual records sent to the reward-accruals topic."
+    ),
+    _Family(
+        "_event_lag",
+        Histogram,
+        "rewards_event_lag_seconds",
+        "Wall clock at processing minus the event's ts, in seconds (negative lag is counted as 0).",
+        ("topic",),
+    ),
+    _Family(
+        "_consumer_lag",
+        Gauge,
+        "rewards_consumer_lag_messages",
+        "Messages between the consumer position and the partition's high watermark.",
+        ("topic", "partition"),
+    ),
+    _Family(
+        "_eligible_creators",
+        Gauge,
+        "rewards_eligible_creators",
+        "Creators whose profile in effect now makes them eligible to earn.",
+    ),
+    _Family(
+        "_worker_ready",
+        Gauge,
+        "rewards_worker_ready",
+        "1 while the worker is ready (/readyz answers 200): partitions assigned, tables recovered, profiles read.",
+    ),
+    _Family(
+        "_readiness_changes", Counter, "rewards_readiness_changes", "Times the worker's readiness flipped, either way."
+    ),
+    _Family(
+        "_heartbeat_age",
+        Gauge,
+        "rewards_event_loop_heartbeat_age_seconds",
+        "Seconds since the event loop last stamped its heartbeat; /livez fails above LIVENESS_TIMEOUT_S.",
+    ),
+    _Family(
+        "_shutdown_seconds",
+        Gauge,
+        "rewards_shutdown_seconds",
+        "Seconds since this worker got its stop signal (SIGTERM/SIGINT); 0 while it runs.",
+    ),
+)
+
+
 class RewardsMetrics:
     """Every SPEC §8 metric, with methods named for what the worker did; cheap enough per event."""
+
+    # the families, built from _FAMILIES
+    _events: Counter
+    _pending_interactions: Gauge
+    _suspicious: Counter
+    _settled_micros: Counter
+    _clawback_micros: Counter
+    _clawed_back: Counter
+    _provisional_micros: Gauge
+    _windows_settled: Counter
+    _accruals_emitted: Counter
+    _event_lag: Histogram
+    _consumer_lag: Gauge
+    _eligible_creators: Gauge
+    _worker_ready: Gauge
+    _readiness_changes: Counter
+    _heartbeat_age: Gauge
+    _shutdown_seconds: Gauge
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # The *_created series are a second family per counter/histogram that no query here uses; they double
         # the series count. The switch is process-wide and read at scrape time, which suits a one-app process.
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else new_registry()
-        r = self.registry
-        # prometheus_client appends _total to counter names: "rewards_events" is exposed rewards_events_total.
-        self._events = Counter(
-            "rewards_events",
-            "Input events consumed, each counted once by its outcome (accepted, suspicious, late, invalid).",
-            ("topic", "outcome"),
-            registry=r,
-        )
-        self._pending_interactions = Gauge(
-            "rewards_pending_interactions",
-            "Interactions waiting for their window to settle; their outcome is counted when it does.",
-            registry=r,
-        )
-        self._suspicious = Counter(
-            "rewards_suspicious_events",
-            "Events with outcome suspicious, by the authenticity rule (reason code) that rejected them.",
-            ("reason",),
-            registry=r,
-        )
-        self._settled_micros = Counter(
-            "rewards_settled_micros",
-            "Money fixed by window settlements, in micro-USD (divide by 1e6 for USD).",
-            registry=r,
-        )
-        self._clawback_micros = Counter(
-            "rewards_clawback_micros",
-            "Money taken back from already-settled windows, in micro-USD (divide by 1e6 for USD).",
-            registry=r,
-        )
-        self._clawed_back = Counter(
-            "rewards_clawed_back_events",
-            "Accepted views later rejected by an authenticity rule and removed from their window, by reason.",
-            ("reason",),
-            registry=r,
-        )
-        self._provisional_micros = Gauge(
-            "rewards_provisional_micros",
-            "Provisional money (base micros) of open windows on this worker's partitions, in micro-USD.",
-            registry=r,
-        )
-        self._windows_settled = Counter(
-            "rewards_windows_settled",
-            "Per-video windows settled.",
-            registry=r,
-        )
-        self._accruals_emitted = Counter(
-            "rewards_accruals_emitted",
-            "Accrual records sent to the reward-accruals topic.",
-            registry=r,
-        )
-        self._event_lag = Histogram(
-            "rewards_event_lag_seconds",
-            "Wall clock at processing minus the event's ts, in seconds (negative lag is counted as 0).",
-            ("topic",),
-            buckets=EVENT_LAG_BUCKETS,
-            registry=r,
-        )
-        self._consumer_lag = Gauge(
-            "rewards_consumer_lag_messages",
-            "Messages between the consumer position and the partition's high watermark.",
-            ("topic", "partition"),
-            registry=r,
-        )
-        self._eligible_creators = Gauge(
-            "rewards_eligible_creators",
-            "Creators whose profile in effect now makes them eligible to earn.",
-            registry=r,
-        )
-        self._worker_ready = Gauge(
-            "rewards_worker_ready",
-            "1 while the worker is ready (/readyz answers 200): partitions assigned, tables recovered, profiles read.",
-            registry=r,
-        )
-        self._readiness_changes = Counter(
-            "rewards_readiness_changes",
-            "Times the worker's readiness flipped, either way.",
-            registry=r,
-        )
-        self._heartbeat_age = Gauge(
-            "rewards_event_loop_heartbeat_age_seconds",
-            "Seconds since the event loop last stamped its heartbeat; /livez fails above LIVENESS_TIMEOUT_S.",
-            registry=r,
-        )
-        self._shutdown_seconds = Gauge(
-            "rewards_shutdown_seconds",
-            "Seconds since this worker got its stop signal (SIGTERM/SIGINT); 0 while it runs.",
-            registry=r,
-        )
+        for family in _FAMILIES:
+            setattr(self, family.attribute, family.create(self.registry))
         # Labelled children are created once here, so every known series is exposed at 0 from the first
         # scrape (rate() and absent() need the series to exist) and the hot path is a dict lookup.
         self._events_by: dict[tuple[str, str], Counter] = {
             (t, o): self._events.labels(topic=t, outcome=o) for t in INPUT_TOPICS for o in OUTCOMES
         }
-        self._suspicious_by: dict[str, Counter] = {
-            reason: self._suspicious.labels(reason=reason) for reason in SUSPICIOUS_REASONS
-        }
-        self._clawed_back_by: dict[str, Counter] = {
-            reason: self._clawed_back.labels(reason=reason) for reason in SUSPICIOUS_REASONS
-        }
-        self._event_lag_by: dict[str, Histogram] = {t: self._event_lag.labels(topic=t) for t in INPUT_TOPICS}
+        self._suspicious_by = {reason: self._suspicious.labels(reason=reason) for reason in SUSPICIOUS_REASONS}
+        self._clawed_back_by = {reason: self._clawed_back.labels(reason=reason) for reason in SUSPICIOUS_REASONS}
+        self._event_lag_by = {t: self._event_lag.labels(topic=t) for t in INPUT_TOPICS}
         # bucket bounds in whole milliseconds (lags are integer ms), for observe_event_lags
         self._lag_bounds_ms = [round(b * 1000) for b in EVENT_LAG_BUCKETS]
         # Partitions are only known after assignment; children are cached as they appear.

@@ -37,8 +37,8 @@ from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.partitioner import partition_for
 from stream_app.edges.producer import EnvelopePlanner, encode_event
 from stream_app.edges.settings import load_settings
-from stream_app.edges.simulator import SimEvent, SimulationConfig, generate
 from stream_app.replay.device_rules import ReplayDeviceRules
+from stream_app.tools.simulator import SimEvent, SimulationConfig, generate
 from tests.integration.harness import RawRecord, TopicReader, latest_by_key
 
 PARTITIONS = 4

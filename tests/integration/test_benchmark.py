@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.benchmark import processed_events, replace_section, run_bench
-from stream_app.benchmark.common import processed_by_topic, progress_toward
-from stream_app.benchmark.hot import HotWorkload, crossing_time, thirds_of
-from stream_app.benchmark.profile import summarize_folded
-from stream_app.benchmark.soak import trend
+from stream_app.tools.benchmark import run_bench
+from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
+from stream_app.tools.benchmark.profile import summarize_folded
+from stream_app.tools.benchmark.soak import trend
+from stream_app.tools.harness import processed_by_topic, processed_events, progress_toward, replace_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

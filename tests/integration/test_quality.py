@@ -19,9 +19,10 @@ import pytest
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic
-from stream_app.edges.simulator import EXPECTED_REASONS, FRAUD_SCENARIOS, ORGANIC, SimEvent, generate
-from stream_app.edges.simulator import SimulationConfig as Config
-from stream_app.quality import SCENARIOS, positions_of, read_all, run_quality
+from stream_app.tools.harness import read_all
+from stream_app.tools.quality import SCENARIOS, positions_of, run_quality
+from stream_app.tools.simulator import EXPECTED_REASONS, FRAUD_SCENARIOS, ORGANIC, SimEvent, generate
+from stream_app.tools.simulator import SimulationConfig as Config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -142,7 +143,7 @@ def test_join_maps_a_duplicate_to_its_second_occurrence_and_raw_records_by_bytes
 
 
 def test_the_idle_signature_ignores_what_moves_with_time() -> None:
-    from stream_app.quality import _signature
+    from stream_app.tools.harness import scoring_signature
 
     scoring = {
         'rewards_events_total{outcome="accepted",topic="video-views"}': 5.0,
@@ -155,4 +156,4 @@ def test_the_idle_signature_ignores_what_moves_with_time() -> None:
         "rewards_shutdown_seconds": 0.0,
         "rewards_readiness_changes_total": 1.0,
     }
-    assert _signature({**scoring, **moving}) == tuple(sorted(scoring.items()))
+    assert scoring_signature({**scoring, **moving}) == tuple(sorted(scoring.items()))

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from stream_app.domain import jsoncodec
-from stream_app.edges.simulate_run import run_simulation
-from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
 from stream_app.replay import reading
 from stream_app.replay.report import FILES
+from stream_app.tools.simulator import FRAUD_SCENARIOS, SimulationConfig
+from stream_app.tools.simulator.publish import run_simulation
 from tests.integration.harness import (
     STREAM_APP,
     WorkerProcess,

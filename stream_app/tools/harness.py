@@ -1,5 +1,10 @@
-"""What every measurement of the benchmark shares: brokers, topics, worker subprocesses, /proc readings, the
-scorer's /metrics, and reading a topic's bytes back."""
+"""The one harness every tool runs the scorer with (the benchmark, the quality report, the demo): a fresh broker or
+the configured one, topics applied under a prefix, `stream-app worker` subprocesses and their logs, the scorer's
+/metrics read as progress, topics read back to their end, /proc readings of a process, the machine a run was on,
+and the Markdown section a run writes into a results file.
+
+What belongs to one tool only (the benchmark's measurements, the report's join to labels) stays in that tool.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,11 @@ import logging
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,48 +26,53 @@ from typing import Any
 from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 from stream_app.edges.localhost import free_port, scrape_metrics
+from stream_app.edges.metrics import HEALTH_METRIC_NAMES
 
-log = logging.getLogger("stream_app.benchmark")
-
-# The scorer is watched through its /metrics, which it renders on a thread of its own: scraping every 0.1 s took
-# about 5 % of its samples in a profile, every 0.25 s keeps that near 2 % (and the timing within 0.5 %).
-SCRAPE_INTERVAL_S = 0.25
-POLL_INTERVAL_S = 0.1
+# SIGTERM (SIGINT under py-spy), then SIGKILL after this long; a killed process gets KILL_WAIT_S to go.
 STOP_TIMEOUT_S = 30.0
-# How long a measurement may take before the run gives up: start-up plus this many events per second at worst.
-START_TIMEOUT_S = 120.0
-SLOWEST_EVENTS_PER_S = 200.0
+KILL_WAIT_S = 10.0
+READ_TIMEOUT_S = 300.0  # reading a topic back to its end
 _LOG_TAIL_CHARS = 3_000
 _ERROR_LINE_CHARS = 400
 INPUT_TOPICS = (InputTopic.PROFILES, InputTopic.VIEWS, InputTopic.INTERACTIONS)
+SCORER_COMMAND = (sys.executable, "-m", "stream_app.cli", "worker")
 
 
-class BenchError(StreamAppError):
-    """A measurement could not be completed (a worker died, or did not finish in time)."""
+class ToolError(StreamAppError):
+    """A tool's run could not be completed: a worker died or stalled, a topic could not be read, topics could not
+    be applied. Each tool's own error class derives from it."""
 
 
-@dataclass
-class Measurement:
-    """One consumer's run over a whole input."""
-
-    name: str
-    events: int
-    seconds: float  # first event processed -> last event processed
-    startup_s: float | None = None  # launch -> first event processed (start-up, group join, first fetch)
-    cpu_s: float | None = None  # CPU time of the consuming process over `seconds`
-    broker_cpu_s: float | None = None  # CPU time of the embedded broker over `seconds`
-    peak_rss_mib: float | None = None
-    failure: str | None = None  # why it did not process every event (its figures then cover what it did)
-    # (time.monotonic(), events processed) at each scrape, from the last one that saw none (the scorer only)
-    timeline: list[tuple[float, int]] = field(default_factory=list)
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else float("inf")
+def timeout_for(events: int, *, start_s: float, slowest_events_per_s: float) -> float:
+    """How long a run over `events` may take before it gives up: start-up plus the events at the slowest rate."""
+    return start_s + events / slowest_events_per_s
 
 
-def timeout_for(events: int) -> float:
-    return START_TIMEOUT_S + events / SLOWEST_EVENTS_PER_S
+def progress_log(logger: logging.Logger, label: str) -> logging.Logger:
+    """`logger` writing `HH:MM:SS label: message` lines to stderr (once), not through the root logger: a tool's
+    progress lines, while the Kafka clients' own INFO logs stay quiet."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {label}: %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Within the block SIGTERM ends the run as Ctrl-C does: the workers and the embedded broker are stopped on the
+    way out (their context managers run)."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---- brokers and topics ----------------------------------------------------------------------------------------
@@ -76,11 +85,16 @@ class Broker:
     pid: int | None  # the embedded broker's PID (its CPU time is read), None for an external one
 
 
+def configured_bootstrap(explicit: str | None) -> str:
+    """--bootstrap, else KAFKA_BOOTSTRAP, else '' (an embedded broker)."""
+    return (explicit or os.environ.get("KAFKA_BOOTSTRAP", "")).strip()
+
+
 @contextlib.contextmanager
 def fresh_broker(explicit: str | None) -> Iterator[Broker]:
     """--bootstrap, KAFKA_BOOTSTRAP, else a fresh embedded tansu for this block (it keeps every record in
-    memory: each heavy measurement gets its own)."""
-    configured = (explicit or os.environ.get("KAFKA_BOOTSTRAP", "")).strip()
+    memory: each heavy run gets its own)."""
+    configured = configured_bootstrap(explicit)
     if configured:
         yield Broker(configured, f"external ({configured})", None)
         return
@@ -92,8 +106,8 @@ def fresh_broker(explicit: str | None) -> Iterator[Broker]:
 
 def check_configured_broker(explicit: str | None) -> None:
     """Before minutes of measuring: a configured broker (--bootstrap, KAFKA_BOOTSTRAP) answers (BrokerError says
-    so in one line otherwise). The embedded brokers are started, and checked, per measurement."""
-    configured = (explicit or os.environ.get("KAFKA_BOOTSTRAP", "")).strip()
+    so in one line otherwise). Embedded brokers are started, and checked, per run."""
+    configured = configured_bootstrap(explicit)
     if not configured:
         return
     from stream_app.edges.kafka_client import check_broker
@@ -119,10 +133,11 @@ def tansu_version() -> str:
         return "tansu"
 
 
-def security_kwargs() -> Mapping[str, Any]:
+def security_kwargs(env: Mapping[str, str] | None = None) -> Mapping[str, Any]:
+    """The Kafka clients' security settings from `env` (default: this process's environment)."""
     from stream_app.edges.kafka_client import client_kwargs
 
-    return client_kwargs(os.environ)
+    return client_kwargs(os.environ if env is None else env)
 
 
 def apply_topics(bootstrap: str, prefix: str, app_ids: Sequence[str]) -> None:
@@ -135,7 +150,7 @@ def apply_topics(bootstrap: str, prefix: str, app_ids: Sequence[str]) -> None:
             plan = topics_admin.load_topic_plan(prefix=prefix, app_id=app_id)
             report = await topics_admin.apply(bootstrap, plan, client_kwargs=security_kwargs())
             if report.has_errors:
-                raise BenchError("topics apply failed:\n" + topics_admin.format_report(report))
+                raise ToolError("topics apply failed:\n" + topics_admin.format_report(report))
 
     asyncio.run(apply())
 
@@ -144,12 +159,8 @@ def input_topic_names(prefix: str) -> list[str]:
     return [prefix + topic.value for topic in INPUT_TOPICS]
 
 
-def changelog_topic_names(app_id: str, prefix: str = "") -> list[str]:
-    """The scorer's table changelogs (topics/topics.toml: `{app_id}-*-changelog`)."""
-    return [f"{prefix}{app_id}-video-state-changelog", f"{prefix}{app_id}-device-state-changelog"]
-
-
-async def _topic_partitions(consumer: Any, topic: str) -> list[Any]:
+async def topic_partitions(consumer: Any, topic: str) -> list[Any]:
+    """`topic`'s partitions as aiokafka TopicPartitions (metadata refreshed once if the client has none yet)."""
     from aiokafka import TopicPartition
 
     partitions = consumer.partitions_for_topic(topic)
@@ -159,9 +170,61 @@ async def _topic_partitions(consumer: Any, topic: str) -> list[Any]:
     return [TopicPartition(topic, p) for p in sorted(partitions or ())]
 
 
+async def each_record(
+    bootstrap: str, topics: Sequence[str], security: Mapping[str, Any], *, timeout_s: float = READ_TIMEOUT_S
+) -> AsyncIterator[Any]:
+    """Every record of `topics` up to their end offsets when reading starts, read without a group (offset order
+    within a partition). ToolError when a topic has no partitions or the end is not reached in `timeout_s`."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        **dict(security),
+    )
+    await consumer.start()
+    try:
+        tps = []
+        for topic in topics:
+            found = await topic_partitions(consumer, topic)
+            if not found:
+                raise ToolError(f"topic {topic} has no partitions")
+            tps += found
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        read, deadline = 0, time.monotonic() + timeout_s
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            for tp, messages in batches.items():
+                for message in messages:
+                    yield message
+                read += len(messages)
+                if messages and messages[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+            if remaining and time.monotonic() > deadline:
+                raise ToolError(f"reading {', '.join(topics)}: {read} records after {timeout_s:.0f} s, not at the end")
+    finally:
+        await consumer.stop()
+
+
+Record = tuple[int, int, bytes | None, bytes | None]  # partition, offset, key, value
+
+
+async def read_all(bootstrap: str, topic: str, security: Mapping[str, Any]) -> list[Record]:
+    """Every record of `topic` up to its end offsets now, in (partition, offset) order."""
+    records = [(m.partition, m.offset, m.key, m.value) async for m in each_record(bootstrap, [topic], security)]
+    records.sort(key=lambda r: (r[0], r[1]))
+    return records
+
+
 @dataclass
 class TopicBytes:
-    """What a topic holds: records, key + value bytes, and the bytes by offset bucket."""
+    """What topics hold: records, key + value bytes, and the bytes by offset bucket."""
 
     records: int = 0
     bytes: int = 0
@@ -171,126 +234,22 @@ class TopicBytes:
 def read_topic_bytes(
     bootstrap: str, topics: Sequence[str], buckets: Mapping[tuple[str, int], Sequence[int]] | None = None
 ) -> TopicBytes:
-    """Every record of `topics` read back (no group), key + value bytes summed; with `buckets` ((topic, partition)
-    -> sorted offsets), also summed by bucket: the number of those offsets at or below the record's offset."""
+    """Every record of `topics` read back, key + value bytes summed; with `buckets` ((topic, partition) -> sorted
+    offsets), also summed by bucket: the number of those offsets at or below the record's offset."""
     from bisect import bisect_right
 
-    from aiokafka import AIOKafkaConsumer
-
     async def read() -> TopicBytes:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_bytes=16 * 1024 * 1024,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            **dict(security_kwargs()),
-        )
-        await consumer.start()
         total = TopicBytes()
-        try:
-            tps = [tp for topic in topics for tp in await _topic_partitions(consumer, topic)]
-            if not tps:
-                return total
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            idle_polls = 0
-            while remaining and idle_polls < 30:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-                idle_polls = 0 if batches else idle_polls + 1
-                for tp, messages in batches.items():
-                    for m in messages:
-                        size = (len(m.key) if m.key else 0) + (len(m.value) if m.value else 0)
-                        total.records += 1
-                        total.bytes += size
-                        if buckets:
-                            bucket = bisect_right(buckets.get((m.topic, m.partition), ()), m.offset)
-                            total.by_bucket[bucket] = total.by_bucket.get(bucket, 0) + size
-                    if messages and messages[-1].offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
+        async for m in each_record(bootstrap, topics, security_kwargs()):
+            size = (len(m.key) if m.key else 0) + (len(m.value) if m.value else 0)
+            total.records += 1
+            total.bytes += size
+            if buckets:
+                bucket = bisect_right(buckets.get((m.topic, m.partition), ()), m.offset)
+                total.by_bucket[bucket] = total.by_bucket.get(bucket, 0) + size
         return total
 
     return asyncio.run(read())
-
-
-class EndOffsetSampler:
-    """The end offsets of some topics' partitions over time (a librdkafka client: one connection, no event loop)."""
-
-    def __init__(self, bootstrap: str, topics: Sequence[str], every_s: float = 1.0) -> None:
-        from confluent_kafka import Consumer
-
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets", "log_level": 3})
-        self.topics = list(topics)
-        self.every_s = every_s
-        self.partitions: list[tuple[str, int]] = []
-        self.samples: list[tuple[float, dict[tuple[str, int], int]]] = []
-        self._last = 0.0
-
-    def sample(self) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        try:
-            if not self.partitions:
-                metadata = self.consumer.list_topics(timeout=2)
-                self.partitions = [
-                    (topic, p)
-                    for topic in self.topics
-                    if topic in metadata.topics
-                    for p in metadata.topics[topic].partitions
-                ]
-            ends = {
-                tp: self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2, cached=False)[1]
-                for tp in self.partitions
-            }
-        except KafkaException:
-            return
-        self.samples.append((now, ends))
-
-    def offsets_at(self, moments: Sequence[float]) -> dict[tuple[str, int], list[int]]:
-        """(topic, partition) -> the end offset last sampled at or before each moment (time.monotonic())."""
-        edges: dict[tuple[str, int], list[int]] = {tp: [] for tp in self.partitions}
-        for moment in moments:
-            before = [ends for t, ends in self.samples if t <= moment] or [self.samples[0][1]] if self.samples else []
-            for tp in self.partitions:
-                edges[tp].append(before[-1].get(tp, 0) if before else 0)
-        return edges
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def committed_offsets_reach_end(bootstrap: str, group: str, topics: Sequence[str], timeout_s: float) -> bool:
-    """Wait until `group` has committed the end offset of every partition of `topics` (False after timeout_s)."""
-    from aiokafka import AIOKafkaConsumer
-
-    async def wait() -> bool:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **dict(security_kwargs())
-        )
-        await consumer.start()
-        try:
-            tps = [tp for topic in topics for tp in await _topic_partitions(consumer, topic)]
-            ends = await consumer.end_offsets(tps)
-            deadline = time.monotonic() + timeout_s
-            while True:
-                behind = [tp for tp in tps if ends[tp] > 0 and ((await consumer.committed(tp)) or 0) < ends[tp]]
-                if not behind:
-                    return True
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(0.5)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(wait())
 
 
 # ---- worker subprocesses ---------------------------------------------------------------------------------------
@@ -313,17 +272,14 @@ def worker_env(bootstrap: str, prefix: str, app_id: str, **extra: str) -> dict[s
     return env
 
 
-SCORER_COMMAND = (sys.executable, "-m", "stream_app.cli", "worker")
-
-
-def profiled(command: Sequence[str], output: Path, rate: int = 100) -> list[str]:
-    """`command` run under py-spy, which writes raw (folded) stacks to `output` when it gets SIGINT."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return [py_spy, "record", "--nonblocking", "-r", str(rate), "-f", "raw", "-o", str(output), "--", *command]
+def metrics_url(env: Mapping[str, str]) -> str:
+    """The /metrics of the worker run with `env` (worker_env serves it on loopback)."""
+    return f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
 
 
 class WorkerProcess:
-    """A worker subprocess run in `workdir` (where Faust puts its data directory), output to a log file there."""
+    """A worker subprocess run in `workdir` (where Faust puts its data directory), its output in `{name}.log`
+    there; leaving the block stops it (SIGTERM, SIGINT to py-spy, SIGKILL after STOP_TIMEOUT_S)."""
 
     def __init__(self, command: Sequence[str], env: dict[str, str], workdir: Path, name: str) -> None:
         self.command = list(command)
@@ -351,8 +307,7 @@ class WorkerProcess:
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+            self.kill()
 
     @property
     def under_py_spy(self) -> bool:
@@ -362,7 +317,7 @@ class WorkerProcess:
         """SIGKILL, as a crash: nothing is flushed or committed."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)
+            self.process.wait(KILL_WAIT_S)
 
     @property
     def pid(self) -> int:
@@ -384,28 +339,36 @@ class WorkerProcess:
     def check_alive(self) -> None:
         status = self.exited()
         if status is not None:
-            raise BenchError(f"{self.name} worker exited with status {status}\n{self.tail()}")
+            raise ToolError(f"{self.name} worker exited with status {status}: {self.tail()}")
+
+    def _log_lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def first_error(self) -> str:
         """The first ERROR or CRITICAL line of the worker's log (what made it stop, usually)."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "log unreadable"
-        for line in lines:
+        for line in self._log_lines():
             if " ERROR " in line or " CRITICAL " in line:
                 return line.strip()[:_ERROR_LINE_CHARS]
         return "none"
 
     def tail(self) -> str:
+        """What stopped the worker first (its first CRITICAL line and the last exception line of its log), then
+        the end of its log."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError as exc:
             return f"(log unreadable: {exc})"
-        return f"--- {self.name} log tail ---\n{text[-_LOG_TAIL_CHARS:]}"
+        lines = text.splitlines()
+        critical = next((line for line in lines if " CRITICAL " in line), None)
+        exception = next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)), None)
+        summary = " / ".join(line.strip() for line in (critical, exception) if line)
+        return (summary + "\n" if summary else "") + f"--- {self.name} log tail ---\n{text[-_LOG_TAIL_CHARS:]}"
 
 
-# ---- /proc -----------------------------------------------------------------------------------------------------
+# ---- /proc readings of a process -------------------------------------------------------------------------------
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -453,6 +416,9 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+# ---- the machine -----------------------------------------------------------------------------------------------
+
+
 def machine_info() -> dict[str, str]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -491,15 +457,25 @@ def version_of(distribution: str) -> str:
 
 _EVENTS_TOTAL = re.compile(r"^rewards_events_total(\{.*\})?$")
 _LAG = re.compile(r"^rewards_consumer_lag_messages(\{.*\})?$")
+_TOPIC_LABEL = re.compile(r'topic="([^"]+)"')
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float] | None:
+    """The samples at `url`, or None when its metrics server is not up yet (or gone)."""
+    try:
+        return scrape_metrics(url, timeout_s)
+    except OSError:
+        return None
+
+
+def outcomes(samples: Mapping[str, float]) -> int:
+    """Input events with an outcome: rewards_events_total summed over topics and outcomes."""
+    return int(sum(value for name, value in samples.items() if _EVENTS_TOTAL.match(name)))
 
 
 def processed_events(samples: Mapping[str, float]) -> int:
     """Events the scorer has processed: every outcome of rewards_events_total plus pending interactions."""
-    outcomes = sum(value for name, value in samples.items() if _EVENTS_TOTAL.match(name))
-    return int(outcomes + samples.get("rewards_pending_interactions", 0.0))
-
-
-_TOPIC_LABEL = re.compile(r'topic="([^"]+)"')
+    return outcomes(samples) + int(samples.get("rewards_pending_interactions", 0.0))
 
 
 def processed_by_topic(samples: Mapping[str, float]) -> dict[str, int]:
@@ -531,8 +507,43 @@ def consumer_lag(samples: Mapping[str, float]) -> int:
     return int(sum(value for name, value in samples.items() if _LAG.match(name)))
 
 
-def scrape(url: str) -> dict[str, float] | None:
-    try:
-        return scrape_metrics(url)
-    except OSError:
-        return None  # metrics server not up yet, or gone
+def scoring_signature(samples: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    """Every rewards_* sample that moves with scoring (not lag, which moves with time, nor the worker-health
+    metrics: a heartbeat's age moves every second). Unchanged for a while: the worker has gone quiet."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in samples.items()
+            if name.startswith("rewards_")
+            and "lag" not in (family := name.split("{", 1)[0])
+            and family not in HEALTH_METRIC_NAMES
+        )
+    )
+
+
+# ---- results files ---------------------------------------------------------------------------------------------
+
+RESULTS_TITLE = "# Benchmark results"
+
+
+def replace_section(text: str, section: str, heading: str | None = None) -> str:
+    """`text` with its `heading` section (default: the section's first line; up to the next `## ` heading)
+    replaced by `section`, or it appended."""
+    heading = heading if heading is not None else section.splitlines()[0].rstrip()
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    body = section.rstrip("\n") + "\n"
+    if start is None:
+        head = text.rstrip("\n")
+        return (head + "\n\n" if head else f"{RESULTS_TITLE}\n\n") + body
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    after = "".join(lines[end:])
+    return "".join(lines[:start]) + body + ("\n" + after if after else "")
+
+
+def write_section(path: Path, section: str) -> None:
+    """Write `section` (a `## ` heading and its body) into the Markdown file at `path`: it replaces the section of
+    that heading, the others are kept; a new file starts with RESULTS_TITLE."""
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(replace_section(existing, section), encoding="utf-8")

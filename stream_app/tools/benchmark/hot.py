@@ -29,19 +29,18 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark.common import (
+from stream_app.domain.events import InputTopic
+from stream_app.tools.benchmark.common import (
     BenchError,
     EndOffsetSampler,
     Measurement,
     changelog_topic_names,
     committed_offsets_reach_end,
-    input_topic_names,
     log,
-    read_topic_bytes,
     timeout_for,
 )
-from stream_app.benchmark.throughput import ScorerRun
-from stream_app.domain.events import InputTopic
+from stream_app.tools.benchmark.throughput import ScorerRun
+from stream_app.tools.harness import input_topic_names, read_topic_bytes
 
 SPAN_S = 6 * 3600
 VIDEOS = 2_000
@@ -114,18 +113,9 @@ class HotWorkload:
             if self.recent and rng.random() < INTERACTION_SHARE:
                 video, viewer = self.recent[rng.randrange(len(self.recent))]
                 stats.interactions += 1
-                yield (
-                    InputTopic.INTERACTIONS,
-                    {
-                        "event_id": f"{rng.getrandbits(128):032x}",
-                        "video_id": self.video_ids[video],
-                        "creator_id": self.creator_of(video),
-                        "viewer_id": f"hu-{viewer:010x}",
-                        "device_id": f"hd-{viewer:010x}",
-                        "ts": ts,
-                        "kind": _KINDS[rng.randrange(len(_KINDS))],
-                    },
-                )
+                interaction = self._event(video, viewer, ts)
+                interaction["kind"] = _KINDS[rng.randrange(len(_KINDS))]
+                yield InputTopic.INTERACTIONS, interaction
                 continue
             yield InputTopic.VIEWS, self._view(ts)
 
@@ -145,17 +135,22 @@ class HotWorkload:
         stats.pairs.add(video << 32 | viewer)
         self.recent.append((video, viewer))
         video_ms = self.video_ms[video]
+        view = self._event(video, viewer, ts)
+        view["watch_ms"] = rng.randrange(video_ms // 3, video_ms + 1)
+        view["video_ms"] = video_ms
+        view["source"] = "for_you" if rng.random() < 0.8 else "following"
+        view["region"] = _REGIONS[rng.randrange(len(_REGIONS))]
+        return view
+
+    def _event(self, video: int, viewer: int, ts: int) -> dict[str, Any]:
+        """The fields a view and an interaction share (the event id is the next draw)."""
         return {
-            "event_id": f"{rng.getrandbits(128):032x}",
+            "event_id": f"{self.rng.getrandbits(128):032x}",
             "video_id": self.video_ids[video],
             "creator_id": self.creator_of(video),
             "viewer_id": f"hu-{viewer:010x}",
             "device_id": f"hd-{viewer:010x}",
             "ts": ts,
-            "watch_ms": rng.randrange(video_ms // 3, video_ms + 1),
-            "video_ms": video_ms,
-            "source": "for_you" if rng.random() < 0.8 else "following",
-            "region": _REGIONS[rng.randrange(len(_REGIONS))],
         }
 
 

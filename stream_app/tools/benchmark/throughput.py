@@ -2,7 +2,7 @@
 another on the same pre-published input (the simulator's organic traffic, as envelopes or single records).
 
 - raw consumer ceiling: one aiokafka consumer (no group) reads every record and decodes it with orjson;
-- no-op Faust agent: a minimal Faust app (`python -m stream_app.benchmark noop-worker`) whose agents take batches
+- no-op Faust agent: a minimal Faust app (`python -m stream_app.tools.benchmark noop-worker`) whose agents take batches
   of 500 and only decode them, run as a worker subprocess; it reports progress in a file;
 - the scorer: `stream-app worker` as a subprocess, watched through its /metrics until every published event has
   an outcome or is a pending interaction (`ScorerRun`, also used by the flat-with-state and soak measurements).
@@ -27,23 +27,27 @@ from typing import Any
 
 import orjson
 
-from stream_app.benchmark.common import (
-    INPUT_TOPICS,
+from stream_app.domain.events import InputTopic
+from stream_app.tools.benchmark.common import (
     POLL_INTERVAL_S,
-    SCORER_COMMAND,
     SCRAPE_INTERVAL_S,
     BenchError,
     Measurement,
+    log,
+    profiled,
+)
+from stream_app.tools.harness import (
+    INPUT_TOPICS,
+    SCORER_COMMAND,
     WorkerProcess,
     cpu_seconds,
-    log,
+    metrics_url,
     peak_rss_mib,
-    profiled,
     progress_toward,
     scrape,
+    topic_partitions,
     worker_env,
 )
-from stream_app.domain.events import InputTopic
 
 DEFAULT_RATE = 500.0  # simulated events per second of event time: 200k events span 400 s of event time
 SEED = 1
@@ -72,8 +76,8 @@ class InputSize:
 
 def simulated_input(events: int, rate: float, now_ms: int | None = None) -> list[Any]:
     """The run's input: the simulator's profiles, then its first `events` organic view/interaction events."""
-    from stream_app.edges.simulate_run import fast_start_ms
-    from stream_app.edges.simulator import SimulationConfig, generate
+    from stream_app.tools.simulator import SimulationConfig, generate
+    from stream_app.tools.simulator.publish import fast_start_ms
 
     duration_s = max(1.0, math.ceil(events / rate * _DURATION_SLACK))
     config = SimulationConfig(
@@ -151,64 +155,47 @@ def measure_raw(
     broker_pid: int | None,
     timeout: float,
 ) -> Measurement:
-    """The raw-consumer ceiling, run inside the bench process."""
-    return asyncio.run(_measure_raw(bootstrap, topics, expected, security, broker_pid, timeout))
+    """The raw-consumer ceiling, run inside the bench process: its own fetch loop (what is measured), not the
+    harness's reader."""
+    from aiokafka import AIOKafkaConsumer
 
+    async def measure() -> Measurement:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(security)
+        )
+        await consumer.start()
+        try:
+            tps = [tp for topic in topics for tp in await topic_partitions(consumer, topic)]
+            if not tps:
+                raise BenchError(f"topics {', '.join(topics)} have no partitions")
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            events = 0
+            # Assigned and positioned: the clock starts with the first fetch, as the Faust workers' does after
+            # their partitions are assigned.
+            first, cpu0, broker0 = time.monotonic(), time.process_time(), cpu_seconds(broker_pid)
+            deadline = first + timeout
+            while remaining:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for tp, messages in batches.items():
+                    for message in messages:
+                        events += _event_count(message.value)
+                    if messages and messages[-1].offset + 1 >= ends[tp]:
+                        remaining.discard(tp)
+                if time.monotonic() > deadline:
+                    raise BenchError(f"raw consumer: read {events} of {expected} events in {timeout:.0f} s")
+            end = time.monotonic()
+            cpu = time.process_time() - cpu0
+            broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else None
+        finally:
+            await consumer.stop()
+        if events != expected:
+            raise BenchError(f"raw consumer read {events} events, {expected} were published")
+        return Measurement("raw consumer ceiling", events, end - first, cpu_s=cpu, broker_cpu_s=broker_cpu)
 
-async def _measure_raw(
-    bootstrap: str,
-    topics: list[str],
-    expected: int,
-    security: Mapping[str, Any],
-    broker_pid: int | None,
-    timeout: float,
-) -> Measurement:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(security))
-    await consumer.start()
-    try:
-        tps: list[TopicPartition] = []
-        for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                raise BenchError(f"topic {topic} has no partitions")
-            tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        events = 0
-        # Assigned and positioned: the clock starts with the first fetch, as the Faust workers' does after their
-        # partitions are assigned.
-        first, cpu0, broker0 = time.monotonic(), time.process_time(), cpu_seconds(broker_pid)
-        deadline = first + timeout
-        while remaining:
-            batches = await consumer.getmany(timeout_ms=1000)
-            for tp, messages in batches.items():
-                for message in messages:
-                    events += _event_count(message.value)
-                if messages and messages[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            if time.monotonic() > deadline:
-                raise BenchError(f"raw consumer: read {events} of {expected} events in {timeout:.0f} s")
-        end = time.monotonic()
-        cpu = time.process_time() - cpu0
-        broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else None
-    finally:
-        await consumer.stop()
-    if events != expected:
-        raise BenchError(f"raw consumer read {events} events, {expected} were published")
-    return Measurement(
-        "raw consumer ceiling",
-        events,
-        end - first,
-        cpu_s=cpu,
-        broker_cpu_s=broker_cpu,
-    )
+    return asyncio.run(measure())
 
 
 # ---- 2. no-op Faust agent --------------------------------------------------------------------------------------
@@ -220,7 +207,7 @@ def measure_noop(
     """The no-op Faust agent (its own consumer group) on the input under `prefix`."""
     progress_path = workdir / f"noop{label}-progress.json"
     env = worker_env(bootstrap, prefix, f"{prefix}noop{label}")
-    command = [sys.executable, "-m", "stream_app.benchmark", "noop-worker", str(progress_path), str(expected)]
+    command = [sys.executable, "-m", "stream_app.tools.benchmark", "noop-worker", str(progress_path), str(expected)]
     return measure_progress_worker(
         "no-op Faust agent", command, env, progress_path, expected, workdir, broker_pid, timeout, f"noop{label}"
     )
@@ -378,7 +365,7 @@ def build_noop_app(progress: Progress) -> Any:
 
 
 def noop_worker_main(argv: Sequence[str]) -> int:
-    """`python -m stream_app.benchmark noop-worker PROGRESS_FILE EXPECTED_EVENTS` (settings from the env)."""
+    """`python -m stream_app.tools.benchmark noop-worker PROGRESS_FILE EXPECTED_EVENTS` (settings from the env)."""
     import faust
 
     path, expected = Path(argv[0]), int(argv[1])
@@ -417,7 +404,7 @@ class ScorerRun:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.env = worker_env(bootstrap, prefix, app_id, **dict(env or {}))
-        self.url = f"http://127.0.0.1:{self.env['METRICS_PORT']}/metrics"
+        self.url = metrics_url(self.env)
         command = profiled(SCORER_COMMAND, profile) if profile else list(SCORER_COMMAND)
         self.worker = WorkerProcess(command, self.env, workdir, log_name)
         self.broker_pid = broker_pid
@@ -449,57 +436,66 @@ class ScorerRun:
     ) -> Measurement:
         """Scrape until every topic's expected events are processed; if the worker dies or stalls, what it did
         until then, with the reason in `failure`."""
-        worker, broker_pid = self.worker, self.broker_pid
-        expected = sum(expected_by_topic.values())
         deadline = time.monotonic() + timeout
         # The last moment the worker was seen with nothing processed: the measurement starts there.
-        zero_at, zero_cpu, zero_broker = worker.launched, 0.0, cpu_seconds(broker_pid)
+        zero = _Moment(self.worker.launched, 0.0, cpu_seconds(self.broker_pid))
         # The last moment its count changed (the end, when it finishes or stops making progress).
-        end, end_cpu, end_broker = zero_at, zero_cpu, zero_broker
+        end = zero
         processed = 0
         peak: float | None = None
         timeline: list[tuple[float, int]] = []
-        failure: str | None = None
         while True:
-            before = time.monotonic()
             pid = self.pid
-            cpu, broker_cpu = cpu_seconds(pid), cpu_seconds(broker_pid)
+            now = self._moment(time.monotonic(), pid)
             peak = peak_rss_mib(pid) or peak
             samples = self.samples()
             if on_scrape is not None:
                 on_scrape()
             now_processed, done = (processed, False) if samples is None else progress_toward(samples, expected_by_topic)
             if now_processed == 0:
-                zero_at, zero_cpu, zero_broker = before, cpu, broker_cpu
-                timeline = [(before, 0)]
+                zero, timeline = now, [(now.at, 0)]
             elif now_processed != processed:
                 timeline.append((time.monotonic(), now_processed))
             if now_processed != processed:
-                processed = now_processed
-                end, end_cpu, end_broker = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker_pid)
-            if done:
-                break
-            if worker.exited() is not None:
-                failure = f"worker exited with status {worker.exited()}: {worker.first_error()}"
-                break
-            if time.monotonic() > deadline:
-                failure = f"not finished after {timeout:.0f} s (last error in its log: {worker.first_error()})"
+                processed, end = now_processed, self._moment(time.monotonic(), pid)
+            failure = None if done else self._stopped(deadline, timeout)
+            if done or failure is not None:
                 break
             time.sleep(SCRAPE_INTERVAL_S)
         if failure is not None:
-            failure += f"; processed {processed:,} of {expected:,} events"
-            log.warning("%s: %s (worker log: %s)", name, failure, worker.log_path)
+            failure += f"; processed {processed:,} of {sum(expected_by_topic.values()):,} events"
+            log.warning("%s: %s (worker log: %s)", name, failure, self.worker.log_path)
         return Measurement(
             name,
             processed,
-            end - zero_at,
-            startup_s=zero_at - worker.launched,
-            cpu_s=end_cpu - zero_cpu,
-            broker_cpu_s=end_broker - zero_broker if broker_pid else None,
+            end.at - zero.at,
+            startup_s=zero.at - self.worker.launched,
+            cpu_s=end.cpu - zero.cpu,
+            broker_cpu_s=end.broker_cpu - zero.broker_cpu if self.broker_pid else None,
             peak_rss_mib=peak_rss_mib(self.pid) or peak,
             failure=failure,
             timeline=timeline,
         )
+
+    def _moment(self, at: float, pid: int | None) -> _Moment:
+        return _Moment(at, cpu_seconds(pid), cpu_seconds(self.broker_pid))
+
+    def _stopped(self, deadline: float, timeout: float) -> str | None:
+        """Why the worker will not finish (it exited, or time is up), or None."""
+        if self.worker.exited() is not None:
+            return f"worker exited with status {self.worker.exited()}: {self.worker.first_error()}"
+        if time.monotonic() > deadline:
+            return f"not finished after {timeout:.0f} s (last error in its log: {self.worker.first_error()})"
+        return None
+
+
+@dataclass(frozen=True)
+class _Moment:
+    """A moment of a scorer run (time.monotonic()) and the CPU seconds of the worker and of the broker by then."""
+
+    at: float
+    cpu: float
+    broker_cpu: float
 
 
 def measure_scorer(

@@ -4,16 +4,14 @@ each measurement's figures."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from stream_app.benchmark.common import Measurement
-from stream_app.benchmark.hot import HotResult, StoreRun
-from stream_app.benchmark.profile import ProfileSummary, format_profile
-from stream_app.benchmark.soak import DRAIN_S, SoakResult
-from stream_app.benchmark.throughput import SEED, InputSize
+from stream_app.tools.benchmark.common import Measurement
+from stream_app.tools.benchmark.hot import HotResult, StoreRun
+from stream_app.tools.benchmark.profile import ProfileSummary, format_profile
+from stream_app.tools.benchmark.soak import DRAIN_S, SoakResult, Trend
+from stream_app.tools.benchmark.throughput import SEED, InputSize
 
 SECTION_HEADING = "## Throughput"
-RESULTS_TITLE = "# Benchmark results"
 
 # Issue 9's targets, and the sizes at which they are defined.
 QUIX_FACTOR = 3.0
@@ -140,13 +138,16 @@ def _fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}x"
 
 
+def _reduced(*sizes: tuple[bool, str]) -> str:
+    """The sizes a run fell short of issue 9's at ((short, what it ran), ...), for "at reduced size: ..."."""
+    return ", ".join(ran for short, ran in sizes if short)
+
+
 def _hot_reduced(hot: HotResult) -> str:
-    parts = []
-    if hot.events < HOT_EVENTS:
-        parts.append(f"{hot.events:,} events")
-    if hot.stats.viewers <= HOT_VIEWERS:
-        parts.append(f"{hot.stats.viewers:,} viewers")
-    return ", ".join(parts)
+    return _reduced(
+        (hot.events < HOT_EVENTS, f"{hot.events:,} events"),
+        (hot.stats.viewers <= HOT_VIEWERS, f"{hot.stats.viewers:,} viewers"),
+    )
 
 
 def _run(hot: HotResult | None, store: str) -> StoreRun | None:
@@ -155,15 +156,17 @@ def _run(hot: HotResult | None, store: str) -> StoreRun | None:
 
 def _hot_targets(hot: HotResult | None) -> list[Target]:
     memory, rocks = _run(hot, "memory://"), _run(hot, "rocksdb://")
-    reduced = _hot_reduced(hot) if hot else ""
+    return _flat_targets(memory, rocks, _hot_reduced(hot) if hot else "") + _memory_targets(hot, memory, rocks)
+
+
+def _flat_targets(memory: StoreRun | None, rocks: StoreRun | None, reduced: str) -> list[Target]:
+    """Target 3: the rate stays flat as state grows (either store), and so does the state a batch writes."""
     flat = memory.thirds.ratio if memory and memory.thirds and not memory.measurement.failure else None
     rocks_flat = rocks.thirds.ratio if rocks and rocks.thirds and not rocks.measurement.failure else None
     state_ratio = None
     if memory and memory.state_bytes_by_third and memory.state_bytes_by_third[0]:
         state_ratio = memory.state_bytes_by_third[2] / memory.state_bytes_by_third[0]
-    remembered = hot.remembered_viewers if hot else 0
-    restart_reduced = f"{remembered:,} remembered viewers" if hot and remembered < RESTART_VIEWERS else ""
-    rows = [
+    return [
         Target(
             "3. flat with state (memory://)",
             f"rate over the last third ≥ {FLAT_RATIO:g}x the first third",
@@ -182,32 +185,36 @@ def _hot_targets(hot: HotResult | None) -> list[Target]:
             _fmt_ratio(state_ratio),
             _ratio_status(state_ratio, STATE_BYTES_RATIO, at_least=False, reduced=reduced),
         ),
+    ]
+
+
+def _memory_targets(hot: HotResult | None, memory: StoreRun | None, rocks: StoreRun | None) -> list[Target]:
+    """Target 4: peak RSS of each store, and each store's restart with the remembered viewers."""
+    remembered = hot.remembered_viewers if hot else 0
+    reduced = f"{remembered:,} remembered viewers" if hot and remembered < RESTART_VIEWERS else ""
+    rocks_rss = rocks.measurement.peak_rss_mib if rocks else None
+    rows = [
         Target(
             "4. RSS, memory://",
             "reported",
             _mib(memory.measurement.peak_rss_mib if memory else None) + " peak",
             "reported" if memory else "not run",
         ),
-    ]
-    rocks_rss = rocks.measurement.peak_rss_mib if rocks else None
-    rows.append(
         Target(
             "4. RSS, rocksdb://",
             f"peak RSS < {ROCKSDB_RSS_MIB:,.0f} MiB",
             _mib(rocks_rss) + " peak",
-            _ratio_status(rocks_rss, ROCKSDB_RSS_MIB, at_least=False, reduced=restart_reduced),
-        )
-    )
-    for run in (memory, rocks):
-        if run is None:
-            continue
+            _ratio_status(rocks_rss, ROCKSDB_RSS_MIB, at_least=False, reduced=reduced),
+        ),
+    ]
+    for run in (r for r in (memory, rocks) if r is not None):
         value = run.restart_s
         rows.append(
             Target(
                 f"4. restart, {run.store}",
                 f"scoring again ≤ {RESTART_S:g} s with {RESTART_VIEWERS:,} remembered viewers",
                 "failed" if value is None else f"{value:.1f} s with {remembered:,} remembered viewers",
-                _ratio_status(value, RESTART_S, at_least=False, reduced=restart_reduced)
+                _ratio_status(value, RESTART_S, at_least=False, reduced=reduced)
                 if value is not None
                 else f"**missed**: {run.restart_failure or run.measurement.failure}",
             )
@@ -220,12 +227,10 @@ def _mib(value: float | None) -> str:
 
 
 def _soak_reduced(soak: SoakResult) -> str:
-    parts = []
-    if soak.seconds < SOAK_S:
-        parts.append(f"{soak.seconds:g} s")
-    if soak.target_rate < SOAK_RATE:
-        parts.append(f"{soak.target_rate:,.0f} ev/s")
-    return ", ".join(parts)
+    return _reduced(
+        (soak.seconds < SOAK_S, f"{soak.seconds:g} s"),
+        (soak.target_rate < SOAK_RATE, f"{soak.target_rate:,.0f} ev/s"),
+    )
 
 
 def _soak_targets(soak: SoakResult | None) -> list[Target]:
@@ -239,56 +244,63 @@ def _soak_targets(soak: SoakResult | None) -> list[Target]:
         ]
     reduced = _soak_reduced(soak)
     suffix = f" (at reduced size: {reduced})" if reduced else ""
-    rows = [
-        Target(
-            "5. soak: offered vs achieved",
-            f"{soak.target_rate:,.0f} ev/s for {soak.seconds:g} s",
-            f"offered {soak.offered_rate:,.0f} ev/s, scorer {soak.achieved_rate:,.0f} ev/s",
-            ("offered as asked" if soak.offered_rate >= 0.98 * soak.target_rate else "**offered rate short**")
-            + (
-                "; scorer kept up"
-                if soak.achieved_rate >= 0.98 * soak.offered_rate
-                else f"; **scorer behind**: {soak.achieved_rate / max(soak.offered_rate, 1):.0%} of the offered rate"
-            )
-            + suffix,
-        )
-    ]
-    one_second = max(1.0, soak.records_per_s)
+    rows = [_soak_rate_target(soak, suffix)]
     if soak.lag is not None:
-        grew = soak.lag.growth
-        rows.append(
-            Target(
-                "5. soak: lag",
-                f"no growth over the last {soak.stretch_s / 60:g} min (< 1 s of input records)",
-                f"{soak.lag.start:,.0f} → {soak.lag.end:,.0f} records, trend {grew:+,.0f} ({grew / one_second:+.1f} s)",
-                ("met" if grew < one_second else f"**missed**: grew by {grew / one_second:,.1f} s of input") + suffix,
-            )
-        )
+        rows.append(_soak_lag_target(soak, soak.lag, suffix))
     if soak.rss is not None:
-        growth = soak.rss.growth
-        bound = RSS_FLAT_FRACTION * max(soak.rss.start, 1.0)
-        rows.append(
-            Target(
-                "5. soak: RSS",
-                f"flat over the last {soak.stretch_s / 60:g} min (grows < {RSS_FLAT_FRACTION:.0%})",
-                f"{soak.rss.start:,.0f} → {soak.rss.end:,.0f} MiB, trend {growth:+,.0f} MiB",
-                ("met" if growth < bound else f"**missed**: +{growth / max(soak.rss.start, 1):.0%}") + suffix,
-            )
+        rows.append(_soak_rss_target(soak, soak.rss, suffix))
+    return [*rows, _amplification_target(soak, reduced)]
+
+
+def _soak_rate_target(soak: SoakResult, suffix: str) -> Target:
+    return Target(
+        "5. soak: offered vs achieved",
+        f"{soak.target_rate:,.0f} ev/s for {soak.seconds:g} s",
+        f"offered {soak.offered_rate:,.0f} ev/s, scorer {soak.achieved_rate:,.0f} ev/s",
+        ("offered as asked" if soak.offered_rate >= 0.98 * soak.target_rate else "**offered rate short**")
+        + (
+            "; scorer kept up"
+            if soak.achieved_rate >= 0.98 * soak.offered_rate
+            else f"; **scorer behind**: {soak.achieved_rate / max(soak.offered_rate, 1):.0%} of the offered rate"
         )
+        + suffix,
+    )
+
+
+def _soak_lag_target(soak: SoakResult, lag: Trend, suffix: str) -> Target:
+    one_second = max(1.0, soak.records_per_s)
+    grew = lag.growth
+    return Target(
+        "5. soak: lag",
+        f"no growth over the last {soak.stretch_s / 60:g} min (< 1 s of input records)",
+        f"{lag.start:,.0f} → {lag.end:,.0f} records, trend {grew:+,.0f} ({grew / one_second:+.1f} s)",
+        ("met" if grew < one_second else f"**missed**: grew by {grew / one_second:,.1f} s of input") + suffix,
+    )
+
+
+def _soak_rss_target(soak: SoakResult, rss: Trend, suffix: str) -> Target:
+    growth = rss.growth
+    bound = RSS_FLAT_FRACTION * max(rss.start, 1.0)
+    return Target(
+        "5. soak: RSS",
+        f"flat over the last {soak.stretch_s / 60:g} min (grows < {RSS_FLAT_FRACTION:.0%})",
+        f"{rss.start:,.0f} → {rss.end:,.0f} MiB, trend {growth:+,.0f} MiB",
+        ("met" if growth < bound else f"**missed**: +{growth / max(rss.start, 1):.0%}") + suffix,
+    )
+
+
+def _amplification_target(soak: SoakResult, reduced: str) -> Target:
     amp = soak.amplification
     measured = _fmt_ratio(amp)
     if amp is not None and soak.processed_share < 1.0:
         everything = soak.changelog_bytes / soak.input_bytes
         measured += f" of the {soak.processed_share:.0%} of the input processed ({everything:.3f}x of all of it)"
-    rows.append(
-        Target(
-            "5. soak: write amplification",
-            f"changelog bytes ≤ {AMPLIFICATION:g}x input bytes",
-            measured,
-            _ratio_status(amp, AMPLIFICATION, at_least=False, reduced=reduced),
-        )
+    return Target(
+        "5. soak: write amplification",
+        f"changelog bytes ≤ {AMPLIFICATION:g}x input bytes",
+        measured,
+        _ratio_status(amp, AMPLIFICATION, at_least=False, reduced=reduced),
     )
-    return rows
 
 
 # ---- the section -----------------------------------------------------------------------------------------------
@@ -455,25 +467,6 @@ def _soak_lines(soak: SoakResult, broker: str) -> list[str]:
         )
         previous = sample
     return lines
-
-
-def replace_section(text: str, section: str, heading: str = SECTION_HEADING) -> str:
-    """`text` with its `heading` section (up to the next `## ` heading) replaced by `section`, or it appended."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    body = section.rstrip("\n") + "\n"
-    if start is None:
-        head = text.rstrip("\n")
-        return (head + "\n\n" if head else f"{RESULTS_TITLE}\n\n") + body
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    after = "".join(lines[end:])
-    return "".join(lines[:start]) + body + ("\n" + after if after else "")
-
-
-def write_section(path: Path, section: str) -> None:
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(replace_section(existing, section), encoding="utf-8")
 
 
 def format_summary(run: BenchRun) -> str:

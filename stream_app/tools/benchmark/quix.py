@@ -1,6 +1,6 @@
 """The Quix Streams peer of the throughput benchmark (issue 9, target 1): a tumbling-window count per video.
 
-A Quix Streams application (`python -m stream_app.benchmark quix-worker PROGRESS EXPECTED`, settings from the
+A Quix Streams application (`python -m stream_app.tools.benchmark quix-worker PROGRESS EXPECTED`, settings from the
 environment as the workers take them) reads the same events published as single records keyed by video_id: on
 video-views and video-interactions a tumbling window of WINDOW_S (event time from `ts`, GRACE_S of grace) counts
 events per video and sends each closed window's count to an output topic; creator-profiles are only decoded. Its
@@ -17,9 +17,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark.common import worker_env
-from stream_app.benchmark.throughput import Progress, measure_progress_worker
 from stream_app.domain.events import InputTopic
+from stream_app.tools.benchmark.throughput import Progress, measure_progress_worker
+from stream_app.tools.harness import worker_env
 
 QUIX_NAME = "Quix Streams tumbling-window count"
 OUTPUT_TOPIC = "quix-window-counts"
@@ -48,7 +48,8 @@ def measure_quix(
 
     progress_path = workdir / "quix-progress.json"
     env = worker_env(bootstrap, prefix, f"{prefix}quix", WINDOW_S=str(window_s), GRACE_S=str(grace_s))
-    command = [sys.executable, "-m", "stream_app.benchmark", "quix-worker", str(progress_path), str(expected_records)]
+    command = [sys.executable, "-m", "stream_app.tools.benchmark", "quix-worker", str(progress_path)]
+    command.append(str(expected_records))
     return measure_progress_worker(
         QUIX_NAME, command, env, progress_path, expected_records, workdir, broker_pid, timeout, "quix"
     )
@@ -112,7 +113,7 @@ def build_quix_app(progress: Progress, env: dict[str, str], state_dir: Path) -> 
 
 
 def quix_worker_main(argv: Sequence[str]) -> int:
-    """`python -m stream_app.benchmark quix-worker PROGRESS_FILE EXPECTED_RECORDS` (settings from the env)."""
+    """`python -m stream_app.tools.benchmark quix-worker PROGRESS_FILE EXPECTED_RECORDS` (settings from the env)."""
     path, expected = Path(argv[0]), int(argv[1])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_quix_app(Progress(path, expected), dict(os.environ), Path.cwd() / "quix-state")

@@ -27,19 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchmark.common import (
-    BenchError,
-    changelog_topic_names,
+from stream_app.tools.benchmark.common import BenchError, changelog_topic_names, log
+from stream_app.tools.benchmark.throughput import ScorerRun
+from stream_app.tools.harness import (
     consumer_lag,
     cpu_seconds,
     input_topic_names,
-    log,
     peak_rss_mib,
     processed_events,
     read_topic_bytes,
     rss_mib,
 )
-from stream_app.benchmark.throughput import ScorerRun
 
 SAMPLE_S = 5.0
 WINDOW_S = 60

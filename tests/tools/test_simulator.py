@@ -16,11 +16,9 @@ from stream_app.domain import jsoncodec
 from stream_app.domain.errors import ConfigError
 from stream_app.domain.events import InputTopic
 from stream_app.domain.validation import InvalidEvent, ValidEvent, decode_record
-from stream_app.edges import simulate_run
 from stream_app.edges.partitioner import KEY_FIELD, partition_for
 from stream_app.edges.producer import SendReport
-from stream_app.edges.simulate_run import SimulationReport, fast_start_ms, run_simulation
-from stream_app.edges.simulator import (
+from stream_app.tools.simulator import (
     EXPECTED_REASONS,
     FRAUD_SCENARIOS,
     SimEvent,
@@ -28,8 +26,10 @@ from stream_app.edges.simulator import (
     generate,
     instance_counts,
     label_record,
+    publish,
     write_labels,
 )
+from stream_app.tools.simulator.publish import SimulationReport, fast_start_ms, run_simulation
 
 START = 1_700_000_000_000
 SCHEMA_FIELDS = {
@@ -607,7 +607,7 @@ async def test_realtime_run_stamps_events_with_the_wall_clock_and_paces_them() -
     assert report.elapsed_s >= 0.4  # the last events are due ~0.6 s after the start
     ts = [item["ts"] for kind, _, batch in FakeProducer.instances[-1].calls if kind == "send" for item in batch]
     # events due within the next pacing tick are sent early, stamped with their due time
-    assert before <= min(ts) and max(ts) <= after + simulate_run._TICK_MS
+    assert before <= min(ts) and max(ts) <= after + publish._TICK_MS
 
 
 async def test_setting_stop_ends_the_run_early() -> None:

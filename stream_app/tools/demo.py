@@ -1,4 +1,5 @@
-"""`stream-app demo`: a local broker, the worker and simulated traffic, with accruals and metrics shown live.
+"""`stream-app demo`: a local broker, the worker and simulated traffic, with accruals and metrics shown live (the
+live screen, the demo's worker in a session of its own and its stop on Ctrl-C).
 
 Uses the embedded tansu broker unless KAFKA_BOOTSTRAP is set, a fresh TOPIC_PREFIX per run, and short windows
 (WINDOW_S=20, GRACE_S=5, IDLE_SETTLE_S=5) so settlements show up within a minute.
@@ -16,13 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import BrokerError
 from stream_app.edges.broker import broker_from_env_or_embedded
 from stream_app.edges.children import detached_child
-from stream_app.edges.localhost import free_port, scrape_metrics
+from stream_app.edges.localhost import free_port
+from stream_app.tools.harness import scrape, security_kwargs, topic_partitions
 
 DEMO_POLICY = {"WINDOW_S": "20", "GRACE_S": "5", "IDLE_SETTLE_S": "5", "EMIT_INTERVAL_S": "1"}
 REFRESH_S = 2.0
@@ -33,10 +35,7 @@ def _usd(micros: int) -> str:
 
 
 def _scrape(port: int) -> dict[str, float]:
-    try:
-        samples = scrape_metrics(f"http://127.0.0.1:{port}/metrics", timeout_s=2)
-    except OSError:
-        return {}
+    samples = scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=2) or {}
     return {name: value for name, value in samples.items() if name.startswith("rewards_") and "_bucket" not in name}
 
 
@@ -81,16 +80,16 @@ def render(accruals: dict[str, dict[str, Any]], metrics: dict[str, float], elaps
 
 
 async def _watch(bootstrap: str, topic: str, metrics_port: int, stop: asyncio.Event, started: float) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **dict(security_kwargs())
+    )
     await consumer.start()
     accruals: dict[str, dict[str, Any]] = {}
     try:
-        tps: list[TopicPartition] = []
+        tps: list[Any] = []
         while not tps and not stop.is_set():
-            partitions = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            tps = await topic_partitions(consumer, topic)  # the worker may not have created it yet
             if not tps:
-                await consumer._client.force_metadata_update()
                 await asyncio.sleep(0.5)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -112,8 +111,8 @@ async def _watch(bootstrap: str, topic: str, metrics_port: int, stop: asyncio.Ev
 
 
 async def _run(bootstrap: str, env: dict[str, str], duration_s: float, rate: float, seed: int) -> None:
-    from stream_app.edges.simulate_run import run_simulation
-    from stream_app.edges.simulator import FRAUD_SCENARIOS, SimulationConfig
+    from stream_app.tools.simulator import FRAUD_SCENARIOS, SimulationConfig
+    from stream_app.tools.simulator.publish import run_simulation
 
     stop = asyncio.Event()
     started = time.monotonic()
@@ -130,7 +129,14 @@ async def _run(bootstrap: str, env: dict[str, str], duration_s: float, rate: flo
         _watch(bootstrap, env["TOPIC_PREFIX"] + "reward-accruals", int(env["METRICS_PORT"]), stop, started)
     )
     try:
-        await run_simulation(config, bootstrap=bootstrap, topic_prefix=env["TOPIC_PREFIX"], realtime=True, stop=stop)
+        await run_simulation(
+            config,
+            bootstrap=bootstrap,
+            topic_prefix=env["TOPIC_PREFIX"],
+            realtime=True,
+            stop=stop,
+            client_kwargs=security_kwargs(env),
+        )
         # let the last windows settle by idleness before stopping
         await asyncio.sleep(float(DEMO_POLICY["IDLE_SETTLE_S"]) + float(DEMO_POLICY["GRACE_S"]) + 5)
     finally:

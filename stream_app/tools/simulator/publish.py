@@ -20,7 +20,8 @@ from typing import IO, Any, Protocol
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic
 from stream_app.edges.producer import RewardsProducer, SendMode, SendReport
-from stream_app.edges.simulator import SimEvent, SimulationConfig, generate, label_record
+from stream_app.tools.simulator.generate import generate
+from stream_app.tools.simulator.scenarios import SimEvent, SimulationConfig, label_record
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +163,14 @@ async def run_simulation(
     stop: asyncio.Event | None = None,
     on_progress: Callable[[SimulationReport], None] | None = None,
     producer_factory: ProducerFactory = RewardsProducer,
+    events: Iterable[SimEvent] | None = None,
 ) -> SimulationReport:
     """Generate `config`'s traffic and publish it; returns what was sent. Labels go to `labels_path` (JSON lines).
 
     Realtime: the run starts now (event ts = wall clock) and each event is sent when its time comes. Otherwise
     event time starts at `config.start_ms` and events go out as fast as the broker acknowledges them. Setting
-    `stop` ends the run early (after sending what was generated so far).
+    `stop` ends the run early (after sending what was generated so far). `events`, when given, are published
+    instead of `generate(config)` (a part of the generated stream: the quality report's baseline run).
     """
     if realtime:
         config = dataclasses.replace(config, start_ms=_now_ms())
@@ -185,7 +188,8 @@ async def run_simulation(
             bootstrap, topic_prefix=topic_prefix, mode=mode, client_kwargs=client_kwargs
         ) as producer:
             batches = _Batches(producer, report, batch_events)
-            await _publish(generate(config), batches, report, labels, realtime, stop, on_progress)
+            stream = generate(config) if events is None else events
+            await _publish(stream, batches, report, labels, realtime, stop, on_progress)
             await batches.flush()
     finally:
         if labels is not None:

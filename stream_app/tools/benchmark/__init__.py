@@ -5,19 +5,12 @@ hot-video workload; a realtime soak with write amplification; and where the scor
 
 Modules: `run` (the command and the order of the measurements), `throughput` (raw, no-op, scorer), `quix` (the
 Quix Streams peer), `hot` (the hot-video workload, flat with state, restart), `soak` (realtime soak), `profile`
-(py-spy summary), `report` (targets and the Markdown section), `common` (brokers, subprocesses, /proc, /metrics).
+(py-spy summary), `report` (targets and the Markdown section), `common` (a measurement's figures, time limits,
+changelog offsets, py-spy). Brokers, worker subprocesses, /metrics, /proc and the results file are the tools'
+shared harness (stream_app/tools/harness.py).
 """
 
-from stream_app.benchmark.common import BenchError, machine_info, processed_events, worker_env
-from stream_app.benchmark.report import replace_section, write_section
-from stream_app.benchmark.run import run_bench
+from stream_app.tools.benchmark.common import BenchError
+from stream_app.tools.benchmark.run import run_bench
 
-__all__ = [
-    "BenchError",
-    "machine_info",
-    "processed_events",
-    "replace_section",
-    "run_bench",
-    "worker_env",
-    "write_section",
-]
+__all__ = ["BenchError", "run_bench"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import shlex
 import shutil
 import sys
@@ -13,21 +12,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from stream_app.benchmark import report
-from stream_app.benchmark.common import (
-    BenchError,
-    apply_topics,
-    check_configured_broker,
-    fresh_broker,
-    input_topic_names,
-    load_average,
-    log,
-    machine_info,
-    security_kwargs,
-    timeout_for,
-)
-from stream_app.benchmark.report import BenchRun, ThroughputBlock
-from stream_app.benchmark.throughput import (
+from stream_app.domain.errors import StreamAppError
+from stream_app.edges.cli_args import USAGE_ERROR, OneLineParser, non_negative_float, positive_float, positive_int
+from stream_app.tools.benchmark import report
+from stream_app.tools.benchmark.common import BenchError, log, timeout_for
+from stream_app.tools.benchmark.report import BenchRun, ThroughputBlock
+from stream_app.tools.benchmark.throughput import (
     DEFAULT_RATE,
     measure_noop,
     measure_raw,
@@ -35,8 +25,18 @@ from stream_app.benchmark.throughput import (
     publish_input,
     simulated_input,
 )
-from stream_app.domain.errors import StreamAppError
-from stream_app.edges.cli_args import USAGE_ERROR, OneLineParser, non_negative_float, positive_float, positive_int
+from stream_app.tools.harness import (
+    apply_topics,
+    check_configured_broker,
+    fresh_broker,
+    input_topic_names,
+    load_average,
+    machine_info,
+    progress_log,
+    security_kwargs,
+    sigterm_exits,
+    write_section,
+)
 
 DEFAULT_EVENTS = 200_000
 DEFAULT_HOT_EVENTS = 1_100_000  # issue 9 asks >= 600,000; this many gives 1,000,000 remembered viewers
@@ -95,12 +95,7 @@ def run_bench(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--":  # `stream-app bench -- --events N` hands the separator on
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    if not log.handlers:  # progress lines of the bench only; the Kafka clients' own INFO logs stay quiet
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", datefmt="%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    progress_log(log, "bench")
     command = "stream-app bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     if not args.output.parent.is_dir():  # found out now, not after minutes of measuring
         print(f"stream-app bench: --output {args.output}: no directory {args.output.parent}", file=sys.stderr)
@@ -123,17 +118,18 @@ def run_bench(argv: list[str] | None = None) -> int:
         "hot": lambda: _hot(run, args, workdir),
         "soak": lambda: _soak(run, args, workdir),
     }
-    for name in args.only:
-        if name == "soak" and args.soak <= 0:
-            continue
-        try:
-            steps[name]()
-        except StreamAppError as exc:
-            log.error("%s: %s", name, exc)
-            run.problems[name] = f"{str(exc).splitlines()[0]} (worker logs kept in {workdir})"
+    with sigterm_exits():
+        for name in args.only:
+            if name == "soak" and args.soak <= 0:
+                continue
+            try:
+                steps[name]()
+            except StreamAppError as exc:
+                log.error("%s: %s", name, exc)
+                run.problems[name] = f"{str(exc).splitlines()[0]} (worker logs kept in {workdir})"
     run.load_at_end = load_average()
     run.machine = machine_info()
-    report.write_section(args.output, report.format_section(run))
+    write_section(args.output, report.format_section(run))
     print(report.format_summary(run))
     print(f"results written to {args.output} ({report.SECTION_HEADING})")
     if run.failed:
@@ -171,7 +167,7 @@ def _throughput(args: argparse.Namespace, mode: str, workdir: Path, *, quix: boo
         log.info("%s: scorer %.0f events/s", mode, scorer.events_per_s)
         block = ThroughputBlock(size, broker.description, raw, noop, scorer)
         if quix:
-            from stream_app.benchmark.quix import measure_quix, quix_available
+            from stream_app.tools.benchmark.quix import measure_quix, quix_available
 
             if quix_available():
                 block.quix = measure_quix(
@@ -200,7 +196,7 @@ def _throughput(args: argparse.Namespace, mode: str, workdir: Path, *, quix: boo
 def _envelope(run: BenchRun, args: argparse.Namespace, workdir: Path) -> None:
     run.envelope = _throughput(args, "envelope", workdir, quix=False, profile=args.profile)
     if args.profile:
-        from stream_app.benchmark.profile import summarize_file
+        from stream_app.tools.benchmark.profile import summarize_file
 
         run.profile = summarize_file(workdir / "scorer.folded")
         if run.profile is None:
@@ -212,7 +208,7 @@ def _single(run: BenchRun, args: argparse.Namespace, workdir: Path) -> None:
 
 
 def _hot(run: BenchRun, args: argparse.Namespace, workdir: Path) -> None:
-    from stream_app.benchmark.hot import measure_hot
+    from stream_app.tools.benchmark.hot import measure_hot
 
     with fresh_broker(args.bootstrap) as broker:
         prefix = _prefix()
@@ -227,7 +223,7 @@ def _hot(run: BenchRun, args: argparse.Namespace, workdir: Path) -> None:
 
 
 def _soak(run: BenchRun, args: argparse.Namespace, workdir: Path) -> None:
-    from stream_app.benchmark.soak import run_soak
+    from stream_app.tools.benchmark.soak import run_soak
 
     with fresh_broker(args.bootstrap) as broker:
         prefix = _prefix()

@@ -1,0 +1,148 @@
+"""What the measurements of the benchmark share beyond the harness (stream_app/tools/harness.py): a measurement's
+figures, the run's time limits, the scorer's changelog topics and their end offsets over time, committed offsets,
+and py-spy around a command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream_app.tools import harness
+from stream_app.tools.harness import ToolError, security_kwargs, topic_partitions
+
+log = logging.getLogger("stream_app.tools.benchmark")
+
+# The scorer is watched through its /metrics, which it renders on a thread of its own: scraping every 0.1 s took
+# about 5 % of its samples in a profile, every 0.25 s keeps that near 2 % (and the timing within 0.5 %).
+SCRAPE_INTERVAL_S = 0.25
+POLL_INTERVAL_S = 0.1
+# How long a measurement may take before the run gives up: start-up plus this many events per second at worst.
+START_TIMEOUT_S = 120.0
+SLOWEST_EVENTS_PER_S = 200.0
+
+
+class BenchError(ToolError):
+    """A measurement could not be completed (a worker died, or did not finish in time)."""
+
+
+@dataclass
+class Measurement:
+    """One consumer's run over a whole input."""
+
+    name: str
+    events: int
+    seconds: float  # first event processed -> last event processed
+    startup_s: float | None = None  # launch -> first event processed (start-up, group join, first fetch)
+    cpu_s: float | None = None  # CPU time of the consuming process over `seconds`
+    broker_cpu_s: float | None = None  # CPU time of the embedded broker over `seconds`
+    peak_rss_mib: float | None = None
+    failure: str | None = None  # why it did not process every event (its figures then cover what it did)
+    # (time.monotonic(), events processed) at each scrape, from the last one that saw none (the scorer only)
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def timeout_for(events: int) -> float:
+    return harness.timeout_for(events, start_s=START_TIMEOUT_S, slowest_events_per_s=SLOWEST_EVENTS_PER_S)
+
+
+# ---- the scorer's changelogs and offsets -----------------------------------------------------------------------
+
+
+def changelog_topic_names(app_id: str, prefix: str = "") -> list[str]:
+    """The scorer's table changelogs (topics/topics.toml: `{app_id}-*-changelog`)."""
+    return [f"{prefix}{app_id}-video-state-changelog", f"{prefix}{app_id}-device-state-changelog"]
+
+
+class EndOffsetSampler:
+    """The end offsets of some topics' partitions over time (a librdkafka client: one connection, no event loop)."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str], every_s: float = 1.0) -> None:
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets", "log_level": 3})
+        self.topics = list(topics)
+        self.every_s = every_s
+        self.partitions: list[tuple[str, int]] = []
+        self.samples: list[tuple[float, dict[tuple[str, int], int]]] = []
+        self._last = 0.0
+
+    def sample(self) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        try:
+            if not self.partitions:
+                metadata = self.consumer.list_topics(timeout=2)
+                self.partitions = [
+                    (topic, p)
+                    for topic in self.topics
+                    if topic in metadata.topics
+                    for p in metadata.topics[topic].partitions
+                ]
+            ends = {
+                tp: self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2, cached=False)[1]
+                for tp in self.partitions
+            }
+        except KafkaException:
+            return
+        self.samples.append((now, ends))
+
+    def offsets_at(self, moments: Sequence[float]) -> dict[tuple[str, int], list[int]]:
+        """(topic, partition) -> the end offset last sampled at or before each moment (time.monotonic())."""
+        edges: dict[tuple[str, int], list[int]] = {tp: [] for tp in self.partitions}
+        for moment in moments:
+            before = [ends for t, ends in self.samples if t <= moment] or [self.samples[0][1]] if self.samples else []
+            for tp in self.partitions:
+                edges[tp].append(before[-1].get(tp, 0) if before else 0)
+        return edges
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def committed_offsets_reach_end(bootstrap: str, group: str, topics: Sequence[str], timeout_s: float) -> bool:
+    """Wait until `group` has committed the end offset of every partition of `topics` (False after timeout_s)."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def wait() -> bool:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **dict(security_kwargs())
+        )
+        await consumer.start()
+        try:
+            tps = [tp for topic in topics for tp in await topic_partitions(consumer, topic)]
+            ends = await consumer.end_offsets(tps)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                behind = [tp for tp in tps if ends[tp] > 0 and ((await consumer.committed(tp)) or 0) < ends[tp]]
+                if not behind:
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.5)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(wait())
+
+
+# ---- py-spy -----------------------------------------------------------------------------------------------------
+
+
+def profiled(command: Sequence[str], output: Path, rate: int = 100) -> list[str]:
+    """`command` run under py-spy, which writes raw (folded) stacks to `output` when it gets SIGINT."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [py_spy, "record", "--nonblocking", "-r", str(rate), "-f", "raw", "-o", str(output), "--", *command]
