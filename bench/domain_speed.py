@@ -35,7 +35,6 @@ from typing import Any
 
 import orjson
 
-from stream_app.benchmark.throughput import simulated_input
 from stream_app.domain import jsoncodec
 from stream_app.domain.device_judge import PartitionDeviceJudge
 from stream_app.domain.device_log import DeviceLog
@@ -49,6 +48,7 @@ from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.partitioner import partition_for
 from stream_app.edges.runtime import tune_gc
+from stream_app.tools.benchmark.throughput import simulated_input
 
 PARTITIONS = 4  # topics/topics.toml
 ENVELOPE_EVENTS = 1_000

@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- for the throughput benchmark (stream_app/benchmark/) ------------------------------------------------
+# ---- for the throughput benchmark (stream_app/tools/benchmark/) ------------------------------------------------
 
 
 @dataclass(frozen=True)
