@@ -26,7 +26,7 @@ from stream_app.domain.policy import Policy
 from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.windows import SourceWatermark
 
-__all__ = ["DeviceStore", "DeviceVerdicts", "MemoryDeviceStore", "PartitionDeviceJudge"]
+__all__ = ["DeviceStore", "DeviceVerdicts", "MemoryDeviceStore", "ObjectDeviceStore", "PartitionDeviceJudge"]
 
 
 class DeviceStore(Protocol):
@@ -61,6 +61,25 @@ class MemoryDeviceStore:
 
     def device_ids(self) -> Iterable[str]:
         return list(self.values)
+
+
+class ObjectDeviceStore:
+    """A DeviceStore that keeps the states themselves, never serialized: for a replay, which never restores."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, DeviceState] = {}
+
+    def load(self, device_id: str) -> DeviceState | None:
+        return self.states.get(device_id)
+
+    def save(self, device_id: str, state: DeviceState) -> None:
+        self.states[device_id] = state
+
+    def delete(self, device_id: str) -> None:
+        self.states.pop(device_id, None)
+
+    def device_ids(self) -> Iterable[str]:
+        return list(self.states)
 
 
 @dataclass(slots=True)

@@ -251,13 +251,17 @@ class PartitionScorer:
         """Decide one valid event's outcome and apply it (replays of applied input are skipped, SPEC §4)."""
         video_id = event.video_id
         ledger = self._ledgers.get(video_id) or self.ledger(video_id)
+        applied = (position.offset, position.index)  # VideoLedger.already_applied / mark_applied, inlined
         if ledger is None:
             ledger = self._ledgers[video_id] = VideoLedger(video_id=video_id, creator_id=event.creator_id)
-        elif ledger.already_applied(topic, position.offset, position.index):
+        elif applied <= (ledger.views_applied if topic is VIEWS else ledger.interactions_applied):
             effects.skipped_replays += 1
             return
         self._touch(ledger)
-        ledger.mark_applied(topic, position.offset, position.index)
+        if topic is VIEWS:
+            ledger.views_applied = applied
+        else:
+            ledger.interactions_applied = applied
         ledger.updated_at = now_ms
         if ledger.creator_id != event.creator_id:
             effects.dead_letters.append(
@@ -298,13 +302,17 @@ class PartitionScorer:
             assert isinstance(event, InteractionEvent)
             accepted = self._on_interaction(ledger, event, position, effects)
         # SPEC §5: the largest ts *accepted*; a held interaction counts as accepted until its window settles
-        latest = self.latest_ts[topic]
-        if accepted and (latest is None or ts > latest):
-            self.latest_ts[topic] = ts
+        latest_ts = self.latest_ts
+        latest = latest_ts[topic]
+        moved = accepted and (latest is None or ts > latest)
+        if moved:
+            latest_ts[topic] = ts
         self.idle_since[topic] = now_ms
         if self._idle[topic]:
             self._idle[topic] = False
-        self._settle_if_due(now_ms, effects)
+            moved = True
+        if moved:  # otherwise the watermark is what the last call found (a new window's deadline lies past it)
+            self._settle_if_due(now_ms, effects)
 
     def _on_view(self, ledger: VideoLedger, view: ViewEvent, position: Position, effects: Effects) -> bool:
         self.journal.record(journal.view_op(view, position.offset, position.index), view.ts)

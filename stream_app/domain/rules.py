@@ -140,7 +140,7 @@ def check_duplicate_event(policy: Policy, seen: DedupeMemory, event_id: str, ts:
     measured between the two events' ts, either way round: |ts - first_seen| < DEDUPE_S. Records a new id.
     """
     dedupe_ms = policy.dedupe_s * 1000
-    first_seen = seen.first_seen(event_id)
+    first_seen = seen.seen.get(event_id)  # DedupeMemory.first_seen, inlined: this runs for every event
     if first_seen is not None and abs(ts - first_seen) < dedupe_ms:
         return True
     if dedupe_ms:  # DEDUPE_S 0 turns the rule off: nothing to remember
@@ -161,9 +161,7 @@ def check_viewer_repeat(policy: Policy, repeats: TimestampsByKey, viewer_id: str
     an equal ts that arrived earlier count as earlier). Records the view.
     """
     span_ms = policy.viewer_repeat_span_s * 1000
-    repeats.prune_key(viewer_id, repeats.max_ts - span_ms)
-    earlier = repeats.count_in(viewer_id, ts - span_ms + 1, ts)
-    repeats.add(viewer_id, ts)
+    earlier = repeats.count_then_add(viewer_id, ts, ts - span_ms + 1, repeats.max_ts - span_ms)
     repeats.maybe_sweep(span_ms)
     return earlier >= policy.viewer_repeat_max
 
@@ -427,12 +425,9 @@ def check_velocity_burst(policy: Policy, velocity: VelocityState, view: ViewEven
     span_ms = policy.velocity_span_s * 1000
     minutes = policy.velocity_baseline_minutes
     ts = view.ts
-    velocity.count_minute(ts, minutes)
-    if ts > velocity.max_ts:
-        velocity.advance(ts, span_ms, minutes)
-    elif ts <= velocity.max_ts - span_ms:
+    i = velocity.add_view(ts, view.viewer_id, view.event_id, span_ms, minutes)
+    if i < 0:
         return PASS_JUDGEMENT
-    i = velocity.insert(ts, view.viewer_id, view.event_id)
     first = velocity.start
     views = len(velocity.ts) - first
     distinct = len(velocity.viewer_counts)

@@ -186,6 +186,26 @@ class TimestampsByKey:
         if ts > self.max_ts:
             self.max_ts = ts
 
+    def count_then_add(self, key: str, ts: int, first_ms: int, forget_through: int) -> int:
+        """prune_key(key, forget_through), then how many timestamps of key lie in [first_ms, ts], then add(key, ts):
+        in one lookup for a key holding nothing yet (a viewer's first view of a video, the common case)."""
+        by_key = self.by_key
+        if key in by_key:
+            self.prune_key(key, forget_through)
+            earlier = self.count_in(key, first_ms, ts)
+            self.add(key, ts)
+            return earlier
+        by_key[key] = ts
+        index = self.index  # ExpiryIndex.note, inlined: this runs for every event
+        keys = index.buckets.get(ts // index.bucket_ms)
+        if keys is None:
+            index.note(key, ts)
+        else:
+            keys.append(key)
+        if ts > self.max_ts:
+            self.max_ts = ts
+        return 0
+
     def count_in(self, key: str, first_ms: int, last_ms: int) -> int:
         """How many timestamps of key lie in [first_ms, last_ms] (both ends included)."""
         held = self.by_key.get(key)
@@ -354,6 +374,31 @@ class VelocityState:
             self.first_minute = min(counts, default=_NEVER)
         if self.flagged_minutes and min(self.flagged_minutes) < first_kept_minute:
             self.flagged_minutes = {m for m in self.flagged_minutes if m >= first_kept_minute}
+
+    def add_view(self, ts: int, viewer_id: str, event_id: str, span_ms: int, baseline_minutes: int) -> int:
+        """count_minute, then advance the head span to ts when it is newer, then insert the view: its list index, or
+        -1 when it lies at or before max_ts - span_ms (outside every span still open: counted in its minute only)."""
+        max_ts = self.max_ts
+        minute = ts // MINUTE_MS
+        if minute >= (ts if ts > max_ts else max_ts) // MINUTE_MS - baseline_minutes:
+            counts = self.minute_counts
+            counts[minute] = counts.get(minute, 0) + 1
+            if minute < self.first_minute:
+                self.first_minute = minute
+        if ts > max_ts:
+            self.advance(ts, span_ms, baseline_minutes)
+            times = self.ts
+            i = len(times)
+            times.append(ts)  # the newest: at the end
+            self.viewers.append(viewer_id)
+            self.event_ids.append(event_id)
+            self.flagged.append(0)
+            counts_by_viewer = self.viewer_counts
+            counts_by_viewer[viewer_id] = counts_by_viewer.get(viewer_id, 0) + 1
+            return i
+        if ts <= max_ts - span_ms:
+            return -1
+        return self.insert(ts, viewer_id, event_id)
 
     def insert(self, ts: int, viewer_id: str, event_id: str) -> int:
         """Add a view to the head span; return its list index (after views with an equal ts: arrival order)."""

@@ -277,6 +277,9 @@ class VideoLedger:
 
     def _first_in_window(self, policy: pol.Policy, viewer_id: str, k: int) -> bool:
         # rules.judge_view has already remembered this view among the viewer's accepted views
+        held = self.memory.rules.accepted_views.by_key.get(viewer_id)
+        if type(held) is int:  # the viewer's only accepted view of the video: this one (the common case)
+            return True
         start_ms, end_ms = window_bounds(k, policy.window_s)
         return self.memory.rules.accepted_views.count_in(viewer_id, start_ms, end_ms - 1) == 1
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stream_app.domain.device_judge import MemoryDeviceStore, PartitionDeviceJudge
+from stream_app.domain.device_judge import ObjectDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceFlag, DeviceView, DeviceViews
 from stream_app.domain.policy import Policy
 
@@ -26,7 +26,7 @@ class ReplayDeviceRules:
 
     def __init__(self, policy: Policy, sources: int) -> None:
         self.sources = sources
-        self.store = MemoryDeviceStore()
+        self.store = ObjectDeviceStore()  # a replay never restores: no state is serialized
         self.judge_ = PartitionDeviceJudge(policy, DEVICE_PARTITION, self.store, sources=sources)
         self._records: list[DeviceViews] = []
         self._watermark: int | None = None

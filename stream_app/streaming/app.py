@@ -88,6 +88,7 @@ class ScorerApp:
             positions=self.positions,
             counts=counts,
             producer=lambda: self.faust.producer,
+            batches=lambda: faust_compat.aiokafka_producer(self.faust.producer),
             sync_profiles=self.profile_reader.sync,
         )
         self.devices = DeviceJudge(
@@ -100,13 +101,12 @@ class ScorerApp:
         self.guard = DeliveryGuard(
             [names.views, names.interactions, names.device_flags], records_in(settings.kafka_bootstrap, security)
         )
-        inputs = frozenset(names.inputs)
         faust_compat.install(
             self.faust,
             true_ends=lambda reported: true_end_offsets(settings.kafka_bootstrap, reported, security),
             stream_topics=[*names.inputs, names.ticks, names.device_flags, names.device_views],
             on_sought=self.guard.sought,
-            clamp_commits=lambda offsets: clamp_commits(offsets, inputs, self.positions.processed),
+            clamp_commits=self._clamp_commits,
         )
         # probes (/livez, /readyz) and the metrics server, started first; the shutdown clock (lifecycle.py)
         self.lifecycle = WorkerLifecycle(
@@ -125,6 +125,13 @@ class ScorerApp:
         self.faust.timer(TICK_INTERVAL_S)(self._send_ticks)
         self.faust.timer(LAG_INTERVAL_S)(self._measure_lag)
         self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    def _clamp_commits(self, offsets: dict[TP, int]) -> None:
+        """Input partitions commit at most what the events agent processed; device-views partitions at most what
+        the device judge saved (streaming/devices.py SAVE_INTERVAL_S)."""
+        names = self.topology.names
+        clamp_commits(offsets, frozenset(names.inputs), self.positions.processed)
+        clamp_commits(offsets, frozenset((names.device_views,)), self.devices.saved)
 
     async def _send_ticks(self) -> None:
         now = str(int(time.time() * 1000)).encode()

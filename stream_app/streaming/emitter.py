@@ -22,24 +22,53 @@ from stream_app.edges.settings import Settings
 class Outbox:
     """The sends of one batch, awaited together (their futures resolve when the broker acknowledges them).
 
-    Records go straight to the app's producer (Faust's per-message machinery costs more than the record), with
-    the partition of a keyed record computed here, by the same murmur2 as Kafka's default partitioner, from
-    cached partition counts (aiokafka's own murmur2 is pure Python and uncached)."""
+    Records go straight to the producer, with the partition of a keyed record computed here, by the same murmur2
+    as Kafka's default partitioner, from cached partition counts (aiokafka's own murmur2 is pure Python and
+    uncached). Given aiokafka's producer (`batches`), the records of each topic-partition are appended to a batch
+    of aiokafka's own (`create_batch` / `send_batch`), so a record costs an append, not a future and a trip
+    through the producer's accumulator (measured: ~15 us a record through `send`); a partition's records keep
+    their order (a full batch is queued before the next record, and a record too big for a batch goes through
+    `send` after the records before it)."""
 
-    __slots__ = ("partition_count", "pending", "producer")
+    __slots__ = ("_batches", "_builders", "partition_count", "pending", "producer")
 
-    def __init__(self, producer: Any, partition_count: Callable[[str], int]) -> None:
+    def __init__(self, producer: Any, partition_count: Callable[[str], int], batches: Any | None = None) -> None:
         self.producer = producer
         self.partition_count = partition_count
         self.pending: list[Any] = []
+        self._batches = batches
+        self._builders: dict[tuple[str, int], Any] = {}  # (topic, partition) -> the batch being filled
 
     async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
         if partition is None and key is not None:
             partition = partition_for(key, self.partition_count(topic))
+        if self._batches is None or partition is None:
+            self.pending.append(await self.producer.send(topic, key, value, partition, None, None))
+            return
+        tp = (topic, partition)
+        builder = self._builders.get(tp)
+        if builder is None:
+            builder = self._builders[tp] = self._batches.create_batch()
+        if builder.append(timestamp=None, key=key, value=value) is not None:
+            return
+        del self._builders[tp]
+        if builder.record_count():  # full: queue it, then start the next batch with this record
+            self.pending.append(await self._batches.send_batch(builder, topic, partition=partition))
+            builder = self._builders[tp] = self._batches.create_batch()
+            if builder.append(timestamp=None, key=key, value=value) is not None:
+                return
+            del self._builders[tp]
+        # bigger than a batch on its own: sent alone, after the records queued before it
         self.pending.append(await self.producer.send(topic, key, value, partition, None, None))
 
     async def acknowledged(self) -> None:
-        """Wait until the broker has acknowledged every send so far (raises if it refused one)."""
+        """Queue the batches being filled, then wait until the broker has acknowledged every send so far (raises
+        if it refused one)."""
+        builders, self._builders = self._builders, {}
+        batches = self._batches
+        for (topic, partition), builder in builders.items():
+            assert batches is not None  # builders exist only with aiokafka's producer
+            self.pending.append(await batches.send_batch(builder, topic, partition=partition))
         pending, self.pending = self.pending, []
         if pending:
             await asyncio.gather(*pending)

@@ -30,10 +30,12 @@ aiokafka upgrade starts here. The patches are installed once per process (`insta
    event of the partition being written the current one. Proved by tests/streaming/test_tables.py.
 5. Where a consumer is (`Consumer._read_offset`, `Consumer._committed_offset`): no public accessor; read by the
    caught-up check and the lag metric. Proved by tests/streaming/test_position.py.
-6. The producer's aiokafka client (`Producer._ensure_producer().client`): to pin its metadata to every topic the
-   worker writes (aiokafka replaces its metadata with the one topic it asks about when a new topic appears after
-   it started, and a batch queued for another topic then waited for the request timeout). Proved by
-   tests/integration/test_worker_topology.py.
+6. The producer's aiokafka producer and client (`Producer._ensure_producer()`): its client, to pin its metadata to
+   every topic the worker writes (aiokafka replaces its metadata with the one topic it asks about when a new topic
+   appears after it started, and a batch queued for another topic then waited for the request timeout), proved by
+   tests/integration/test_worker_topology.py; the producer itself, to send output records in aiokafka's own
+   batches (Faust's send makes a future per record), proved by tests/integration/test_outbox.py and every
+   integration test that reads an output topic.
 7. The signal handler of mode's Worker (`Worker._schedule_shutdown`): the shutdown clock starts when SIGTERM or
    SIGINT arrives. Proved by tests/integration/test_lifecycle.py.
 8. Table recovery's progress (`app.tables.recovery`, not declared by TableManagerT): the readiness probe says
@@ -195,6 +197,12 @@ def committed_offset(consumer: Any, tp: TP) -> int | None:
 def aiokafka_client(producer: Any) -> Any:
     """The aiokafka client under Faust's producer (started)."""
     return producer._ensure_producer().client
+
+
+def aiokafka_producer(producer: Any) -> Any:
+    """The aiokafka producer under Faust's (started): its `create_batch` / `send_batch` let the worker send a
+    batch's output records per topic-partition without a future per record (streaming/emitter.py Outbox)."""
+    return producer._ensure_producer()
 
 
 # ---- 7. the signal handler of mode's Worker -----------------------------------------------------------------------

@@ -58,6 +58,7 @@ class IngestProcessor:
         positions: Positions,
         counts: PartitionCounts,
         producer: Callable[[], Any],
+        batches: Callable[[], Any] | None = None,
         sync_profiles: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.settings = settings
@@ -72,6 +73,7 @@ class IngestProcessor:
         self.positions = positions
         self.partition_count = counts
         self._producer = producer  # Faust's producer exists only once the app runs
+        self._batches = batches  # aiokafka's producer under it, for sends in aiokafka's batches (emitter.Outbox)
         self.emitter = Emitter(settings, metrics)
         self._input_topics = names.inputs
         self.partitions: dict[int, PartitionScorer] = {}
@@ -227,7 +229,7 @@ class IngestProcessor:
 
     def outbox(self) -> Outbox:
         """An Outbox for one batch's sends (this agent's and the device judge's)."""
-        return Outbox(self._producer(), self.partition_count)
+        return Outbox(self._producer(), self.partition_count, None if self._batches is None else self._batches())
 
     def _on_device_flags(self, message: Any, now_ms: int, touched: dict[int, Effects]) -> None:
         effects = touched.get(message.partition)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from stream_app.domain.events import InputTopic
-from stream_app.edges.partitioner import KEY_FIELD, partition_for
+from stream_app.edges.partitioner import KEY_FIELD, murmur2, partition_for
 
 # (key, Utils.murmur2(key) as Java's signed int, from Kafka's own UtilsTest.testMurmur2).
 # Java's partition is toPositive(hash) % n = (hash & 0x7fffffff) % n, worked out below per row.
@@ -56,3 +57,14 @@ def test_key_field_per_input_topic() -> None:
         InputTopic.INTERACTIONS: "video_id",
         InputTopic.PROFILES: "creator_id",
     }
+
+
+def test_murmur2_equals_aiokafkas_for_every_length_and_byte() -> None:
+    """Our murmur2 reads the key as words; aiokafka's (a port of the Java client's) byte by byte."""
+    import random
+
+    rng = random.Random(11)
+    for length in range(300):
+        for _ in range(8):
+            key = bytes(rng.randrange(256) for _ in range(length))
+            assert murmur2(key) == aiokafka_murmur2(key), key

@@ -122,6 +122,13 @@ def from_every_source(views: list[DeviceView], drained: bool = False) -> list[Fa
     return [event for source in range(PARTITIONS) for event in batch_of(views, source, drained=drained)]
 
 
+@pytest.fixture(autouse=True)
+def save_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table is inspected after each batch here: states saved at every batch (the worker saves every
+    SAVE_INTERVAL_S; test_states_are_saved_when_due covers that)."""
+    monkeypatch.setattr(devices, "SAVE_INTERVAL_S", 0.0)
+
+
 def view(n: int, device: str, ts: int, watch_ms: int = 0, viewer: str = "u") -> DeviceView:
     return DeviceView(device, f"vid{n % 5}", f"e{device}{n}", viewer, ts, watch_ms)
 
@@ -323,3 +330,42 @@ async def test_send_device_views_reaches_every_device_partition_in_records_of_bo
     )
     assert all((r.source, r.through_ts, r.drained) == (2, T + 10_000, False) for _, r in records)
     assert all(len(v) < 512 * 1024 for _, v in scorer.device_views.sent)
+
+
+async def test_states_are_saved_when_due_and_commits_never_pass_the_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device states are saved at most every SAVE_INTERVAL_S (each save serializes every device changed since the
+    last); a partition's commit may reach only the offset after the last record whose effects were saved, so a
+    crash reads the unsaved records again, and a worker restarted from the table judges them as the first did."""
+    monkeypatch.setattr(devices, "SAVE_INTERVAL_S", 3600.0)
+    app = FakeApp()
+    judge = judge_for(app)
+    home = partition_for(b"farm", PARTITIONS)
+    first = batch_of([view(n, "farm", T + n * 100) for n in range(30)])
+    await judge.process_batch(first)  # the first batch of a partition is saved at once
+    saved = judge.saved[("device-views", home)]
+    assert saved == first[home].message.offset + 1 and stored_devices(app) == {"farm"}
+    table_after_first = dict(app.device_state)
+    second = batch_of([view(n, "farm", T + n * 100) for n in range(30, 61)])
+    await judge.process_batch(second)  # 61 views within 6 s: a burst, flagged at once
+    assert len(app.flags()) == 61
+    assert judge.saved[("device-views", home)] == saved and app.device_state == table_after_first  # not due yet
+    # a crash now: the table holds the first batch's states, the commit stops at `saved`; a new worker reads
+    # the second batch again and flags the same burst
+    restarted = FakeApp()
+    restarted.device_state = dict(app.device_state)
+    again = judge_for(restarted)
+    await again.process_batch(second)
+    assert sorted(f.event_id for _, f in restarted.flags()) == sorted(f.event_id for _, f in app.flags())
+    monkeypatch.setattr(devices, "SAVE_INTERVAL_S", 0.0)
+    await judge.process_batch(batch_of([], through_ts=T + 7_000))  # due: everything judged so far is saved
+    assert judge.saved[("device-views", home)] > saved and app.device_state != table_after_first
+
+
+def test_commits_of_device_views_are_clamped_to_the_save() -> None:
+    from aiokafka import TopicPartition
+
+    from stream_app.streaming.delivery_guard import clamp_commits
+
+    offsets = {TopicPartition("device-views", 0): 90, TopicPartition("device-views", 1): 50}
+    clamp_commits(offsets, frozenset({"device-views"}), {("device-views", 0): 40})  # type: ignore[arg-type]
+    assert offsets == {TopicPartition("device-views", 0): 40}  # partition 1 saved nothing yet: not committed
