@@ -14,7 +14,8 @@ line through the two largest runs (on 2 CPUs a 1,000,000 run took over 4 minutes
   video 27 h after the window start move the watermark past every per-viewer horizon: the window settles and
   `VideoLedger.expire` runs, as it does for a video that stays active.
 - devices: N distinct devices, one 30 s view each, through the device judge (`domain/device_judge.py`, what the
-  worker's judge-devices agent runs) over a table of JSON values; then the watermark moves past each memory's
+  worker's judge-devices agent runs) over the device log (domain/device_log.py, the device-state table's layout),
+  saved after every record; then the watermark moves past each memory's
   horizon in turn: the view (DEVICE_BURST_SPAN + GRACE_S), its watch interval (DEVICE_MEMORY_S more), its
   account (DEDUPE_S more).
 
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from stream_app.domain import jsoncodec, rules
 from stream_app.domain.device_judge import PartitionDeviceJudge
+from stream_app.domain.device_log import DeviceLog
 from stream_app.domain.device_records import DeviceView, DeviceViews
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
@@ -261,25 +263,35 @@ class DeviceRun:
     seconds: float
 
 
-class BytesTable:
-    """A DeviceStore over a dict of key bytes -> JSON bytes, as streaming/devices.py's TableDeviceStore keeps the
-    device-state table."""
+class LogTable:
+    """A DeviceStore laid out as the worker's device-state table (streaming/devices.py TableDeviceStore): the
+    device log (domain/device_log.py), its segments in a dict of key bytes -> value bytes as a memory:// table
+    holds them."""
 
     def __init__(self) -> None:
+        self.log = DeviceLog()
         self.values: dict[bytes, bytes] = {}
 
     def load(self, device: str) -> DeviceState | None:
-        raw = self.values.get(device.encode())
+        raw = self.log.get(device)
         return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
 
     def save(self, device: str, state: DeviceState) -> None:
-        self.values[device.encode()] = jsoncodec.dumps(state.to_stored())
+        self.log.put(device, jsoncodec.dumps_to_keep(state.to_stored()))
 
     def delete(self, device: str) -> None:
-        self.values.pop(device.encode(), None)
+        self.log.delete(device)
 
     def device_ids(self) -> list[str]:
-        return [key.decode() for key in self.values]
+        return self.log.device_ids()
+
+    def write(self) -> None:
+        """What the worker writes after a save: the new segments, then the dropped ones deleted."""
+        write = self.log.seal()
+        for seq, value in write.segments:
+            self.values[b"\xffl0:%d" % seq] = value
+        for seq in write.dropped:
+            self.values.pop(b"\xffl0:%d" % seq, None)
 
     def serialized(self) -> int:
         return sum(len(k) + len(v) for k, v in self.values.items())
@@ -293,7 +305,7 @@ def run_devices(policy: Policy, devices: int) -> DeviceRun:
     # the views span less than the judge's delay, so none is judged or forgotten before the whole run is in
     spread_ms = delay - 1
     base = heap()
-    table = BytesTable()
+    table = LogTable()
     judge = PartitionDeviceJudge(policy, 0, table, sources=1)
     newest = 0
     for first in range(0, devices, DEVICE_BATCH):
@@ -303,10 +315,12 @@ def run_devices(policy: Policy, devices: int) -> DeviceRun:
             views.append(DeviceView(device_id(n), video_id(n % 1000), event_id(n), viewer_id(n), ts, 30_000))
             newest = ts
         assert not judge.judge([DeviceViews.of(0, newest, False, views)]).flags
+        table.write()
     assert judge.device_count() == devices, "no device's view is final yet: every device holds it"
     # first every source reports it is drained: the views are judged (kept: a watch interval, an account each)
     assert not judge.judge([DeviceViews.of(0, newest, True, [])]).flags
-    # the judge's heap (due times; it keeps no DeviceState between batches) and the table's keys and JSON values
+    table.write()
+    # the judge's heap (due times, and each device's stored bytes in the log) and the table's segments
     rows = [
         Row("viewing in the last 6 min: a view, its watch interval, its account", heap() - base, table.serialized())
     ]
@@ -319,6 +333,7 @@ def run_devices(policy: Policy, devices: int) -> DeviceRun:
     ]
     for what, after in stages:
         judge.judge([DeviceViews.of(0, newest + after, False, [])])
+        table.write()
         rows.append(Row(what, heap() - base, table.serialized()))
     left = judge.device_count()
     del judge, table
@@ -403,8 +418,9 @@ def format_section(vruns: Sequence[ViewerRun], druns: Sequence[DeviceRun], *, da
         "after its last view) move the watermark: the window settles, the memories forget, and the journal "
         "segments that held only what was forgotten are dropped.",
         f"- Devices: {dsizes} distinct devices, one 30 s view each (within 360 s), fed to the device judge "
-        "(`domain/device_judge.py`, what the judge-devices agent runs) in device-views records of 500 over a "
-        "table of JSON values (what `streaming/devices.py` keeps). A device is remembered while device_burst "
+        "(`domain/device_judge.py`, what the judge-devices agent runs) in device-views records of 500 over the "
+        "device log (`domain/device_log.py`: each device's stored bytes in the heap, the table holds segments). "
+        "A device is remembered while device_burst "
         "counts its view and until device_overlap / account_farm have judged it (DEVICE_BURST_SPAN + GRACE_S "
         "behind the device partition's watermark), its watch interval for DEVICE_MEMORY_S more and its account "
         "for DEDUPE_S more: the rows measure it in each of those stages, moving the watermark with progress "

@@ -72,15 +72,36 @@ class ScorerApp:
         self.metrics = metrics
         self.faust = faust_app(settings)
         self.topology = build_topology(self.faust, settings)
-        names = self.topology.names
-        security = client_kwargs(settings.env)
-        counts = PartitionCounts(settings.kafka_bootstrap, [*names.inputs, *names.outputs, *names.internal], security)
+        self.security = client_kwargs(settings.env)
+        self._build_processors()
+        self._install_patches()
+        # probes (/livez, /readyz) and the metrics server, started first; the shutdown clock (lifecycle.py)
+        self.lifecycle = WorkerLifecycle(
+            self.faust,
+            settings=settings,
+            metrics=metrics,
+            profiles_ready=self.profile_reader.caught_up,
+            views_topic=self.topology.names.views,
+        )
+        # before the consumer joins the group: the topics exist as the worker needs them (SPEC §4)
+        topology.install(self.faust, self.topology, settings)
+        self._register()
+
+    def _build_processors(self) -> None:
+        """The profile history and its reader, where the consumer stands, the events agent's and the device
+        judge's work, and the delivery guard: each given only what it uses."""
+        settings, names = self.settings, self.topology.names
+        counts = PartitionCounts(
+            settings.kafka_bootstrap, [*names.inputs, *names.outputs, *names.internal], self.security
+        )
         self.profiles = ProfileHistory(settings.policy)
-        self.profile_reader = ProfileReader(settings.kafka_bootstrap, names.profiles, self.profiles, dict(security))
+        self.profile_reader = ProfileReader(
+            settings.kafka_bootstrap, names.profiles, self.profiles, dict(self.security)
+        )
         self.positions = Positions(lambda: self.faust.consumer, names, lambda: self.faust.should_stop)
         self.ingest = IngestProcessor(
             settings=settings,
-            metrics=metrics,
+            metrics=self.metrics,
             names=names,
             video_state=self.topology.video_state,
             profiles=self.profiles,
@@ -99,32 +120,30 @@ class ScorerApp:
             outbox=self.ingest.outbox,
         )
         self.guard = DeliveryGuard(
-            [names.views, names.interactions, names.device_flags], records_in(settings.kafka_bootstrap, security)
+            [names.views, names.interactions, names.device_flags], records_in(settings.kafka_bootstrap, self.security)
         )
+
+    def _install_patches(self) -> None:
+        """faust_compat's patches, and what they read of this app."""
+        names, bootstrap, security = self.topology.names, self.settings.kafka_bootstrap, self.security
         faust_compat.install(
             self.faust,
-            true_ends=lambda reported: true_end_offsets(settings.kafka_bootstrap, reported, security),
+            true_ends=lambda reported: true_end_offsets(bootstrap, reported, security),
             stream_topics=[*names.inputs, names.ticks, names.device_flags, names.device_views],
             on_sought=self.guard.sought,
             clamp_commits=self._clamp_commits,
         )
-        # probes (/livez, /readyz) and the metrics server, started first; the shutdown clock (lifecycle.py)
-        self.lifecycle = WorkerLifecycle(
-            self.faust,
-            settings=settings,
-            metrics=metrics,
-            profiles_ready=self.profile_reader.caught_up,
-            views_topic=names.views,
-        )
-        # before the consumer joins the group: the topics exist as the worker needs them (SPEC §4)
-        topology.install(self.faust, self.topology, settings)
-        self.faust.agent(self.topology.events, name="score-events")(self._score_events)
-        self.faust.agent(self.topology.profiles, name="track-profiles")(self._track_profiles)
-        self.faust.agent(self.topology.device_views, name="judge-devices")(self._judge_devices)
-        self.faust.task(self.profile_reader.run)
-        self.faust.timer(TICK_INTERVAL_S)(self._send_ticks)
-        self.faust.timer(LAG_INTERVAL_S)(self._measure_lag)
-        self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    def _register(self) -> None:
+        """The agents, the profile reader's task, the timers and the revocation handler."""
+        app, topology_ = self.faust, self.topology
+        app.agent(topology_.events, name="score-events")(self._score_events)
+        app.agent(topology_.profiles, name="track-profiles")(self._track_profiles)
+        app.agent(topology_.device_views, name="judge-devices")(self._judge_devices)
+        app.task(self.profile_reader.run)
+        app.timer(TICK_INTERVAL_S)(self._send_ticks)
+        app.timer(LAG_INTERVAL_S)(self._measure_lag)
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     def _clamp_commits(self, offsets: dict[TP, int]) -> None:
         """Input partitions commit at most what the events agent processed; device-views partitions at most what

@@ -179,7 +179,7 @@ class IngestProcessor:
         await self.partition_count.load()
         now_ms = _now_ms()
         touched: dict[int, Effects] = {}
-        last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (tables.writing_for)
+        last_event: dict[int, Any] = {}  # per partition: an event of it, for table writes (faust_compat.writing_for)
         outbox = self.outbox()
         input_topics = self._input_topics
         processed = self.positions.processed

@@ -12,20 +12,16 @@ layout, which keyed whole ledgers by video id):
 - ``0xFF j <partition>:<seq>``: a journal segment;
 - ``0xFF m <partition>``: the partition's meta.
 
-Table writes happen inside `take_events` batches, where Faust has no current event of its own; `writing_for`
-makes an event of the partition being written the current one, so Faust sends the changelog record to that
-partition (and a RocksDB store writes to that partition's database). Recovery restores a partition's keys to the
-worker that owns it.
+Table writes happen inside `take_events` batches, where Faust has no current event of its own;
+`faust_compat.writing_for` makes an event of the partition being written the current one, so Faust sends the
+changelog record to that partition (and a RocksDB store writes to that partition's database). Recovery restores a
+partition's keys to the worker that owns it.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
-
-from faust.streams import _current_event
 
 from stream_app.domain import codec
 from stream_app.domain.errors import StateFormatError
@@ -36,16 +32,6 @@ _PREFIX = b"\xff"
 _HEAD = _PREFIX + b"h"
 _SEGMENT = _PREFIX + b"j"
 _META = _PREFIX + b"m"
-
-
-@contextmanager
-def writing_for(event: Any) -> Iterator[None]:
-    """Table writes inside this block go to the partition of `event` (Faust reads the current event)."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def head_key(video_id: str) -> bytes:

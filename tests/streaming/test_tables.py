@@ -1,5 +1,5 @@
 """Table state lands on the changelog partition it is read back from: a video's head on its own partition, a
-partition's journal segments and meta on that partition (written inside batches via tables.writing_for)."""
+partition's journal segments and meta on that partition (written inside batches via faust_compat.writing_for)."""
 
 from __future__ import annotations
 
