@@ -7,11 +7,12 @@ the stored states of every device the batch changed (or a deletion mark), howeve
 the partition's segments in order and keeps each device's newest entry.
 
 Bounded by compaction. An entry superseded by a newer one is dead. When the live segments hold more than twice as
-many entries as there are devices (plus `SLACK_ENTRIES`), the oldest segment's live entries are copied into the
-batch's segment (their stored bytes as they are, never re-serialized) and the oldest segment is dropped. So the
-log holds at most about twice the live states, and a state is copied forward about once per write, amortized. A
-deletion mark stays while an older segment may hold a copy of its device; once its segment is the oldest, none can,
-and it is dropped rather than copied.
+many entries as there are devices with a state (plus `SLACK_ENTRIES`), the oldest segment's live entries are
+copied into the batch's segment (their stored bytes as they are, never re-serialized) and the oldest segment is
+dropped. So the log holds at most about twice the live states, and a state is copied forward about once per write,
+amortized. A deletion mark stays while an older segment may hold a copy of its device; once its segment is the
+oldest, none can, and it is dropped rather than copied (marks count as dead weight: devices that were all deleted
+leave an empty log behind).
 
 Crash consistency. A batch's segments are written in seq order, then the dropped ones are deleted: restore takes
 the newest entry per device over whatever prefix reached the changelog. A device whose newest state did not reach
@@ -174,7 +175,7 @@ class DeviceLog:
         latest = self._latest
         values = self._values
         order = self._order
-        while order and self._entries + len(entries) > 2 * len(latest) + SLACK_ENTRIES and budget > 0:
+        while order and self._entries + len(entries) > 2 * len(values) + SLACK_ENTRIES and budget > 0:
             seq = order.popleft()
             members = self._members.pop(seq)
             self._live.pop(seq)

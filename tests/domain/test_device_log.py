@@ -139,3 +139,22 @@ def test_states_of_the_previous_layout_are_taken_unless_a_segment_has_the_device
 def test_a_foreign_segment_is_refused() -> None:
     with pytest.raises(codec.StateFormatError):
         DeviceLog.restore([b"[1,2]"])
+
+
+def test_deleted_devices_leave_nothing_behind_once_compacted() -> None:
+    """Deletion marks are dead weight: a log whose devices were all deleted compacts down to nothing."""
+    log = DeviceLog()
+    stored = Stored()
+    for batch in range(50):
+        for n in range(1_000):
+            log.put(f"d{batch}-{n}", state(n))
+        stored.apply(log.seal())
+    for batch in range(50):
+        for n in range(1_000):
+            log.delete(f"d{batch}-{n}")
+        stored.apply(log.seal())
+    for _ in range(200):  # later batches, with a little traffic of their own
+        log.put("busy", state(1))
+        stored.apply(log.seal())
+    assert log.entry_count <= device_log.SLACK_ENTRIES + 2 and log.live_entry_count <= device_log.SLACK_ENTRIES + 1
+    assert DeviceLog.restore(stored.segments.values()).device_ids() == ["busy"]
