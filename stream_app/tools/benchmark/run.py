@@ -15,7 +15,7 @@ from pathlib import Path
 from stream_app.domain.errors import StreamAppError
 from stream_app.edges.cli_args import USAGE_ERROR, OneLineParser, non_negative_float, positive_float, positive_int
 from stream_app.tools.benchmark import report
-from stream_app.tools.benchmark.common import BenchError, log, timeout_for
+from stream_app.tools.benchmark.common import BenchError, Measurement, log, timeout_for
 from stream_app.tools.benchmark.report import BenchRun, ThroughputBlock
 from stream_app.tools.benchmark.throughput import (
     DEFAULT_RATE,
@@ -176,6 +176,8 @@ def _throughput(args: argparse.Namespace, mode: str, workdir: Path, *, quix: boo
                 log.info("%s: Quix Streams %.0f events/s", mode, block.quix.events_per_s)
             else:
                 block.note = "Quix Streams is not installed (pip install -e '.[bench]'): no Quix measurement."
+        if mode == "envelope":
+            block.replay = _replay_beside(broker.bootstrap, prefix)
         if profile:
             block.profiled = measure_scorer(
                 broker.bootstrap,
@@ -191,6 +193,18 @@ def _throughput(args: argparse.Namespace, mode: str, workdir: Path, *, quix: boo
             )
             log.info("%s: scorer under py-spy %.0f events/s", mode, block.profiled.events_per_s)
     return block
+
+
+def _replay_beside(bootstrap: str, prefix: str) -> Measurement:
+    """`stream-app replay` (baseline and candidate policies, the device rules) over the same input, in-process:
+    issue 13 asks it to be at least as fast as the worker."""
+    from stream_app.replay.command import measure_replay
+
+    timing = measure_replay(bootstrap, prefix)
+    log.info("envelope: replay %.0f events/s", timing.events / timing.seconds if timing.seconds else 0.0)
+    return Measurement(
+        "`stream-app replay` (baseline + v2, device rules)", timing.events, timing.seconds, cpu_s=timing.cpu_s
+    )
 
 
 def _envelope(run: BenchRun, args: argparse.Namespace, workdir: Path) -> None:
