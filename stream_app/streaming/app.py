@@ -147,7 +147,7 @@ class ScorerApp:
 
     def _clamp_commits(self, offsets: dict[TP, int]) -> None:
         """Input partitions commit at most what the events agent processed; device-views partitions at most what
-        the device judge saved (streaming/devices.py SAVE_INTERVAL_S)."""
+        the device judge has written the state of (streaming/devices.py)."""
         names = self.topology.names
         clamp_commits(offsets, frozenset(names.inputs), self.positions.processed)
         clamp_commits(offsets, frozenset((names.device_views,)), self.devices.saved)
