@@ -7,12 +7,15 @@ the stored states of every device the batch changed (or a deletion mark), howeve
 the partition's segments in order and keeps each device's newest entry.
 
 Bounded by compaction. An entry superseded by a newer one is dead. When the live segments hold more than twice as
-many entries as there are devices with a state (plus `SLACK_ENTRIES`), the oldest segment's live entries are
-copied into the batch's segment (their stored bytes as they are, never re-serialized) and the oldest segment is
-dropped. So the log holds at most about twice the live states, and a state is copied forward about once per write,
-amortized. A deletion mark stays while an older segment may hold a copy of its device; once its segment is the
-oldest, none can, and it is dropped rather than copied (marks count as dead weight: devices that were all deleted
-leave an empty log behind).
+many entries as there are devices with a state (plus `SLACK_ENTRIES`), a segment at most half of whose entries are
+live is cleaned: its live entries are copied into the batch's segment (their stored bytes as they are, never
+re-serialized) and it is dropped. Every clean frees at least as many entries as it copies, so a state is copied
+about once per write, amortized, and the log holds at most about twice the live states; a segment whose entries
+are mostly live is never copied (the states of devices that hold only an account for a day would otherwise move
+forward again and again: measured, the bytes a batch wrote grew with the devices remembered). A deletion mark
+stays while an older segment may hold a copy of its device: it is copied along when its segment is cleaned, and
+dropped once its segment is the oldest (marks count as dead weight there: devices that were all deleted leave an
+empty log behind).
 
 Crash consistency. A batch's segments are written in seq order, then the dropped ones are deleted: restore takes
 the newest entry per device over whatever prefix reached the changelog. A device whose newest state did not reach
@@ -24,7 +27,7 @@ Pure: the wiring (streaming/devices.py) stores the segments under keys of its ow
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,15 +66,28 @@ class DeviceLog:
     """The stored states of one device partition's devices (device_id -> stored bytes) and the segments that hold
     them. `put`/`delete` change a device; `seal` turns the changes since the last seal into segments."""
 
-    __slots__ = ("_entries", "_latest", "_live", "_members", "_next_seq", "_order", "_pending", "_values")
+    __slots__ = (
+        "_cleanable",
+        "_entries",
+        "_latest",
+        "_live",
+        "_marked",
+        "_marks",
+        "_members",
+        "_next_seq",
+        "_pending",
+        "_values",
+    )
 
     def __init__(self) -> None:
         self._values: dict[str, bytes] = {}  # device -> its stored state (as of the last seal, and pending puts)
         self._pending: dict[str, bytes | None] = {}  # changes since the last seal (None: deleted)
         self._latest: dict[str, int] = {}  # device -> the segment holding its newest entry (a state or a mark)
-        self._members: dict[int, list[str]] = {}  # live segment -> the devices it has an entry of, in order
+        self._marked: set[str] = set()  # devices whose newest entry is a deletion mark
+        self._members: dict[int, list[str]] = {}  # live segment (oldest first) -> the devices it has an entry of
         self._live: dict[int, int] = {}  # live segment -> how many of its entries are their device's newest
-        self._order: deque[int] = deque()  # live segments, oldest first
+        self._marks: dict[int, int] = {}  # live segment -> how many of those are deletion marks
+        self._cleanable: list[int] = []  # heap of segments at most half of whose entries are live (some stale)
         self._entries = 0  # entries in live segments, dead ones included
         self._next_seq = 0
 
@@ -85,8 +101,7 @@ class DeviceLog:
         log = cls()
         decoded = sorted((codec.decode(Kind.DEVICE_LOG, raw) for raw in segments), key=lambda payload: payload[0])
         for seq, entries in decoded:
-            members = [device_id for device_id, _ in entries]
-            log._add_segment(seq, members)
+            log._add_segment(seq, [(device_id, state is None) for device_id, state in entries])
             for device_id, state in entries:
                 if state is None:
                     log._values.pop(device_id, None)
@@ -98,18 +113,32 @@ class DeviceLog:
                 log._pending[device_id] = value
         return log
 
-    def _add_segment(self, seq: int, members: list[str]) -> None:
+    def _add_segment(self, seq: int, entries: list[tuple[str, bool]]) -> None:
+        """A segment's entries (device id, whether a deletion mark) become their devices' newest."""
         latest = self._latest
         live = self._live
-        for device_id in members:
+        marks = self._marks
+        marked = self._marked
+        members = self._members
+        count = 0
+        for device_id, mark in entries:
             previous = latest.get(device_id)
-            if previous in live:  # not when its segment was just dropped (its entry copied forward)
+            if previous in live:  # not when its segment was just cleaned (its entry copied forward)
                 live[previous] -= 1
+                if device_id in marked:
+                    marks[previous] -= 1
+                if live[previous] * 2 <= len(members[previous]):
+                    heapq.heappush(self._cleanable, previous)
             latest[device_id] = seq
-        live[seq] = len(members)
-        self._members[seq] = members
-        self._order.append(seq)
-        self._entries += len(members)
+            if mark:
+                marked.add(device_id)
+                count += 1
+            else:
+                marked.discard(device_id)
+        live[seq] = len(entries)
+        marks[seq] = count
+        members[seq] = [device_id for device_id, _ in entries]
+        self._entries += len(entries)
         self._next_seq = max(self._next_seq, seq + 1)
 
     # ---- the states ----
@@ -134,7 +163,7 @@ class DeviceLog:
 
     @property
     def segment_count(self) -> int:
-        return len(self._order)
+        return len(self._members)
 
     @property
     def entry_count(self) -> int:
@@ -168,38 +197,64 @@ class DeviceLog:
         return write
 
     def _compact(self, entries: list[tuple[str, bytes | None]], written: set[str]) -> list[int]:
-        """Drop the oldest segments while the log holds more than twice the live entries (plus slack): their live
-        entries not written by this batch anyway are appended to `entries`; their deletion marks are forgotten."""
+        """While the log holds more than twice the live states (plus slack), clean a segment at most half of whose
+        entries are live: its live entries not written by this batch anyway are appended to `entries`, and it is
+        dropped. A segment whose entries are mostly live is never copied (that would only move them); a deletion
+        mark is dropped once its segment is the oldest (no older copy can remain), and copied before."""
         dropped: list[int] = []
         budget = COPY_PER_BATCH + 2 * len(entries)
-        latest = self._latest
-        values = self._values
-        order = self._order
-        while order and self._entries + len(entries) > 2 * len(values) + SLACK_ENTRIES and budget > 0:
-            seq = order.popleft()
-            members = self._members.pop(seq)
-            self._live.pop(seq)
-            self._entries -= len(members)
-            for device_id in members:
-                if latest.get(device_id) != seq:
-                    continue  # dead: a newer entry exists
-                if device_id in written:
-                    continue  # this batch writes it anyway
-                value = values.get(device_id)
-                if value is None:
-                    del latest[device_id]  # a deletion mark in the oldest segment: no older copy is left
-                else:
-                    entries.append((device_id, value))
-                    written.add(device_id)
-                    budget -= 1
+        while self._entries + len(entries) > 2 * len(self._values) + SLACK_ENTRIES and budget > 0:
+            seq = self._next_to_clean()
+            if seq is None:
+                break  # every segment is mostly live: the log is within twice its live entries
+            budget -= self._clean(seq, entries, written)
             dropped.append(seq)
         return dropped
 
-    def _encode(self, entries: list[tuple[str, bytes | None]]) -> list[tuple[list[str], list[Any]]]:
-        """entries in parts whose encoding stays under SEGMENT_BYTES: (device ids, JSON-ready entries), the stored
-        states embedded as they are (orjson.Fragment)."""
-        parts: list[tuple[list[str], list[Any]]] = []
-        members: list[str] = []
+    def _next_to_clean(self) -> int | None:
+        """The oldest segment when at most half of its entries are live states (its marks are dead weight there),
+        else the oldest of the segments at most half of whose entries are live."""
+        oldest = next(iter(self._members), None)
+        if oldest is None:
+            return None
+        if (self._live[oldest] - self._marks[oldest]) * 2 <= len(self._members[oldest]):
+            return oldest
+        heap = self._cleanable
+        while heap:
+            seq = heapq.heappop(heap)
+            if seq in self._members:  # not cleaned since it was pushed (a segment only gets more cleanable)
+                return seq
+        return None
+
+    def _clean(self, seq: int, entries: list[tuple[str, bytes | None]], written: set[str]) -> int:
+        """Drop segment `seq`, appending its live entries to `entries`; how many were copied."""
+        oldest = seq == next(iter(self._members))
+        members = self._members.pop(seq)
+        self._live.pop(seq)
+        self._marks.pop(seq)
+        self._entries -= len(members)
+        latest = self._latest
+        copied = 0
+        for device_id in members:
+            if latest.get(device_id) != seq or device_id in written:
+                continue  # dead (a newer entry exists), or this batch writes it anyway
+            if device_id in self._marked:
+                if oldest:  # no older copy is left for the mark to hide
+                    del latest[device_id]
+                    self._marked.discard(device_id)
+                    continue
+                entries.append((device_id, None))
+            else:
+                entries.append((device_id, self._values[device_id]))
+            written.add(device_id)
+            copied += 1
+        return copied
+
+    def _encode(self, entries: list[tuple[str, bytes | None]]) -> list[tuple[list[tuple[str, bool]], list[Any]]]:
+        """entries in parts whose encoding stays under SEGMENT_BYTES: ((device id, whether a mark), JSON-ready
+        entries), the stored states embedded as they are (orjson.Fragment)."""
+        parts: list[tuple[list[tuple[str, bool]], list[Any]]] = []
+        members: list[tuple[str, bool]] = []
         encoded: list[Any] = []
         size = 0
         budget = SEGMENT_BYTES - 64  # the header, the seq and the brackets
@@ -208,7 +263,7 @@ class DeviceLog:
             if members and size + cost > budget:
                 parts.append((members, encoded))
                 members, encoded, size = [], [], 0
-            members.append(device_id)
+            members.append((device_id, value is None))
             encoded.append([device_id, None if value is None else orjson.Fragment(value)])
             size += cost
         if members:

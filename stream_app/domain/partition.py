@@ -118,6 +118,7 @@ class PartitionScorer:
         *,
         now_ms: int = 0,
         device_partitions: int = 0,
+        journaled: bool = True,
     ) -> None:
         self.policy = policy
         self.policy_id = policy_id
@@ -148,6 +149,9 @@ class PartitionScorer:
         self._evict: list[str] = []  # videos left with nothing to remember: out of the working set after flush
         self._last_sweep_ms = now_ms
         self.journal = journal.Journal(next_seq=meta.next_seq)
+        # False for a scorer that never restores (a replay): no memory change is journaled, no segment written;
+        # heads are still written apart when a video leaves the working set (it is read back when touched)
+        self.journaled = journaled
         self._rewrites: list[tuple[int, bytes | None]] = []
         self.pending_interactions = 0
         self.provisional_micros = 0  # base micros of open windows of currently eligible creators
@@ -315,7 +319,8 @@ class PartitionScorer:
             self._settle_if_due(now_ms, effects)
 
     def _on_view(self, ledger: VideoLedger, view: ViewEvent, position: Position, effects: Effects) -> bool:
-        self.journal.record(journal.view_op(view, position.offset, position.index), view.ts)
+        if self.journaled:
+            self.journal.record(journal.view_op(view, position.offset, position.index), view.ts)
         judgement = rules.judge_view(self.policy, ledger.memory.rules, view)
         verdict = judgement.verdict
         for ref in judgement.clawbacks:
@@ -339,7 +344,8 @@ class PartitionScorer:
     def _on_interaction(
         self, ledger: VideoLedger, interaction: InteractionEvent, position: Position, effects: Effects
     ) -> bool:
-        self.journal.record(journal.interaction_op(interaction, position.offset, position.index), interaction.ts)
+        if self.journaled:
+            self.journal.record(journal.interaction_op(interaction, position.offset, position.index), interaction.ts)
         verdict = rules.judge_interaction_on_arrival(self.policy, ledger.memory.rules, interaction)
         if verdict.reason is not None:
             effects.outcomes.append(
@@ -361,7 +367,8 @@ class PartitionScorer:
         if ledger is None or event_id not in ledger.memory.recent:
             return
         self._touch(ledger)
-        self.journal.record([journal.OP_FLAG, video_id, event_id])
+        if self.journaled:
+            self.journal.record([journal.OP_FLAG, video_id, event_id])
         if self._claw_back(ledger, event_id, reason, detail, effects, elsewhere=True):
             ledger.updated_at = now_ms
 
@@ -512,7 +519,8 @@ class PartitionScorer:
                 break
             _start_ms, end_ms = window_bounds(k, self.policy.window_s)
             eligible = self.profiles.eligible_at(ledger.creator_id, end_ms)
-            self.journal.record([journal.OP_SETTLE, video_id, k])
+            if self.journaled:
+                self.journal.record([journal.OP_SETTLE, video_id, k])
             judged = ledger.judge_pending(self.policy, k)
             settlement = ledger.settle(self.policy, self.policy_id, k, eligible, judged, now_ms)
             self.pending_interactions -= len(judged)
@@ -538,7 +546,8 @@ class PartitionScorer:
 
     def _expire(self, ledger: VideoLedger, wm: int) -> None:
         flag_safe = self.flag_safe_ms()
-        self.journal.record([journal.OP_EXPIRE, ledger.video_id, wm, flag_safe])
+        if self.journaled:
+            self.journal.record([journal.OP_EXPIRE, ledger.video_id, wm, flag_safe])
         ledger.expire_memory(self.policy, wm, flag_safe)
         ledger.expire_head(self.policy, wm)
 
@@ -602,7 +611,7 @@ class PartitionScorer:
             )
             newest = ledger.memory.rules.accepted_views.max_ts
             cutoff = recent_views_cutoff(self.policy, newest - keep_ms, newest, flag_safe)
-            if ledger.recent_trim_due(cutoff) and ledger.trim_recent(cutoff):
+            if ledger.recent_trim_due(cutoff) and ledger.trim_recent(cutoff) and self.journaled:
                 self.journal.record([journal.OP_TRIM, video_id, cutoff])
             changed[video_id] = ledger
         self._touched.clear()
@@ -613,8 +622,9 @@ class PartitionScorer:
                 changed[video_id] = ledger
         state.segments.extend(self._rewrites)
         self._rewrites.clear()
-        state.segments.extend(self.journal.seal(changed, self.watermark))
-        if self.watermark is not None:
+        if self.journaled:
+            state.segments.extend(self.journal.seal(changed, self.watermark))
+        if self.watermark is not None and self.journaled:
             dropped, rescue = self.journal.droppable(self._journal_cutoff())
             for video_id in rescue:
                 self._store_head_apart(ledgers[video_id], state)

@@ -322,6 +322,38 @@ def load_policy(env: Mapping[str, str], policy_file: str | None = None) -> Polic
     return replace(_DEFAULT_POLICY, **values)
 
 
+# The fields that set only how much a qualified view earns, never which events are accepted, suspicious or late,
+# nor when a window settles: which views qualify, which creators are eligible, rates, weights and the multiplier.
+# (emit_interval_s paces the output only.) Two policies equal in every other field judge every event alike.
+MONEY_FIELDS = frozenset(
+    {
+        "emit_interval_s",
+        "min_watch_ms",
+        "min_video_ms",
+        "qualifying_sources",
+        "qualify_once_s",
+        "min_followers",
+        "min_views_30d",
+        "base_rates",
+        "default_base_rate",
+        "weight_like",
+        "weight_comment",
+        "weight_share",
+        "weight_follow",
+        "target_rate_bps",
+        "min_multiplier_bps",
+        "max_multiplier_bps",
+        "watch_weight_bps",
+    }
+)
+
+
+def same_verdicts(a: Policy, b: Policy) -> bool:
+    """Whether two policies judge every event alike: they differ in MONEY_FIELDS at most (a replay then runs the
+    device rules once for both, stream_app/replay/engine.py)."""
+    return all(getattr(a, name) == getattr(b, name) for name in FIELD_NAMES if name not in MONEY_FIELDS)
+
+
 @functools.lru_cache(maxsize=16)
 def policy_hash(policy: Policy) -> str:
     """`v1-` + the first 8 hex digits of SHA-256 over canonical JSON of every field (SPEC §7).

@@ -19,11 +19,11 @@ from typing import Any
 
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.partition import Effects, PartitionScorer, StateWrite
-from stream_app.domain.policy import Policy, policy_hash
+from stream_app.domain.policy import Policy, policy_hash, same_verdicts
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, PartitionFor, decode_record
-from stream_app.replay.device_rules import ReplayDeviceRules
+from stream_app.replay.device_rules import DeviceFlag, ReplayDeviceRules
 
 VIEWS = InputTopic.VIEWS
 INTERACTIONS = InputTopic.INTERACTIONS
@@ -106,20 +106,33 @@ class RunTotals:
 
 
 class PolicyRun:
-    """One policy over every partition: scorers, device rules, and what they decided."""
+    """One policy over every partition: scorers, device rules, and what they decided.
 
-    def __init__(self, policy: Policy, partitions: int, start_ms: int) -> None:
+    `leader`: a run whose policy judges every event alike (policy.same_verdicts: the two differ in money only, as
+    policies/v2.toml does): its device rules' flags and watermark are this run's too, so they run once (their
+    input, the accepted views, is the same). Its end of each batch must come first."""
+
+    def __init__(self, policy: Policy, partitions: int, start_ms: int, leader: PolicyRun | None = None) -> None:
         self.policy = policy
         self.policy_id = policy_hash(policy)
         self.profiles = ProfileHistory(policy)
         self.stores = [HeadStore() for _ in range(partitions)]
         self.scorers = [
             PartitionScorer(
-                policy, self.policy_id, p, self.stores[p], self.profiles, now_ms=start_ms, device_partitions=1
+                policy,
+                self.policy_id,
+                p,
+                self.stores[p],
+                self.profiles,
+                now_ms=start_ms,
+                device_partitions=1,
+                journaled=False,  # a replay never restores: nothing to journal
             )
             for p in range(partitions)
         ]
-        self.devices = ReplayDeviceRules(policy, partitions)
+        self.leader = leader
+        self.devices: ReplayDeviceRules = ReplayDeviceRules(policy, partitions) if leader is None else leader.devices
+        self.round: tuple[list[DeviceFlag], int | None] = ([], None)  # the last batch's device flags and watermark
         self.effects: dict[int, Effects] = {}
         self.totals = RunTotals()
 
@@ -154,14 +167,18 @@ class PolicyRun:
     def end_batch(self, now_ms: int, video_partition: Mapping[str, int], *, drained: bool = False) -> None:
         """The device rules over the batch's accepted views, their flags back to the videos' partitions, then each
         partition's flush and state write (streaming/ingest.py and streaming/devices.py, in-process)."""
-        for partition in sorted(self.effects):
-            views = self.effects[partition].device_views
-            if views:
-                progress = self.scorers[partition].source_progress_ms()
-                self.devices.judge(partition, views, progress)
-        if drained:
-            self.devices.drained([scorer.source_progress_ms() for scorer in self.scorers])
-        flags, watermark = self.devices.acknowledge()
+        if self.leader is None:
+            for partition in sorted(self.effects):
+                views = self.effects[partition].device_views
+                if views:
+                    progress = self.scorers[partition].source_progress_ms()
+                    self.devices.judge(partition, views, progress)
+            if drained:
+                self.devices.drained([scorer.source_progress_ms() for scorer in self.scorers])
+            self.round = self.devices.acknowledge()
+        else:  # the same accepted views went to the leader's device rules this batch
+            self.round = self.leader.round
+        flags, watermark = self.round
         for flag in flags:
             partition = video_partition[flag.video_id]
             self.scorers[partition].on_device_flag(
@@ -189,11 +206,9 @@ class PolicyRun:
                 self.totals.device_clawed[(event.video_id, event.ts // window_ms * window_ms)] += 1
         self.totals.settlements.extend(record.to_dict() for record in effects.settlements)
 
-    def finish(self, present_ms: int, now_ms: int, video_partition: Mapping[str, int]) -> None:
-        self.end_batch(now_ms, video_partition, drained=True)
+    def settle_at_end(self, present_ms: int) -> None:
         for partition, scorer in enumerate(self.scorers):
             scorer.settle_at_end_of_input(present_ms, self.effects_of(partition))
-        self.end_batch(now_ms, video_partition)
 
     def results(self) -> dict[str, VideoResult]:
         """Every video's totals, by video_id."""
@@ -254,7 +269,10 @@ class ReplayEngine:
 
     def _start(self, now_ms: int) -> None:
         partitions = self.partition_counts[VIEWS]
-        self.runs = [PolicyRun(policy, partitions, now_ms) for policy in self.policies]
+        self.runs = []
+        for policy in self.policies:
+            leader = next((run for run in self.runs if same_verdicts(run.policy, policy)), None)
+            self.runs.append(PolicyRun(policy, partitions, now_ms, leader))
         self._now = self._last_tick = now_ms
         for run in self.runs:
             for profile in self._profiles:
@@ -327,6 +345,10 @@ class ReplayEngine:
         """The end of the input is the present: settle what it makes due; the runs hold the results."""
         if self._now is None:
             return []
+        for run in self.runs:  # a leader's batch before its followers' (PolicyRun)
+            run.end_batch(self._now, self.video_partition, drained=True)
         for run in self.runs:
-            run.finish(present_ms, self._now, self.video_partition)
+            run.settle_at_end(present_ms)
+        for run in self.runs:
+            run.end_batch(self._now, self.video_partition)
         return self.runs

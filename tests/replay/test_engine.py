@@ -160,6 +160,31 @@ def test_device_flags_after_settlement_are_clawbacks_at_the_settled_multiplier()
     assert sum(run.totals.device_clawed.values()) == 61
 
 
+def test_a_money_only_candidate_shares_the_baselines_device_rules_and_decides_as_alone() -> None:
+    """A candidate that differs from the baseline in money only (policies/v2.toml) runs no device rules of its
+    own: it takes the baseline's flags, and ends exactly as a replay of the candidate alone."""
+    candidate = replace(FARM_POLICY, watch_weight_bps=2_000, min_multiplier_bps=6_000)
+    unshared = replace(candidate, device_memory_s=601)  # judged alike by these devices, but not money-only
+    records = records_of(device_farm())
+
+    def runs(*policies: Policy) -> list[Any]:
+        engine = ReplayEngine(list(policies), COUNTS, partition_for, batch_events=7)
+        engine.add_profiles(r for r in records if r.topic is InputTopic.PROFILES)
+        for record in records:
+            if record.topic is not InputTopic.PROFILES:
+                engine.add(record)
+        return engine.finish(200_000)
+
+    baseline, shared = runs(FARM_POLICY, candidate)
+    assert shared.leader is baseline and shared.devices is baseline.devices
+    _, own = runs(FARM_POLICY, unshared)
+    assert own.leader is None and own.devices is not baseline.devices
+    [alone] = runs(candidate)
+    assert shared.results() == alone.results() and shared.totals.outcomes == alone.totals.outcomes
+    assert shared.totals.settlements == alone.totals.settlements and shared.totals.device_flags == 61
+    assert shared.results() != baseline.results()  # the money differs
+
+
 def test_same_input_same_results() -> None:
     a, b = run_farm(batch_events=7), run_farm(batch_events=7)
     assert a.totals.settlements == b.totals.settlements and a.results() == b.results()
