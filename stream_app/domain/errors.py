@@ -39,3 +39,8 @@ class StateFormatError(SerializationError):
 class ReplaySelectionError(StreamAppError):
     """`stream-app replay` cannot read what was asked: a topic that does not exist, --from after --to, or a range
     with no event in it; the message says which."""
+
+
+class ReplayError(StreamAppError):
+    """`stream-app replay` could not finish scoring: its second process (the candidate's) failed; the message says
+    how."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import multiprocessing
 import os
 import sys
 import time
@@ -20,13 +21,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from stream_app.domain.errors import BrokerError, ConfigError, ReplaySelectionError
+from stream_app.domain.errors import BrokerError, ConfigError, ReplayError, ReplaySelectionError
 from stream_app.domain.events import InputTopic, OutputTopic
 from stream_app.domain.policy import Policy, load_policy, policy_hash
 from stream_app.domain.windows import window_bounds, window_index
 from stream_app.replay import ledger as ledger_mod
 from stream_app.replay import reading, report
-from stream_app.replay.engine import PolicyRun, ReplayEngine
+from stream_app.replay.engine import PolicyRun, ReplayEngine, RunSummary
 
 
 def add_parser(sub: Any) -> None:
@@ -66,8 +67,8 @@ def load_policies(env: Mapping[str, str], candidate_file: str, baseline_file: st
 
 @dataclass
 class ReplayOutcome:
-    baseline: PolicyRun
-    candidate: PolicyRun
+    baseline: PolicyRun | RunSummary
+    candidate: PolicyRun | RunSummary
     engine: ReplayEngine
     snapshot: reading.Snapshot
     selection: reading.Selection
@@ -76,6 +77,139 @@ class ReplayOutcome:
     covered_from_ms: int | None
     read_seconds: float
     read_cpu_seconds: float
+
+
+@dataclass
+class _Scored:
+    """One process's read of the input under its policies."""
+
+    engine: ReplayEngine
+    snapshot: reading.Snapshot
+    present_ms: int
+    ledger_values: list[bytes | None]
+    read_seconds: float
+    read_cpu_seconds: float
+
+
+def replay(
+    bootstrap: str,
+    prefix: str,
+    security: Mapping[str, Any],
+    baseline: Policy,
+    candidate: Policy,
+    selection: reading.Selection,
+    *,
+    wall_clock_ms: int,
+    progress: bool = True,
+    read_ledger: bool = True,
+    processes: int | None = None,
+) -> ReplayOutcome:
+    """SPEC §11's replay of the input under both policies. With two cores or more (`processes` None), the candidate
+    is scored by a process of its own (forked, so it reads the very snapshot this one took) while this one scores
+    the baseline and reads the ledger: a replay then takes about the worker's time per event, where one process
+    scoring both takes twice that. With one, both policies in this process (their device rules shared when they
+    differ in money only, engine.py)."""
+    if processes is None:
+        processes = 2 if (os.cpu_count() or 1) >= 2 else 1
+    if processes < 2:
+        return asyncio.run(
+            replay_from_broker(
+                bootstrap,
+                prefix,
+                security,
+                baseline,
+                candidate,
+                selection,
+                wall_clock_ms=wall_clock_ms,
+                progress=progress,
+                read_ledger=read_ledger,
+            )
+        )
+    ledger_topic = prefix + OutputTopic.SETTLEMENTS.value
+    snapshot = asyncio.run(_snapshot(bootstrap, prefix, security, selection, (ledger_topic,) if read_ledger else ()))
+    context = multiprocessing.get_context("fork")
+    receiving, sending = context.Pipe(duplex=False)
+    started = time.monotonic()
+    child = context.Process(
+        target=_score_elsewhere,
+        args=(sending, bootstrap, prefix, security, candidate, selection, snapshot, wall_clock_ms),
+        name="stream-app replay (candidate)",
+        daemon=True,
+    )
+    child.start()
+    sending.close()
+    try:
+        mine = asyncio.run(
+            _score(
+                bootstrap,
+                prefix,
+                security,
+                [baseline],
+                selection,
+                snapshot,
+                wall_clock_ms=wall_clock_ms,
+                progress=progress,
+                read_ledger=read_ledger,
+            )
+        )
+        try:
+            message = receiving.recv()
+        except EOFError:
+            raise ReplayError(f"the candidate's process ended without a result (exit code {child.exitcode})") from None
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    if message[0] != "ok":
+        raise ReplayError(f"scoring the candidate failed: {message[1]}")
+    _, videos, totals, cpu_s = message
+    (baseline_run,) = mine.engine.runs
+    candidate_run = RunSummary(candidate, policy_hash(candidate), videos, totals)
+    return ReplayOutcome(
+        baseline_run,
+        candidate_run,
+        mine.engine,
+        mine.snapshot,
+        selection,
+        mine.present_ms,
+        mine.ledger_values,
+        _covered_from(selection, mine.snapshot, mine.engine, baseline),
+        time.monotonic() - started,
+        mine.read_cpu_seconds + cpu_s,
+    )
+
+
+def _score_elsewhere(
+    sending: Any,
+    bootstrap: str,
+    prefix: str,
+    security: Mapping[str, Any],
+    policy: Policy,
+    selection: reading.Selection,
+    snapshot: reading.Snapshot,
+    wall_clock_ms: int,
+) -> None:
+    """The candidate's process: score the snapshot under `policy`, send back what the report reads of it."""
+    try:
+        scored = asyncio.run(
+            _score(
+                bootstrap,
+                prefix,
+                security,
+                [policy],
+                selection,
+                snapshot,
+                wall_clock_ms=wall_clock_ms,
+                progress=False,
+                read_ledger=False,
+            )
+        )
+        (run,) = scored.engine.runs
+        sending.send(("ok", run.results(), run.totals, scored.read_cpu_seconds))
+    except BaseException as exc:  # the parent reports it: a child's traceback alone would be lost on stderr
+        sending.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        sending.close()
 
 
 async def replay_from_broker(
@@ -90,9 +224,38 @@ async def replay_from_broker(
     progress: bool = True,
     read_ledger: bool = True,
 ) -> ReplayOutcome:
-    from aiokafka.errors import KafkaError
+    """Both policies in this process, in one pass over the input."""
+    ledger_topic = prefix + OutputTopic.SETTLEMENTS.value
+    # the ledger is checked with the input, so a missing one is refused before the long read
+    snapshot = await _snapshot(bootstrap, prefix, security, selection, (ledger_topic,) if read_ledger else ())
+    scored = await _score(
+        bootstrap,
+        prefix,
+        security,
+        [baseline, candidate],
+        selection,
+        snapshot,
+        wall_clock_ms=wall_clock_ms,
+        progress=progress,
+        read_ledger=read_ledger,
+    )
+    baseline_run, candidate_run = scored.engine.runs
+    return ReplayOutcome(
+        baseline_run,
+        candidate_run,
+        scored.engine,
+        snapshot,
+        selection,
+        scored.present_ms,
+        scored.ledger_values,
+        _covered_from(selection, snapshot, scored.engine, baseline),
+        scored.read_seconds,
+        scored.read_cpu_seconds,
+    )
 
-    from stream_app.edges.partitioner import partition_for
+
+async def _started_consumer(bootstrap: str, security: Mapping[str, Any]) -> Any:
+    from aiokafka.errors import KafkaError
 
     consumer = reading.new_consumer(bootstrap, security)
     try:
@@ -100,12 +263,42 @@ async def replay_from_broker(
     except KafkaError as exc:
         await consumer.stop()
         raise BrokerError(f"cannot reach the broker at {bootstrap}: {exc}") from None
+    return consumer
+
+
+async def _snapshot(
+    bootstrap: str, prefix: str, security: Mapping[str, Any], selection: reading.Selection, required: tuple[str, ...]
+) -> reading.Snapshot:
+    """Where the input starts and ends now (reading.take_snapshot); `required` topics must exist too."""
+    consumer = await _started_consumer(bootstrap, security)
     try:
-        ledger_topic = prefix + OutputTopic.SETTLEMENTS.value
-        # the ledger is checked with the input, so a missing one is refused before the long read
-        required = (ledger_topic,) if read_ledger else ()
-        snapshot = await reading.take_snapshot(consumer, bootstrap, prefix, selection, security, required)
-        engine = ReplayEngine([baseline, candidate], snapshot.partitions, partition_for)
+        return await reading.take_snapshot(consumer, bootstrap, prefix, selection, security, required)
+    finally:
+        await consumer.stop()
+
+
+async def _score(
+    bootstrap: str,
+    prefix: str,
+    security: Mapping[str, Any],
+    policies: list[Policy],
+    selection: reading.Selection,
+    snapshot: reading.Snapshot,
+    *,
+    wall_clock_ms: int,
+    progress: bool,
+    read_ledger: bool,
+) -> _Scored:
+    """Read the snapshot's input once and score it under `policies`; then the ledger, when asked."""
+    from stream_app.edges.partitioner import partition_for
+
+    consumer = await _started_consumer(bootstrap, security)
+    try:
+        reading.assign_snapshot(consumer, snapshot)
+        # let aiokafka start the task an assignment starts: stopped before it ran once (an empty selection stops
+        # at once), it raised CancelledError out of consumer.stop()
+        await asyncio.sleep(0)
+        engine = ReplayEngine(policies, snapshot.partitions, partition_for)
         total = sum(snapshot.records(t) for t in InputTopic)
         with _progress(total, progress) as advance:
             started, cpu0 = time.monotonic(), time.process_time()
@@ -125,24 +318,13 @@ async def replay_from_broker(
             read_seconds, read_cpu = time.monotonic() - started, time.process_time() - cpu0
         ledger_values: list[bytes | None] = []
         if read_ledger:
+            ledger_topic = prefix + OutputTopic.SETTLEMENTS.value
             count = snapshot.other_partitions[ledger_topic]
             settlements = await reading.read_settlements(consumer, ledger_topic, count, bootstrap, security)
             ledger_values = [value for _, _, value in settlements]
     finally:
         await consumer.stop()
-    baseline_run, candidate_run = engine.runs
-    return ReplayOutcome(
-        baseline_run,
-        candidate_run,
-        engine,
-        snapshot,
-        selection,
-        present,
-        ledger_values,
-        _covered_from(selection, snapshot, engine, baseline),
-        read_seconds,
-        read_cpu,
-    )
+    return _Scored(engine, snapshot, present, ledger_values, read_seconds, read_cpu)
 
 
 def _covered_from(
@@ -247,7 +429,7 @@ def build_files(outcome: ReplayOutcome, baseline_source: str, candidate_source: 
     return report.write_files(out, facts, videos, creators, reconciliation)
 
 
-def _outcomes(run: PolicyRun) -> dict[str, int]:
+def _outcomes(run: PolicyRun | RunSummary) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for (topic, outcome, reason), n in run.totals.outcomes.items():
         counts[" ".join(part for part in (topic, outcome, reason) if part)] += n
@@ -268,17 +450,15 @@ def run(args: argparse.Namespace) -> int:
     now = dt.datetime.now(dt.UTC)
     out = Path(args.output) if args.output else Path(f"replay-{now.strftime('%Y%m%dT%H%M%SZ')}")
     tune_gc()  # as the worker: millions of small objects that form no cycles
-    outcome = asyncio.run(
-        replay_from_broker(
-            settings.kafka_bootstrap,
-            settings.topic_prefix,
-            client_kwargs(settings.env),
-            baseline,
-            candidate,
-            selection,
-            wall_clock_ms=int(now.timestamp() * 1000),
-            progress=True,
-        )
+    outcome = replay(
+        settings.kafka_bootstrap,
+        settings.topic_prefix,
+        client_kwargs(settings.env),
+        baseline,
+        candidate,
+        selection,
+        wall_clock_ms=int(now.timestamp() * 1000),
+        progress=True,
     )
     baseline_source = args.baseline or (settings.policy_file or "defaults") + " + environment"
     summary = build_files(outcome, baseline_source, args.policy, out)
@@ -329,18 +509,16 @@ def measure_replay(
     env = dict(os.environ if env is None else env)
     baseline = load_policy(env)
     tune_gc()
-    outcome = asyncio.run(
-        replay_from_broker(
-            bootstrap,
-            topic_prefix,
-            client_kwargs(env),
-            baseline,
-            candidate or replace(baseline, watch_weight_bps=2_000),
-            reading.Selection(),
-            wall_clock_ms=int(time.time() * 1000),
-            progress=False,
-            read_ledger=False,
-        )
+    outcome = replay(
+        bootstrap,
+        topic_prefix,
+        client_kwargs(env),
+        baseline,
+        candidate or replace(baseline, watch_weight_bps=2_000),
+        reading.Selection(),
+        wall_clock_ms=int(time.time() * 1000),
+        progress=False,
+        read_ledger=False,
     )
     counts = outcome.engine.counts
     return ReplayTiming(

@@ -105,6 +105,20 @@ class RunTotals:
     device_clawed: Counter[tuple[str, int]] = field(default_factory=Counter)
 
 
+@dataclass(slots=True)
+class RunSummary:
+    """What a report reads of a PolicyRun (its policy, results() and totals) without its scorers: what the
+    candidate's own process sends back when a replay scores the two policies in two (command.py)."""
+
+    policy: Policy
+    policy_id: str
+    videos: dict[str, VideoResult]
+    totals: RunTotals
+
+    def results(self) -> dict[str, VideoResult]:
+        return self.videos
+
+
 class PolicyRun:
     """One policy over every partition: scorers, device rules, and what they decided.
 

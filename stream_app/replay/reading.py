@@ -142,8 +142,7 @@ async def take_snapshot(
             f"{topics[InputTopic.INTERACTIONS]} {partitions[InputTopic.INTERACTIONS]}: they must be co-partitioned"
         )
     snapshot = Snapshot(topics, partitions, other_partitions=snapshot_extra)
-    tps = [TopicPartition(topics[t], p) for t in InputTopic for p in range(partitions[t])]
-    consumer.assign(tps)
+    tps = assign_snapshot(consumer, snapshot)
     snapshot.log_start = dict(await consumer.beginning_offsets(tps))
     snapshot.end = await true_ends(bootstrap, dict(await consumer.end_offsets(tps)), security)
     snapshot.start = dict(snapshot.log_start)
@@ -154,6 +153,14 @@ async def take_snapshot(
             at = found.get(tp)
             snapshot.start[tp] = snapshot.end[tp] if at is None else max(at.offset, snapshot.log_start[tp])
     return snapshot
+
+
+def assign_snapshot(consumer: AIOKafkaConsumer, snapshot: Snapshot) -> list[TopicPartition]:
+    """Assign the consumer every input partition of the snapshot (a consumer of its own may read a snapshot another
+    took: stream-app replay's second process)."""
+    tps = [TopicPartition(snapshot.topics[t], p) for t in InputTopic for p in range(snapshot.partitions[t])]
+    consumer.assign(tps)
+    return tps
 
 
 async def true_ends(bootstrap: str, reported: dict[TopicPartition, int], security: Mapping[str, Any]) -> dict[Any, int]:

@@ -208,3 +208,41 @@ def test_bad_selections_exit_2_with_a_clear_message(scenario_env: dict[str, str]
     assert empty.returncode == 2
     assert "nothing to replay" in empty.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_the_candidate_in_a_process_of_its_own_decides_as_in_one_process(
+    scenario_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`stream-app replay` scores the candidate in a forked process of its own when it has two cores: the same
+    snapshot, the same code, so the same results as both policies in one process (device rules shared there)."""
+    from dataclasses import replace
+
+    from stream_app.domain.policy import load_policy
+    from stream_app.edges.kafka_client import client_kwargs
+    from stream_app.replay.command import replay as replay_input
+
+    env = dict(scenario_env, WINDOW_S="60")
+    publish_traffic(env)
+    baseline = load_policy(env)
+    candidate = replace(baseline, watch_weight_bps=2_000)
+
+    def run(processes: int) -> Any:
+        return replay_input(
+            env["KAFKA_BOOTSTRAP"],
+            env["TOPIC_PREFIX"],
+            client_kwargs(env),
+            baseline,
+            candidate,
+            reading.Selection(),
+            wall_clock_ms=int(time.time() * 1000),
+            progress=False,
+            read_ledger=False,
+            processes=processes,
+        )
+
+    one, two = run(1), run(2)
+    assert one.baseline.results() == two.baseline.results()
+    assert one.candidate.results() == two.candidate.results() and one.candidate.results()
+    assert one.candidate.totals == two.candidate.totals
+    assert one.candidate.results() != one.baseline.results()  # watch time adds engagement
+    assert two.candidate.policy_id == one.candidate.policy_id
