@@ -36,15 +36,12 @@ from typing import Any
 
 import orjson
 
-from stream_app.domain import jsoncodec
-from stream_app.domain.device_judge import PartitionDeviceJudge
-from stream_app.domain.device_log import DeviceLog
+from stream_app.domain.device_judge import LogDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceFlag, DeviceViews
 from stream_app.domain.events import CreatorProfile, InputTopic
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.partitioner import partition_for
@@ -69,25 +66,13 @@ class Record:
     value: bytes
 
 
-class LogStore:
-    """The device-state table as the worker keeps it (streaming/devices.py TableDeviceStore), over a dict."""
+class LogStore(LogDeviceStore):
+    """The device-state table as the worker keeps it (streaming/devices.py TableDeviceStore), its segments in a
+    dict."""
 
     def __init__(self) -> None:
-        self.log = DeviceLog()
+        super().__init__()
         self.table: dict[int, bytes] = {}
-
-    def load(self, device_id: str) -> DeviceState | None:
-        raw = self.log.get(device_id)
-        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
-
-    def save(self, device_id: str, state: DeviceState) -> None:
-        self.log.put(device_id, jsoncodec.dumps_to_keep(state.to_stored()))
-
-    def delete(self, device_id: str) -> None:
-        self.log.delete(device_id)
-
-    def device_ids(self) -> list[str]:
-        return self.log.device_ids()
 
     def write_pending(self) -> None:
         write = self.log.seal()

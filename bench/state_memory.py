@@ -37,15 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_app.domain import jsoncodec, rules
-from stream_app.domain.device_judge import PartitionDeviceJudge
-from stream_app.domain.device_log import DeviceLog
+from stream_app.domain import rules
+from stream_app.domain.device_judge import LogDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceView, DeviceViews
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.scoring import INTERACTIONS, VIEWS, Position, VideoLedger
 from stream_app.tools.harness import machine_info, write_section
 
@@ -263,27 +261,13 @@ class DeviceRun:
     seconds: float
 
 
-class LogTable:
+class LogTable(LogDeviceStore):
     """A DeviceStore laid out as the worker's device-state table (streaming/devices.py TableDeviceStore): the
-    device log (domain/device_log.py), its segments in a dict of key bytes -> value bytes as a memory:// table
-    holds them."""
+    device log's segments in a dict of key bytes -> value bytes, as a memory:// table holds them."""
 
     def __init__(self) -> None:
-        self.log = DeviceLog()
+        super().__init__()
         self.values: dict[bytes, bytes] = {}
-
-    def load(self, device: str) -> DeviceState | None:
-        raw = self.log.get(device)
-        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
-
-    def save(self, device: str, state: DeviceState) -> None:
-        self.log.put(device, jsoncodec.dumps_to_keep(state.to_stored()))
-
-    def delete(self, device: str) -> None:
-        self.log.delete(device)
-
-    def device_ids(self) -> list[str]:
-        return self.log.device_ids()
 
     def write(self) -> None:
         """What the worker writes after a save: the new segments, then the dropped ones deleted."""

@@ -21,12 +21,20 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from stream_app.domain import jsoncodec, rules
+from stream_app.domain.device_log import DeviceLog
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceViews
 from stream_app.domain.policy import Policy
 from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.windows import SourceWatermark
 
-__all__ = ["DeviceStore", "DeviceVerdicts", "MemoryDeviceStore", "ObjectDeviceStore", "PartitionDeviceJudge"]
+__all__ = [
+    "DeviceStore",
+    "DeviceVerdicts",
+    "LogDeviceStore",
+    "MemoryDeviceStore",
+    "ObjectDeviceStore",
+    "PartitionDeviceJudge",
+]
 
 
 class DeviceStore(Protocol):
@@ -61,6 +69,27 @@ class MemoryDeviceStore:
 
     def device_ids(self) -> Iterable[str]:
         return list(self.values)
+
+
+class LogDeviceStore:
+    """A DeviceStore over a DeviceLog (domain/device_log.py): each device's stored bytes, the log's segments to
+    write after `log.seal()`. The worker's device-state table holds those segments (streaming/devices.py)."""
+
+    def __init__(self, log: DeviceLog | None = None) -> None:
+        self.log = DeviceLog() if log is None else log
+
+    def load(self, device_id: str) -> DeviceState | None:
+        raw = self.log.get(device_id)
+        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
+
+    def save(self, device_id: str, state: DeviceState) -> None:
+        self.log.put(device_id, jsoncodec.dumps_to_keep(state.to_stored()))
+
+    def delete(self, device_id: str) -> None:
+        self.log.delete(device_id)
+
+    def device_ids(self) -> Iterable[str]:
+        return self.log.device_ids()
 
 
 class ObjectDeviceStore:

@@ -187,24 +187,14 @@ class TimestampsByKey:
             self.max_ts = ts
 
     def count_then_add(self, key: str, ts: int, first_ms: int, forget_through: int) -> int:
-        """prune_key(key, forget_through), then how many timestamps of key lie in [first_ms, ts], then add(key, ts):
-        in one lookup for a key holding nothing yet (a viewer's first view of a video, the common case)."""
-        by_key = self.by_key
-        if key in by_key:
+        """prune_key(key, forget_through), then how many timestamps of key lie in [first_ms, ts], then add(key, ts);
+        a key holding nothing yet (a viewer's first view of a video, the common case) skips the first two."""
+        earlier = 0
+        if key in self.by_key:
             self.prune_key(key, forget_through)
             earlier = self.count_in(key, first_ms, ts)
-            self.add(key, ts)
-            return earlier
-        by_key[key] = ts
-        index = self.index  # ExpiryIndex.note, inlined: this runs for every event
-        keys = index.buckets.get(ts // index.bucket_ms)
-        if keys is None:
-            index.note(key, ts)
-        else:
-            keys.append(key)
-        if ts > self.max_ts:
-            self.max_ts = ts
-        return 0
+        self.add(key, ts)
+        return earlier
 
     def count_in(self, key: str, first_ms: int, last_ms: int) -> int:
         """How many timestamps of key lie in [first_ms, last_ms] (both ends included)."""

@@ -12,16 +12,14 @@ SPEC §5) followed by the acknowledgements of the device partitions' watermarks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from stream_app.domain import jsoncodec
-from stream_app.domain.device_judge import PartitionDeviceJudge
+from stream_app.domain.device_judge import LogDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_log import DeviceLog
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceFlags, DeviceView, DeviceViews
 from stream_app.domain.errors import SerializationError, StateFormatError
 from stream_app.domain.policy import Policy
-from stream_app.domain.rules_state import DeviceState
 from stream_app.edges.partitioner import partition_for
 from stream_app.streaming.emitter import Outbox
 from stream_app.streaming.faust_compat import writing_for
@@ -56,7 +54,7 @@ async def send_device_views(
             await outbox.send(topic, None, record.to_bytes(), partition)
 
 
-class TableDeviceStore:
+class TableDeviceStore(LogDeviceStore):
     """The device-state table as a DeviceStore, laid out as a log (domain/device_log.py): a batch's device states
     are one record, under ``0xFF l <partition>:<seq>``, whatever the number of devices it changed.
 
@@ -76,18 +74,8 @@ class TableDeviceStore:
                 segments.append(table[key])
             elif not key.startswith(_PREFIX) and partition_for(key, partition_count) == partition:
                 legacy.append((key.decode(), table[key]))
-        self.log = DeviceLog.restore(segments, legacy)
+        super().__init__(DeviceLog.restore(segments, legacy))
         self._legacy_keys = [key.encode() for key, _ in legacy]
-
-    def load(self, device_id: str) -> DeviceState | None:
-        raw = self.log.get(device_id)
-        return None if raw is None else DeviceState.from_stored(jsoncodec.loads(raw))
-
-    def save(self, device_id: str, state: DeviceState) -> None:
-        self.log.put(device_id, jsoncodec.dumps_to_keep(state.to_stored()))
-
-    def delete(self, device_id: str) -> None:
-        self.log.delete(device_id)
 
     def write_pending(self) -> None:
         """Write what the judge saved and deleted since the last call (inside writing_for this partition): the new
@@ -104,9 +92,6 @@ class TableDeviceStore:
             key = log_key(self.partition, seq)
             if table.get(key) is not None:
                 del table[key]  # a tombstone in the changelog
-
-    def device_ids(self) -> Iterable[str]:
-        return self.log.device_ids()
 
 
 _PREFIX = b"\xff"  # never starts a UTF-8 device id, so no log key is a bare device id of the previous layout
