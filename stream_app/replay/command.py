@@ -23,10 +23,11 @@ from typing import Any
 
 from stream_app.domain.errors import BrokerError, ConfigError, ReplayError, ReplaySelectionError
 from stream_app.domain.events import InputTopic, OutputTopic
-from stream_app.domain.policy import Policy, load_policy, policy_hash
+from stream_app.domain.policy import Policy, load_policy, policy_hash, same_verdicts
 from stream_app.domain.windows import window_bounds, window_index
 from stream_app.replay import ledger as ledger_mod
 from stream_app.replay import reading, report
+from stream_app.replay.device_rules import DeviceShare
 from stream_app.replay.engine import PolicyRun, ReplayEngine, RunSummary
 
 
@@ -77,6 +78,9 @@ class ReplayOutcome:
     covered_from_ms: int | None
     read_seconds: float
     read_cpu_seconds: float
+    # start -> every process has scored the last record (what a worker's events/s covers: first event processed
+    # to last); read_seconds adds the end of the input (drained device rules, every window due settled)
+    input_seconds: float
 
 
 @dataclass
@@ -89,6 +93,8 @@ class _Scored:
     ledger_values: list[bytes | None]
     read_seconds: float
     read_cpu_seconds: float
+    started_at: float  # time.monotonic() (one clock for every process of the machine) when reading began
+    last_record_at: float  # time.monotonic() when the last record was scored
 
 
 def replay(
@@ -107,8 +113,9 @@ def replay(
     """SPEC §11's replay of the input under both policies. With two cores or more (`processes` None), the candidate
     is scored by a process of its own (forked, so it reads the very snapshot this one took) while this one scores
     the baseline and reads the ledger: a replay then takes about the worker's time per event, where one process
-    scoring both takes twice that. With one, both policies in this process (their device rules shared when they
-    differ in money only, engine.py)."""
+    scoring both takes twice that. When the two differ in money only (policies/v2.toml), each process judges half
+    the devices and the two swap their flags after every batch (device_rules.py). With one, both policies in this
+    process (their device rules shared when they differ in money only, engine.py)."""
     if processes is None:
         processes = 2 if (os.cpu_count() or 1) >= 2 else 1
     if processes < 2:
@@ -129,15 +136,19 @@ def replay(
     snapshot = asyncio.run(_snapshot(bootstrap, prefix, security, selection, (ledger_topic,) if read_ledger else ()))
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
+    # devices shared out between the two processes when the policies judge alike (each end: one share's peer)
+    ours, theirs = context.Pipe(duplex=True) if same_verdicts(baseline, candidate) else (None, None)
     started = time.monotonic()
     child = context.Process(
         target=_score_elsewhere,
-        args=(sending, bootstrap, prefix, security, candidate, selection, snapshot, wall_clock_ms),
+        args=(sending, theirs, ours, bootstrap, prefix, security, candidate, selection, snapshot, wall_clock_ms),
         name="stream-app replay (candidate)",
         daemon=True,
     )
     child.start()
     sending.close()
+    if theirs is not None:
+        theirs.close()
     try:
         mine = asyncio.run(
             _score(
@@ -150,19 +161,24 @@ def replay(
                 wall_clock_ms=wall_clock_ms,
                 progress=progress,
                 read_ledger=read_ledger,
+                device_share=None if ours is None else DeviceShare(0, ours),
             )
         )
         try:
             message = receiving.recv()
         except EOFError:
             raise ReplayError(f"the candidate's process ended without a result (exit code {child.exitcode})") from None
+    except (EOFError, BrokenPipeError):  # the candidate's process ended in the middle of a swap of device flags
+        raise ReplayError(_why_ended(receiving, child)) from None
     finally:
+        if ours is not None:
+            ours.close()  # a candidate waiting for this process's flags gets EOFError and ends
         child.join(timeout=60)
         if child.is_alive():
             child.kill()
     if message[0] != "ok":
         raise ReplayError(f"scoring the candidate failed: {message[1]}")
-    _, videos, totals, cpu_s = message
+    _, videos, totals, cpu_s, last_record_at = message
     (baseline_run,) = mine.engine.runs
     candidate_run = RunSummary(candidate, policy_hash(candidate), videos, totals)
     return ReplayOutcome(
@@ -176,11 +192,28 @@ def replay(
         _covered_from(selection, mine.snapshot, mine.engine, baseline),
         time.monotonic() - started,
         mine.read_cpu_seconds + cpu_s,
+        max(mine.last_record_at, last_record_at) - started,
     )
+
+
+def _why_ended(receiving: Any, child: Any) -> str:
+    """What the candidate's process said before it ended early, if it said it in time."""
+    if receiving.poll(10):
+        try:
+            message = receiving.recv()
+        except EOFError:
+            pass
+        else:
+            if message[0] == "error":
+                return f"scoring the candidate failed: {message[1]}"
+    child.join(timeout=10)
+    return f"the candidate's process ended early (exit code {child.exitcode})"
 
 
 def _score_elsewhere(
     sending: Any,
+    peer: Any,
+    parents_end: Any,
     bootstrap: str,
     prefix: str,
     security: Mapping[str, Any],
@@ -189,7 +222,10 @@ def _score_elsewhere(
     snapshot: reading.Snapshot,
     wall_clock_ms: int,
 ) -> None:
-    """The candidate's process: score the snapshot under `policy`, send back what the report reads of it."""
+    """The candidate's process: score the snapshot under `policy` (with device share 1 when `peer` is not None),
+    send back what the report reads of it."""
+    if parents_end is not None:
+        parents_end.close()  # inherited by the fork: closed, so that the parent's end alone keeps the pipe open
     try:
         scored = asyncio.run(
             _score(
@@ -202,10 +238,11 @@ def _score_elsewhere(
                 wall_clock_ms=wall_clock_ms,
                 progress=False,
                 read_ledger=False,
+                device_share=None if peer is None else DeviceShare(1, peer),
             )
         )
         (run,) = scored.engine.runs
-        sending.send(("ok", run.results(), run.totals, scored.read_cpu_seconds))
+        sending.send(("ok", run.results(), run.totals, scored.read_cpu_seconds, scored.last_record_at))
     except BaseException as exc:  # the parent reports it: a child's traceback alone would be lost on stderr
         sending.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -251,6 +288,7 @@ async def replay_from_broker(
         _covered_from(selection, snapshot, scored.engine, baseline),
         scored.read_seconds,
         scored.read_cpu_seconds,
+        scored.last_record_at - scored.started_at,
     )
 
 
@@ -288,6 +326,7 @@ async def _score(
     wall_clock_ms: int,
     progress: bool,
     read_ledger: bool,
+    device_share: DeviceShare | None = None,
 ) -> _Scored:
     """Read the snapshot's input once and score it under `policies`; then the ledger, when asked."""
     from stream_app.edges.partitioner import partition_for
@@ -298,13 +337,14 @@ async def _score(
         # let aiokafka start the task an assignment starts: stopped before it ran once (an empty selection stops
         # at once), it raised CancelledError out of consumer.stop()
         await asyncio.sleep(0)
-        engine = ReplayEngine(policies, snapshot.partitions, partition_for)
+        engine = ReplayEngine(policies, snapshot.partitions, partition_for, device_share=device_share)
         total = sum(snapshot.records(t) for t in InputTopic)
         with _progress(total, progress) as advance:
             started, cpu0 = time.monotonic(), time.process_time()
             engine.add_profiles(await reading.read_profiles(consumer, snapshot, selection, advance))
             async for record in reading.read_events(consumer, snapshot, selection, advance):
                 engine.add(record)
+            last_record_at = time.monotonic()
             newest = engine.counts.newest_event_ts
             if newest is None:
                 raise ReplaySelectionError(
@@ -324,7 +364,7 @@ async def _score(
             ledger_values = [value for _, _, value in settlements]
     finally:
         await consumer.stop()
-    return _Scored(engine, snapshot, present, ledger_values, read_seconds, read_cpu)
+    return _Scored(engine, snapshot, present, ledger_values, read_seconds, read_cpu, started, last_record_at)
 
 
 def _covered_from(
@@ -487,10 +527,17 @@ class ReplayTiming:
     records: int
     seconds: float  # first record read -> every window settled (connecting and the snapshot not counted)
     cpu_s: float
+    # first record read -> the last record scored by every process: the span a worker's events/s covers (first
+    # event processed -> last), without the end of the input (drained device rules, every due window settled)
+    input_seconds: float
 
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def input_events_per_s(self) -> float:
+        return self.events / self.input_seconds if self.input_seconds > 0 else float("inf")
 
 
 def measure_replay(
@@ -502,11 +549,23 @@ def measure_replay(
 ) -> ReplayTiming:
     """Replay everything under `topic_prefix` as `stream-app replay` does (baseline: the environment's policy;
     candidate: `candidate`, default the baseline with policies/v2.toml's watch weight) and time it. Writes no file
-    and reads no ledger. For `stream-app bench`, to report beside the worker on the same input."""
+    and reads no ledger. For `stream-app bench`, to report beside the worker on the same input.
+
+    In a fresh interpreter of its own, as `stream-app replay` runs: a benchmark's process holds what it
+    generated and published, and scoring in that heap costs ~7 % more CPU (measured)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawned, not forked (the replay forks the candidate's process itself: a pool's workers may have children)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(
+            _measure_here, bootstrap, topic_prefix, dict(os.environ if env is None else env), candidate
+        ).result()
+
+
+def _measure_here(bootstrap: str, topic_prefix: str, env: Mapping[str, str], candidate: Policy | None) -> ReplayTiming:
     from stream_app.edges.kafka_client import client_kwargs
     from stream_app.edges.runtime import tune_gc
 
-    env = dict(os.environ if env is None else env)
     baseline = load_policy(env)
     tune_gc()
     outcome = replay(
@@ -522,5 +581,9 @@ def measure_replay(
     )
     counts = outcome.engine.counts
     return ReplayTiming(
-        sum(counts.events.values()), sum(counts.records.values()), outcome.read_seconds, outcome.read_cpu_seconds
+        sum(counts.events.values()),
+        sum(counts.records.values()),
+        outcome.read_seconds,
+        outcome.read_cpu_seconds,
+        outcome.input_seconds,
     )

@@ -23,7 +23,7 @@ from stream_app.domain.policy import Policy, policy_hash, same_verdicts
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, PartitionFor, decode_record
-from stream_app.replay.device_rules import DeviceFlag, ReplayDeviceRules
+from stream_app.replay.device_rules import DeviceFlag, DeviceShare, ReplayDeviceRules
 
 VIEWS = InputTopic.VIEWS
 INTERACTIONS = InputTopic.INTERACTIONS
@@ -124,9 +124,17 @@ class PolicyRun:
 
     `leader`: a run whose policy judges every event alike (policy.same_verdicts: the two differ in money only, as
     policies/v2.toml does): its device rules' flags and watermark are this run's too, so they run once (their
-    input, the accepted views, is the same). Its end of each batch must come first."""
+    input, the accepted views, is the same). Its end of each batch must come first. `share`: this process judges
+    only its share of the devices, and swaps flags with the process that judges the rest (device_rules.py)."""
 
-    def __init__(self, policy: Policy, partitions: int, start_ms: int, leader: PolicyRun | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        partitions: int,
+        start_ms: int,
+        leader: PolicyRun | None = None,
+        share: DeviceShare | None = None,
+    ) -> None:
         self.policy = policy
         self.policy_id = policy_hash(policy)
         self.profiles = ProfileHistory(policy)
@@ -145,7 +153,9 @@ class PolicyRun:
             for p in range(partitions)
         ]
         self.leader = leader
-        self.devices: ReplayDeviceRules = ReplayDeviceRules(policy, partitions) if leader is None else leader.devices
+        self.devices: ReplayDeviceRules = (
+            ReplayDeviceRules(policy, partitions, share) if leader is None else leader.devices
+        )
         self.round: tuple[list[DeviceFlag], int | None] = ([], None)  # the last batch's device flags and watermark
         self.effects: dict[int, Effects] = {}
         self.totals = RunTotals()
@@ -259,7 +269,10 @@ class ReadCounts:
 
 class ReplayEngine:
     """Feeds the same decoded events to one PolicyRun per policy. Profiles first (`add_profiles`), as a worker
-    loads its profile history before scoring, then the event records in the order to score them (`add`)."""
+    loads its profile history before scoring, then the event records in the order to score them (`add`).
+
+    `device_share`: this engine scores one policy and judges a share of the devices only; another engine, in
+    another process, scores a policy that judges alike over the same records with the other share."""
 
     def __init__(
         self,
@@ -268,7 +281,11 @@ class ReplayEngine:
         partition_for: PartitionFor,
         *,
         batch_events: int = BATCH_EVENTS,
+        device_share: DeviceShare | None = None,
     ) -> None:
+        if device_share is not None and len(policies) != 1:
+            raise ValueError("an engine that shares the devices with another scores one policy")
+        self.device_share = device_share
         self.partition_counts = dict(partition_counts)
         self.partition_for = partition_for
         self.batch_events = batch_events
@@ -286,7 +303,7 @@ class ReplayEngine:
         self.runs = []
         for policy in self.policies:
             leader = next((run for run in self.runs if same_verdicts(run.policy, policy)), None)
-            self.runs.append(PolicyRun(policy, partitions, now_ms, leader))
+            self.runs.append(PolicyRun(policy, partitions, now_ms, leader, self.device_share))
         self._now = self._last_tick = now_ms
         for run in self.runs:
             for profile in self._profiles:

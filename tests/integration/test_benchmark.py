@@ -48,6 +48,8 @@ def test_bench_runs_every_measurement_and_reports_every_target(tmp_path: Path) -
         "scorer (`stream-app worker`)",
         "Quix Streams tumbling-window count",
         "scorer under py-spy (profile pass)",
+        "`stream-app replay` (baseline + v2, device rules), to the last record",
+        "`stream-app replay` (baseline + v2, device rules), with the end of the input",
     ):
         assert name in rows, name
         assert int(rows[name]["rate"].replace(",", "")) > 0
@@ -76,6 +78,8 @@ def test_bench_runs_every_measurement_and_reports_every_target(tmp_path: Path) -
     assert "### Where the scorer's time goes" in text
     assert "| part of the program | own samples | share |" in text
     assert "did not finish" not in text
+    assert "| replay (two policies) / scorer (one) |" in text
+    assert "| replay with the end of the input / scorer |" in text
 
 
 def test_only_the_throughput_section_is_replaced() -> None:

@@ -198,3 +198,52 @@ def test_the_engine_is_pure_like_the_domain() -> None:
     code = "import sys, stream_app.replay.engine; print('\\n'.join(sorted(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert not {m for m in loaded if m.split(".")[0] in ("faust", "aiokafka", "asyncio", "mode", "prometheus_client")}
+
+
+def test_two_processes_sharing_the_devices_decide_as_one_judge_of_them_all() -> None:
+    """Two engines, each judging its share of the devices and swapping flags after every batch (as the two
+    processes of `stream-app replay` do), end exactly as one engine that judges every device: same money, same
+    outcomes, the same settlement and clawback records in the same order."""
+    import multiprocessing
+    import threading
+
+    from stream_app.replay.device_rules import DeviceShare
+
+    farm = device_farm()
+    # a second farm device, in the other share than dev-farm's: flags come from both shares in the same batches
+    other = next(f"dev-farm-{n}" for n in range(100) if hash(f"dev-farm-{n}") & 1 != hash("dev-farm") & 1)
+    for i in range(61):
+        video = f"farm2-video-{i}"
+        farm.insert(1, ("video-views", video, _view(f"g{i}", video, f"farm2-{i}", other, 1_500 + i * 900)))
+    records = records_of(farm)
+    candidate = replace(FARM_POLICY, watch_weight_bps=2_000, min_multiplier_bps=6_000)
+
+    def run(policy: Policy, share: DeviceShare | None, out: list[Any]) -> None:
+        engine = ReplayEngine([policy], COUNTS, partition_for, batch_events=7, device_share=share)
+        engine.add_profiles(r for r in records if r.topic is InputTopic.PROFILES)
+        for record in records:
+            if record.topic is not InputTopic.PROFILES:
+                engine.add(record)
+        out.extend(engine.finish(200_000))
+
+    alone_base: list[Any] = []
+    alone_cand: list[Any] = []
+    run(FARM_POLICY, None, alone_base)
+    run(candidate, None, alone_cand)
+    ends = multiprocessing.Pipe(duplex=True)
+    shared: list[list[Any]] = [[], []]
+    threads = [
+        threading.Thread(target=run, args=(policy, DeviceShare(i, ends[i]), shared[i]))
+        for i, policy in enumerate((FARM_POLICY, candidate))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    [base], [cand] = shared
+    assert base.totals.device_flags == alone_base[0].totals.device_flags == 122  # both farms flagged
+    assert len(base.devices) + len(cand.devices) == len(alone_base[0].devices)  # each judged its share only
+    for mine, alone in ((base, alone_base[0]), (cand, alone_cand[0])):
+        assert mine.results() == alone.results()
+        assert mine.totals == alone.totals
+    assert cand.results() != base.results()

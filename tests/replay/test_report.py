@@ -30,7 +30,7 @@ def outcome(present_ms: int = 100_000) -> ReplayOutcome:
     ledger = [jsoncodec.dumps(r) for r in baseline.totals.settlements]
     selection = reading.Selection(to_ms=present_ms)
     snapshot = reading.Snapshot({}, {})
-    return ReplayOutcome(baseline, candidate, engine, snapshot, selection, present_ms, ledger, None, 0.0, 0.0)
+    return ReplayOutcome(baseline, candidate, engine, snapshot, selection, present_ms, ledger, None, 0.0, 0.0, 0.0)
 
 
 def test_files_are_byte_identical_for_the_same_input(tmp_path: Path) -> None:
