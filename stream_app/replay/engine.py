@@ -312,7 +312,8 @@ class ReplayEngine:
 
     def _decode(self, record: InputRecord) -> list[Any]:
         counts = self.counts
-        counts.records[record.topic.value] += 1
+        topic = record.topic.value
+        counts.records[topic] += 1
         decoded = decode_record(
             record.topic,
             record.key,
@@ -321,13 +322,10 @@ class ReplayEngine:
             partition_count=self.partition_counts[record.topic],
             partition_for=self.partition_for,
         )
-        counts.events[record.topic.value] += len(decoded)
-        valid = []
-        for item in decoded:
-            if isinstance(item, InvalidEvent):
-                counts.invalid[record.topic.value] += 1
-            else:
-                valid.append(item)
+        counts.events[topic] += len(decoded)
+        valid = [item for item in decoded if type(item) is not InvalidEvent]
+        if len(valid) < len(decoded):
+            counts.invalid[topic] += len(decoded) - len(valid)
         return valid
 
     def add_profiles(self, records: Iterable[InputRecord]) -> None:
@@ -353,20 +351,22 @@ class ReplayEngine:
                 run.tick(now)
         topic = record.topic
         video_partition = self.video_partition
-        newest = counts.newest_event_ts
-        runs = self.runs
-        for item in self._decode(record):
-            event = item.event
-            assert isinstance(event, ViewEvent | InteractionEvent)
-            if newest is None or event.ts > newest:
+        newest = -1 if counts.newest_event_ts is None else counts.newest_event_ts
+        partition, offset = record.partition, record.offset
+        valid = self._decode(record)
+        scoring = [run.on_event for run in self.runs]
+        for event, index in valid:  # ValidEvents of a views or interactions record: ViewEvent | InteractionEvent
+            if event.ts > newest:
                 newest = event.ts
             if event.video_id not in video_partition:
-                video_partition[event.video_id] = record.partition
-            position = Position(record.partition, record.offset, -1 if item.index is None else item.index)
-            for run in runs:
-                run.on_event(topic, event, position, ts, now)
-            self._in_batch += 1
-        counts.newest_event_ts = newest
+                video_partition[event.video_id] = partition
+            position = Position(partition, offset, -1 if index is None else index)
+            for on_event in scoring:
+                on_event(topic, event, position, ts, now)
+        if valid:
+            counts.newest_event_ts = newest
+        self._in_batch += len(valid)
+        runs = self.runs
         if self._in_batch >= self.batch_events:
             self._in_batch = 0
             for run in runs:
