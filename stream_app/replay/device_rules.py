@@ -7,8 +7,9 @@ its watermark. A replay does the same in-process after every batch, with one dev
 (how devices are spread over partitions changes no verdict). At the end of the input every source says it is
 drained, as a caught-up worker's do, so the views device_overlap and account_farm still hold are judged.
 
-Two processes scoring two policies that judge alike (command.py) share the devices out as the worker's device
-partitions do: each judges the devices of its share (`DeviceShare`) and the two swap their flags after every round.
+Two processes scoring two policies that judge alike (command.py) share the devices out by a hash of the device id,
+as the worker's device partitions do: each judges the devices of its share (`DeviceShare`) and the two swap their
+flags after every round.
 A round's flags are applied in one canonical order (by video, then event), so how the devices were shared out
 changes nothing, not even the order of the clawback records.
 """
