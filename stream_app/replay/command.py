@@ -545,11 +545,11 @@ def measure_replay(
     topic_prefix: str,
     *,
     env: Mapping[str, str] | None = None,
-    candidate: Policy | None = None,
+    candidate: Mapping[str, Any] | None = None,
 ) -> ReplayTiming:
     """Replay everything under `topic_prefix` as `stream-app replay` does (baseline: the environment's policy;
-    candidate: `candidate`, default the baseline with policies/v2.toml's watch weight) and time it. Writes no file
-    and reads no ledger. For `stream-app bench`, to report beside the worker on the same input.
+    candidate: the baseline with the field values in `candidate`, default policies/v2.toml's watch weight) and time
+    it. Writes no file and reads no ledger. For `stream-app bench`, to report beside the worker on the same input.
 
     In a fresh interpreter of its own, as `stream-app replay` runs: a benchmark's process holds what it
     generated and published, and scoring in that heap costs ~7 % more CPU (measured)."""
@@ -562,7 +562,9 @@ def measure_replay(
         ).result()
 
 
-def _measure_here(bootstrap: str, topic_prefix: str, env: Mapping[str, str], candidate: Policy | None) -> ReplayTiming:
+def _measure_here(
+    bootstrap: str, topic_prefix: str, env: Mapping[str, str], candidate: Mapping[str, Any] | None
+) -> ReplayTiming:
     from stream_app.edges.kafka_client import client_kwargs
     from stream_app.edges.runtime import tune_gc
 
@@ -573,7 +575,7 @@ def _measure_here(bootstrap: str, topic_prefix: str, env: Mapping[str, str], can
         topic_prefix,
         client_kwargs(env),
         baseline,
-        candidate or replace(baseline, watch_weight_bps=2_000),
+        replace(baseline, **({"watch_weight_bps": 2_000} if candidate is None else candidate)),
         reading.Selection(),
         wall_clock_ms=int(time.time() * 1000),
         progress=False,
