@@ -2,6 +2,7 @@
 
     python bench/replay_speed.py --events 200000 --worker     # replay and the scorer (worker) on one input
     python bench/replay_speed.py --events 1000000             # replay only: a million retained events
+    python bench/replay_speed.py --candidate device_memory_s=601   # a candidate that changes a rule
 
 One run: a fresh embedded broker, `stream-app bench`'s input (the simulator's organic traffic, profiles first,
 batch envelopes), then `stream_app.replay.command.measure_replay` (both policies, the device rules, every window
@@ -33,7 +34,14 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE)
     parser.add_argument("--worker", action="store_true", help="also measure the scorer (worker) on the same input")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        metavar="FIELD=INT",
+        help="a policy field the candidate changes from the baseline (repeatable; default: watch_weight_bps=2000)",
+    )
     args = parser.parse_args()
+    changes = dict(_field(text) for text in args.candidate) if args.candidate else None
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
         prefix = f"rbench{os.getpid()}-"
@@ -47,7 +55,7 @@ def main() -> int:
             f"{size.event_time_span_s:.0f} s of event time) in {time.monotonic() - started:.0f} s",
             file=sys.stderr,
         )
-        timing = measure_replay(bootstrap, prefix)
+        timing = measure_replay(bootstrap, prefix, candidate=changes)
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the replay's processes (ended)
         print(
             f"| replay (baseline + candidate, device rules), to the last record | {timing.events:,} | "
@@ -69,6 +77,13 @@ def main() -> int:
             )
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     return 0
+
+
+def _field(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not value.strip().lstrip("-").isdigit():
+        raise SystemExit(f"--candidate takes FIELD=INT (a whole-number policy field), got {text!r}")
+    return name.strip(), int(value)
 
 
 if __name__ == "__main__":
