@@ -233,13 +233,15 @@ def test_two_processes_sharing_the_devices_decide_as_one_judge_of_them_all() -> 
     ends = multiprocessing.Pipe(duplex=True)
     shared: list[list[Any]] = [[], []]
     threads = [
-        threading.Thread(target=run, args=(policy, DeviceShare(i, ends[i]), shared[i]))
+        # daemons: a share that failed leaves the other waiting on the pipe, which must not hold pytest's exit
+        threading.Thread(target=run, args=(policy, DeviceShare(i, ends[i]), shared[i]), daemon=True)
         for i, policy in enumerate((FARM_POLICY, candidate))
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a share is still waiting for the other's flags"
     [base], [cand] = shared
     assert base.totals.device_flags == alone_base[0].totals.device_flags == 122  # both farms flagged
     assert len(base.devices) + len(cand.devices) == len(alone_base[0].devices)  # each judged its share only
