@@ -27,7 +27,7 @@ from stream_app.domain.policy import Policy, load_policy, policy_hash, same_verd
 from stream_app.domain.windows import window_bounds, window_index
 from stream_app.replay import ledger as ledger_mod
 from stream_app.replay import reading, report
-from stream_app.replay.device_rules import DeviceShare
+from stream_app.replay.device_rules import DeviceShare, PeerLost
 from stream_app.replay.engine import PolicyRun, ReplayEngine, RunSummary
 
 
@@ -168,7 +168,7 @@ def replay(
             message = receiving.recv()
         except EOFError:
             raise ReplayError(f"the candidate's process ended without a result (exit code {child.exitcode})") from None
-    except (EOFError, BrokenPipeError):  # the candidate's process ended in the middle of a swap of device flags
+    except PeerLost:  # the candidate's process ended in the middle of a swap of device flags
         raise ReplayError(_why_ended(receiving, child)) from None
     finally:
         if ours is not None:

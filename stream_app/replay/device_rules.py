@@ -24,7 +24,7 @@ from stream_app.domain.device_judge import ObjectDeviceStore, PartitionDeviceJud
 from stream_app.domain.device_records import DeviceFlag, DeviceView, DeviceViews
 from stream_app.domain.policy import Policy
 
-__all__ = ["DeviceFlag", "DeviceShare", "ReplayDeviceRules"]
+__all__ = ["DeviceFlag", "DeviceShare", "PeerLost", "ReplayDeviceRules"]
 
 DEVICE_PARTITION = 0
 # A round's flags in canonical order: sorted by video and event, a flag's order among an event's flags kept.
@@ -37,6 +37,10 @@ class Peer(Protocol):
     def send(self, obj: Any) -> None: ...
 
     def recv(self) -> Any: ...
+
+
+class PeerLost(Exception):
+    """The process with the other share of the devices ended (its end of the pipe is closed or reset)."""
 
 
 class DeviceShare:
@@ -59,12 +63,15 @@ class DeviceShare:
         """Send this share's flags of a round and take the other's. Share 0 sends first and share 1 receives
         first, so that neither blocks on a full pipe while the other does too."""
         theirs: list[DeviceFlag]
-        if self.index == 0:
-            self.peer.send(flags)
+        try:
+            if self.index == 0:
+                self.peer.send(flags)
+                theirs = self.peer.recv()
+                return flags + theirs
             theirs = self.peer.recv()
-            return flags + theirs
-        theirs = self.peer.recv()
-        self.peer.send(flags)
+            self.peer.send(flags)
+        except (EOFError, OSError) as exc:  # closed (EOFError, BrokenPipeError) or reset (ConnectionResetError)
+            raise PeerLost(f"the process with device share {1 - self.index} ended: {exc!r}") from None
         return theirs + flags
 
 

@@ -246,3 +246,49 @@ def test_the_candidate_in_a_process_of_its_own_decides_as_in_one_process(
     assert one.candidate.totals == two.candidate.totals
     assert one.candidate.results() != one.baseline.results()  # watch time adds engagement
     assert two.candidate.policy_id == one.candidate.policy_id
+
+
+def test_a_candidate_process_that_dies_mid_replay_is_a_clear_error_not_a_hang(scenario_env: dict[str, str]) -> None:
+    """The two processes swap device flags after every batch: when the candidate's is killed, the replay ends with a
+    ReplayError that says so (the command exits 2 with it), within seconds."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    from dataclasses import replace
+
+    from stream_app.domain.errors import ReplayError
+    from stream_app.domain.policy import load_policy
+    from stream_app.edges.kafka_client import client_kwargs
+    from stream_app.replay.command import replay as replay_input
+
+    env = dict(scenario_env, WINDOW_S="60")
+    publish_traffic(env)
+    baseline = load_policy(env)
+    killed: list[int] = []
+
+    def kill_the_candidate() -> None:
+        deadline = time.monotonic() + 30
+        while not killed and time.monotonic() < deadline:
+            for child in multiprocessing.active_children():
+                if child.name == "stream-app replay (candidate)":
+                    os.kill(child.pid or 0, signal.SIGKILL)
+                    killed.append(child.pid or 0)
+            time.sleep(0.001)
+
+    threading.Thread(target=kill_the_candidate, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(ReplayError, match="candidate's process ended"):
+        replay_input(
+            env["KAFKA_BOOTSTRAP"],
+            env["TOPIC_PREFIX"],
+            client_kwargs(env),
+            baseline,
+            replace(baseline, watch_weight_bps=2_000),
+            reading.Selection(),
+            wall_clock_ms=int(time.time() * 1000),
+            progress=False,
+            read_ledger=False,
+            processes=2,
+        )
+    assert killed and time.monotonic() - started < 60

@@ -8,7 +8,7 @@ import multiprocessing
 import pytest
 
 from stream_app.domain.device_records import DeviceFlag, DeviceView
-from stream_app.replay.device_rules import DeviceShare
+from stream_app.replay.device_rules import DeviceShare, PeerLost
 
 
 def _view(device: str) -> DeviceView:
@@ -30,5 +30,5 @@ def test_a_swap_with_a_share_that_ended_raises() -> None:
     for index in (0, 1):
         ours, theirs = multiprocessing.Pipe(duplex=True)
         theirs.close()
-        with pytest.raises((EOFError, BrokenPipeError)):
+        with pytest.raises(PeerLost, match=f"device share {1 - index} ended"):
             DeviceShare(index, ours).swap([flag])
