@@ -132,8 +132,7 @@ def replay(
                 read_ledger=read_ledger,
             )
         )
-    ledger_topic = prefix + OutputTopic.SETTLEMENTS.value
-    snapshot = asyncio.run(_snapshot(bootstrap, prefix, security, selection, (ledger_topic,) if read_ledger else ()))
+    snapshot = asyncio.run(_snapshot(bootstrap, prefix, security, selection, read_ledger=read_ledger))
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
     # devices shared out between the two processes when the policies judge alike (each end: one share's peer)
@@ -166,8 +165,8 @@ def replay(
         )
         try:
             message = receiving.recv()
-        except EOFError:
-            raise ReplayError(f"the candidate's process ended without a result (exit code {child.exitcode})") from None
+        except EOFError:  # it ended without a result
+            raise ReplayError(_why_ended(receiving, child)) from None
     except PeerLost:  # the candidate's process ended in the middle of a swap of device flags
         raise ReplayError(_why_ended(receiving, child)) from None
     finally:
@@ -262,9 +261,7 @@ async def replay_from_broker(
     read_ledger: bool = True,
 ) -> ReplayOutcome:
     """Both policies in this process, in one pass over the input."""
-    ledger_topic = prefix + OutputTopic.SETTLEMENTS.value
-    # the ledger is checked with the input, so a missing one is refused before the long read
-    snapshot = await _snapshot(bootstrap, prefix, security, selection, (ledger_topic,) if read_ledger else ())
+    snapshot = await _snapshot(bootstrap, prefix, security, selection, read_ledger=read_ledger)
     scored = await _score(
         bootstrap,
         prefix,
@@ -305,9 +302,11 @@ async def _started_consumer(bootstrap: str, security: Mapping[str, Any]) -> Any:
 
 
 async def _snapshot(
-    bootstrap: str, prefix: str, security: Mapping[str, Any], selection: reading.Selection, required: tuple[str, ...]
+    bootstrap: str, prefix: str, security: Mapping[str, Any], selection: reading.Selection, *, read_ledger: bool
 ) -> reading.Snapshot:
-    """Where the input starts and ends now (reading.take_snapshot); `required` topics must exist too."""
+    """Where the input starts and ends now (reading.take_snapshot). With `read_ledger`, the ledger topic must exist
+    too: a missing one is refused with the input, before the long read."""
+    required = (prefix + OutputTopic.SETTLEMENTS.value,) if read_ledger else ()
     consumer = await _started_consumer(bootstrap, security)
     try:
         return await reading.take_snapshot(consumer, bootstrap, prefix, selection, security, required)

@@ -366,10 +366,9 @@ class ReplayEngine:
         if valid:
             counts.newest_event_ts = newest
         self._in_batch += len(valid)
-        runs = self.runs
         if self._in_batch >= self.batch_events:
             self._in_batch = 0
-            for run in runs:
+            for run in self.runs:
                 run.end_batch(now, video_partition)
 
     def finish(self, present_ms: int) -> list[PolicyRun]:
