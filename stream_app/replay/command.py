@@ -118,21 +118,35 @@ def replay(
     process (their device rules shared when they differ in money only, engine.py)."""
     if processes is None:
         processes = 2 if (os.cpu_count() or 1) >= 2 else 1
-    if processes < 2:
-        return asyncio.run(
-            replay_from_broker(
+    snapshot = asyncio.run(_snapshot(bootstrap, prefix, security, selection, read_ledger=read_ledger))
+    if processes < 2:  # both policies in this process, in one pass over the input
+        scored = asyncio.run(
+            _score(
                 bootstrap,
                 prefix,
                 security,
-                baseline,
-                candidate,
+                [baseline, candidate],
                 selection,
+                snapshot,
                 wall_clock_ms=wall_clock_ms,
                 progress=progress,
                 read_ledger=read_ledger,
             )
         )
-    snapshot = asyncio.run(_snapshot(bootstrap, prefix, security, selection, read_ledger=read_ledger))
+        baseline_run, candidate_run = scored.engine.runs
+        return ReplayOutcome(
+            baseline_run,
+            candidate_run,
+            scored.engine,
+            snapshot,
+            selection,
+            scored.present_ms,
+            scored.ledger_values,
+            _covered_from(selection, snapshot, scored.engine, baseline),
+            scored.read_seconds,
+            scored.read_cpu_seconds,
+            scored.last_record_at - scored.started_at,
+        )
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
     # devices shared out between the two processes when the policies judge alike (each end: one share's peer)
@@ -179,10 +193,9 @@ def replay(
         raise ReplayError(f"scoring the candidate failed: {message[1]}")
     _, videos, totals, cpu_s, last_record_at = message
     (baseline_run,) = mine.engine.runs
-    candidate_run = RunSummary(candidate, policy_hash(candidate), videos, totals)
     return ReplayOutcome(
         baseline_run,
-        candidate_run,
+        RunSummary(candidate, policy_hash(candidate), videos, totals),
         mine.engine,
         mine.snapshot,
         selection,
@@ -246,47 +259,6 @@ def _score_elsewhere(
         sending.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         sending.close()
-
-
-async def replay_from_broker(
-    bootstrap: str,
-    prefix: str,
-    security: Mapping[str, Any],
-    baseline: Policy,
-    candidate: Policy,
-    selection: reading.Selection,
-    *,
-    wall_clock_ms: int,
-    progress: bool = True,
-    read_ledger: bool = True,
-) -> ReplayOutcome:
-    """Both policies in this process, in one pass over the input."""
-    snapshot = await _snapshot(bootstrap, prefix, security, selection, read_ledger=read_ledger)
-    scored = await _score(
-        bootstrap,
-        prefix,
-        security,
-        [baseline, candidate],
-        selection,
-        snapshot,
-        wall_clock_ms=wall_clock_ms,
-        progress=progress,
-        read_ledger=read_ledger,
-    )
-    baseline_run, candidate_run = scored.engine.runs
-    return ReplayOutcome(
-        baseline_run,
-        candidate_run,
-        scored.engine,
-        snapshot,
-        selection,
-        scored.present_ms,
-        scored.ledger_values,
-        _covered_from(selection, snapshot, scored.engine, baseline),
-        scored.read_seconds,
-        scored.read_cpu_seconds,
-        scored.last_record_at - scored.started_at,
-    )
 
 
 async def _started_consumer(bootstrap: str, security: Mapping[str, Any]) -> Any:
