@@ -16,8 +16,14 @@ import pytest
 from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.partition import PartitionScorer
+from stream_app.domain.policy import policy_hash
+from stream_app.domain.profiles import ProfileHistory
 from stream_app.edges.partitioner import partition_for
+from stream_app.edges.settings import load_settings
+from stream_app.streaming.tables import TableState
 from tests.integration.harness import (
+    TopicReader,
     WorkerProcess,
     free_port,
     latest_by_key,
@@ -236,6 +242,47 @@ def test_straight_run_matches_hand_worked_numbers(scenario_env: dict[str, str]) 
     assert {r["policy"] for r in records} == {records[0]["policy"]} and records[0]["policy"].startswith("v1-")
 
 
+def wait_for_state_of_input_read(env: dict[str, str], published: int, timeout: float = 60) -> None:
+    """Until the video-state changelog holds, for every video on partition 0, the replay positions of all the input
+    published so far. A batch's state is written after its outputs are acknowledged (SPEC §4), so outputs being
+    readable does not mean the state is: a SIGKILL in between makes the restarted worker score that batch again
+    (its outputs are idempotent, its metrics count it twice)."""
+    settings = load_settings(env)
+    views, interactions = settings.topic("video-views"), settings.topic("video-interactions")
+    changelog = settings.internal_topic("video-state-changelog")
+    with TopicReader(env["KAFKA_BOOTSTRAP"], [views, interactions]) as inputs:
+        inputs.read_until(lambda r: sum(map(len, r.raw.values())) >= published, 30, "the input published")
+        last: dict[tuple[str, str], int] = {}
+        for topic in (views, interactions):
+            for record in inputs.records(topic):
+                assert record["_partition"] == 0, "the scenario keeps every video on partition 0"
+                last[(topic, record["video_id"])] = record["_offset"]
+
+    def covered(reader: TopicReader) -> bool:
+        table: dict[bytes, bytes] = {}
+        for record in reader.raw[changelog]:
+            if record.partition != 0 or record.key is None:
+                continue
+            if record.value is None:
+                table.pop(record.key, None)
+            else:
+                table[record.key] = record.value
+        state = TableState(table, 0, 4)
+        policy = settings.policy
+        scorer = PartitionScorer(policy, policy_hash(policy), 0, state, ProfileHistory(policy))
+        for (topic, video_id), offset in last.items():
+            ledger = scorer.ledger(video_id)
+            if ledger is None:
+                return False
+            applied = ledger.views_applied if topic == views else ledger.interactions_applied
+            if applied[0] < offset:
+                return False
+        return True
+
+    with TopicReader(env["KAFKA_BOOTSTRAP"], [changelog]) as reader:
+        reader.read_until(covered, timeout, "the video-state changelog to hold the positions of the input published")
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_restart_between_halves_ends_in_the_same_numbers(scenario_env: dict[str, str], stop_signal: int) -> None:
     """SIGKILL leaves offsets uncommitted: the restarted worker re-reads input it already applied and must skip it."""
@@ -249,6 +296,8 @@ def test_restart_between_halves_ends_in_the_same_numbers(scenario_env: dict[str,
     with WorkerProcess(env) as worker:
         # the first half settles window 0 of A, B, C, D
         read_topic(bootstrap, f"{prefix}reward-settlements", lambda r: len(settled_view(r)) >= 4, timeout=90)
+        # and its state is durable: the kill tests skipping input already applied, not a batch caught mid-write
+        wait_for_state_of_input_read(env, sum(topic != "creator-profiles" for topic, _, _ in first))
         code = worker.stop(stop_signal)
         assert code == (0 if stop_signal == signal.SIGTERM else -signal.SIGKILL)
     before = latest_by_key(read_topic(bootstrap, f"{prefix}reward-accruals", lambda r: True, timeout=10))
