@@ -277,6 +277,17 @@ def metrics_url(env: Mapping[str, str]) -> str:
     return f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
 
 
+# What a tool watching the worker's progress reads: the rest of /metrics (process, platform and GC collectors, the
+# histograms) costs the worker more to render than the tool needs, several times a second.
+PROGRESS_METRICS = ("rewards_events_total", "rewards_pending_interactions", "rewards_consumer_lag_messages")
+
+
+def progress_url(url: str) -> str:
+    """`url` (a worker's /metrics) restricted to PROGRESS_METRICS (the client library's `name[]` parameter): only
+    the collectors of those families run."""
+    return url + "?" + "&".join(f"name[]={name}" for name in PROGRESS_METRICS)
+
+
 class WorkerProcess:
     """A worker subprocess run in `workdir` (where Faust puts its data directory), its output in `{name}.log`
     there; leaving the block stops it (SIGTERM, SIGINT to py-spy, SIGKILL after STOP_TIMEOUT_S)."""

@@ -42,6 +42,7 @@ from stream_app.tools.harness import (
     WorkerProcess,
     cpu_seconds,
     metrics_url,
+    progress_url,
     peak_rss_mib,
     progress_toward,
     scrape,
@@ -405,6 +406,7 @@ class ScorerRun:
     ) -> None:
         self.env = worker_env(bootstrap, prefix, app_id, **dict(env or {}))
         self.url = metrics_url(self.env)
+        self.progress_url = progress_url(self.url)
         command = profiled(SCORER_COMMAND, profile) if profile else list(SCORER_COMMAND)
         self.worker = WorkerProcess(command, self.env, workdir, log_name)
         self.broker_pid = broker_pid
@@ -425,7 +427,9 @@ class ScorerRun:
         self.worker.kill()
 
     def samples(self) -> dict[str, float] | None:
-        return scrape(self.url)
+        """The progress metrics only (harness.PROGRESS_METRICS): scraped several times a second, the whole of
+        /metrics cost the worker ~5 % of its samples (py-spy: the process collector reading /proc, rendering)."""
+        return scrape(self.progress_url)
 
     def watch(
         self,
