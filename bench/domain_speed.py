@@ -46,6 +46,7 @@ from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.partitioner import partition_for
 from stream_app.edges.runtime import tune_gc
+from stream_app.tools.benchmark.hot import SPAN_S, HotWorkload
 from stream_app.tools.benchmark.throughput import simulated_input
 
 PARTITIONS = 4  # topics/topics.toml
@@ -74,17 +75,36 @@ class LogStore(LogDeviceStore):
         super().__init__()
         self.table: dict[int, bytes] = {}
 
-    def write_pending(self) -> None:
+    def write_pending(self) -> int:
+        """Write the sealed segments; their bytes."""
         write = self.log.seal()
         for seq, value in write.segments:
             self.table[seq] = value
         for seq in write.dropped:
             self.table.pop(seq, None)
+        return sum(len(value) for _, value in write.segments)
 
 
-def records_of(events: int, mode: str) -> tuple[list[Record], list[CreatorProfile], int]:
+@dataclass(frozen=True, slots=True)
+class HotEvent:
+    topic: InputTopic
+    payload: dict[str, Any]
+    at_ms: int
+
+
+def hot_input(events: int) -> list[Any]:
+    """`make bench`'s hot-video workload (stream_app/tools/benchmark/hot.py): 6 h of event time, one video with
+    half the views, about 10 distinct viewers (each with one device) in 11 events; profiles first."""
+    workload = HotWorkload(events, events * 10 // 11)
+    end_ms = 1_800_000_000_000
+    start_ms = end_ms - SPAN_S * 1000
+    profiles = [HotEvent(InputTopic.PROFILES, p, start_ms - 1000) for p in workload.profiles(start_ms - 1000)]
+    return profiles + [HotEvent(t, e, e["ts"]) for t, e in workload.events(events, start_ms, end_ms)]
+
+
+def records_of(events: int, mode: str, workload: str = "organic") -> tuple[list[Record], list[CreatorProfile], int]:
     """The input as records (offsets per topic-partition), the profiles, and the count of traffic events."""
-    simulated = simulated_input(events, 500.0)
+    simulated = simulated_input(events, 500.0) if workload == "organic" else hot_input(events)
     profiles = [CreatorProfile(**e.payload) for e in simulated if e.topic is InputTopic.PROFILES]
     traffic = [e for e in simulated if e.topic is not InputTopic.PROFILES]
     by_tp: dict[tuple[InputTopic, int], list[Any]] = defaultdict(list)
@@ -114,6 +134,11 @@ class Run:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     accepted: int = 0
     flags: int = 0
+    # the same by third of the input (by record), and the events of each third
+    thirds: list[dict[str, float]] = field(default_factory=lambda: [dict.fromkeys(PHASES, 0.0) for _ in range(3)])
+    third_events: list[int] = field(default_factory=lambda: [0, 0, 0])
+    device_bytes: list[int] = field(default_factory=lambda: [0, 0, 0])  # device-state segments written
+    video_bytes: list[int] = field(default_factory=lambda: [0, 0, 0])  # video-state values written
 
 
 def batches(records: list[Record], mode: str) -> Iterator[list[Record]]:
@@ -144,8 +169,12 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
     last_tick = start_ms
     run = Run()
     clock = time.process_time
+    done = 0
     for batch_no, batch in enumerate(batches(records, mode)):
         now = batch[-1].timestamp_ms
+        third = min(2, done * 3 // len(records))
+        done += len(batch)
+        before = dict(run.seconds)
         started = clock()
         decoded = [
             decode_record(
@@ -187,7 +216,10 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
         flushed = clock()
         run.seconds["score"] += flushed - scored
         for p, scorer in enumerate(scorers):
-            stores[p].apply(scorer.flush(now, effects[p]))
+            write = scorer.flush(now, effects[p])
+            written = sum(len(v or b"") for _, v in write.segments) + sum(len(v) for _, v in write.heads)
+            run.video_bytes[third] += written
+            stores[p].apply(write)
         judged = clock()
         run.seconds["flush"] += judged - flushed
         by_device: list[list[DeviceViews]] = [[] for _ in range(PARTITIONS)]
@@ -206,13 +238,16 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
             save = batch_no % save_every == 0
             verdicts = judge.judge(device_records, offsets, save=save)
             if save:
-                device_stores[q].write_pending()
+                run.device_bytes[third] += device_stores[q].write_pending()
             pending_flags.extend(verdicts.flags)
             if verdicts.ack is not None:
                 pending_acks.append((q, verdicts.ack.watermark))
             run.flags += len(verdicts.flags)
         run.seconds["devices"] += clock() - judged
         run.accepted += sum(e.accepted.get(InputTopic.VIEWS, 0) for e in effects)
+        for phase in PHASES:
+            run.thirds[third][phase] += run.seconds[phase] - before[phase]
+        run.third_events[third] += sum(len(items) for items in decoded)
     return run
 
 
@@ -220,6 +255,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--mode", choices=("envelope", "single"), default="envelope")
+    parser.add_argument(
+        "--workload",
+        choices=("organic", "hot"),
+        default="organic",
+        help="the simulator's organic traffic, or make bench's hot-video workload (6 h, one video with half the "
+        "views); both print the cost by third of the input",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--device-save-every",
@@ -228,7 +270,7 @@ def main() -> int:
         help="batches between device state saves (the worker saves after every batch)",
     )
     args = parser.parse_args()
-    records, profiles, events = records_of(args.events, args.mode)
+    records, profiles, events = records_of(args.events, args.mode, args.workload)
     print(f"{events:,} events in {len(records):,} records ({args.mode})", file=sys.stderr)
     tune_gc()  # as the worker does
     gc.freeze()  # the input stays alive for the whole run, as the worker's would not: keep it out of collections
@@ -242,6 +284,14 @@ def main() -> int:
     for phase in PHASES:
         print(f"| {phase} | {best.seconds[phase] / events * 1e6:.1f} |")
     print(f"| **all** | **{sum(best.seconds.values()) / events * 1e6:.1f}** |")
+    print("\n| by third of the input | " + " | ".join(PHASES) + " | all | state bytes / event (video, device) |")
+    print("|---|" + "---:|" * (len(PHASES) + 2))
+    for k in range(3):
+        n = max(1, best.third_events[k])
+        cells = [f"{best.thirds[k][phase] / n * 1e6:.1f}" for phase in PHASES]
+        total = sum(best.thirds[k].values()) / n * 1e6
+        written = f"{best.video_bytes[k] / n:.0f}, {best.device_bytes[k] / n:.0f}"
+        print(f"| {('first', 'middle', 'last')[k]} | " + " | ".join(cells) + f" | {total:.1f} | {written} |")
     print(f"accepted views {best.accepted:,}, device flags {best.flags:,}", file=sys.stderr)
     return 0
 
