@@ -141,6 +141,9 @@ class PartitionDeviceJudge:
         self._pending: set[str] = set()  # devices with views device_overlap / account_farm have not judged
         self._changed: dict[str, DeviceState] = {}  # devices changed since the last save_changed
         self._started = False
+        # kept watch intervals ending at or before this are forgotten (rules.kept_cutoff_ms of the watermark of the
+        # last _advance); applied to a device as it is read (_fresh), as its own due would have (device_due_ms)
+        self._kept_cutoff: int | None = None
 
     @property
     def watermark(self) -> int | None:
@@ -194,11 +197,19 @@ class PartitionDeviceJudge:
         device_ids, video_ids, event_ids = record.device_ids, record.video_ids, record.event_ids
         viewer_ids, times, watches = record.viewer_ids, record.ts, record.watch_ms
         taken: list[DeviceState] = []  # the devices this record adds views to: they hold it once it is done
+        kept_cutoff = self._kept_cutoff
         for k in range(len(times)):
             device_id = device_ids[k]
             state = devices.get(device_id)
             if state is None:
                 state = self._load(device_id)
+            elif (
+                kept_cutoff is not None
+                and state.kept_ends
+                and state.kept_ends[0] <= kept_cutoff
+                and device_id not in touched  # its first view of the batch: what this batch keeps stays for it
+            ):
+                state.drop_kept_through(kept_cutoff)
             ts = times[k]
             if 0 <= offset <= state.through_offset:
                 # read again after a crash or a rebalance: the device's state holds this record already (its views
@@ -229,6 +240,7 @@ class PartitionDeviceJudge:
 
     def _advance(self, watermark: int, flags: list[DeviceFlag], touched: set[str]) -> None:
         """Judge and expire every device whose due time the watermark has reached."""
+        self._kept_cutoff = rules.kept_cutoff_ms(self.policy, watermark)
         heap = self._heap
         while heap and heap[0][0] <= watermark:
             due, device_id = heapq.heappop(heap)
@@ -261,7 +273,8 @@ class PartitionDeviceJudge:
     # --- state --------------------------------------------------------------------------------------------------
 
     def _load(self, device_id: str) -> DeviceState:
-        """The device's state (kept while it holds views, or changed since the last save; else from the store)."""
+        """The device's state (kept while it holds views, or changed since the last save; else from the store),
+        without the kept watch intervals the watermark has passed (see device_due_ms)."""
         state = self._devices.get(device_id)
         if state is None:
             state = self._changed.get(device_id)
@@ -270,6 +283,9 @@ class PartitionDeviceJudge:
                 if state is None:
                     state = DeviceState()
             self._devices[device_id] = state
+        cutoff = self._kept_cutoff
+        if cutoff is not None and state.kept_ends and state.kept_ends[0] <= cutoff:
+            state.drop_kept_through(cutoff)
         return state
 
     def _restore(self) -> None:

@@ -62,6 +62,8 @@ __all__ = [
     "judge_interaction_at_settlement",
     "judge_interaction_on_arrival",
     "judge_view",
+    "kept_cutoff_ms",
+    "kept_outlive_accounts",
     "note_account",
     "note_clawback",
 ]
@@ -385,19 +387,38 @@ def expire_device(policy: Policy, device: DeviceState, now_ms: int) -> bool:
     false one). Judge the views first (advance_device): views are forgotten judged or not."""
     cutoff = now_ms - device_flag_delay_ms(policy)
     device.drop_through(cutoff)
-    device.drop_kept_through(cutoff - policy.device_memory_s * 1000)
+    device.drop_kept_through(kept_cutoff_ms(policy, now_ms))
     device.forget_accounts_through(cutoff - policy.dedupe_s * 1000)
     return device.is_empty()
 
 
+def kept_cutoff_ms(policy: Policy, watermark_ms: int) -> int:
+    """The kept watch intervals ending at or before this are forgotten once the device partition's watermark is at
+    watermark_ms (expire_device)."""
+    return watermark_ms - device_flag_delay_ms(policy) - policy.device_memory_s * 1000
+
+
+def kept_outlive_accounts(policy: Policy) -> bool:
+    """Whether a kept watch interval can outlive every account of its device. It cannot when DEDUPE_S is at least
+    DEVICE_MEMORY_S (the defaults: 24 h and 10 min): a kept view noted its account with its own ts, so the account
+    goes no sooner than the interval."""
+    return policy.dedupe_s < policy.device_memory_s
+
+
 def device_due_ms(policy: Policy, device: DeviceState) -> int | None:
     """The device partition watermark at which advance_device next has something to do for this device (judge or
-    forget a view, forget a kept interval or an account); None when the device holds nothing."""
+    forget a view, forget an account); None when the device holds nothing.
+
+    A kept watch interval is not a due of its own when an account of the device outlives it
+    (kept_outlive_accounts): it is forgotten when the device is next loaded for a view, a judgment or an account
+    (the device judge drops the kept intervals through kept_cutoff_ms of its watermark before anything reads
+    them, which is the state this due would have left), so a device that stops viewing is rewritten once when
+    its accounts go, not once more when its intervals do."""
     delay = device_flag_delay_ms(policy)
     due: int | None = None
     if device.ts:
         due = device.ts[0] + delay
-    if device.kept_ends:
+    if device.kept_ends and (not device.account_last or kept_outlive_accounts(policy)):
         kept = device.kept_ends[0] + policy.device_memory_s * 1000 + delay
         due = kept if due is None else min(due, kept)
     if device.account_last:

@@ -4,13 +4,14 @@ issue-11 fraudster end to end through the event partitions' scorers: paid for ea
 
 from __future__ import annotations
 
+import heapq
 import random
 import zlib
 from collections import Counter
 
 import pytest
 
-from stream_app.domain import jsoncodec
+from stream_app.domain import jsoncodec, rules
 from stream_app.domain.device_judge import MemoryDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceView, DeviceViews
 from stream_app.domain.errors import StateFormatError
@@ -18,6 +19,7 @@ from stream_app.domain.events import CreatorProfile, InputTopic, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
+from stream_app.domain.rules_state import DeviceState
 from stream_app.domain.scoring import Position
 from tests.domain.test_device_rules import canonical
 
@@ -427,3 +429,86 @@ def test_a_rejected_view_read_again_is_not_judged_again() -> None:
     assert final_flags(with_offsets=True) == {}
     # without the offset `b` is accepted the second time (nothing left to overlap) and `c` rejected for it
     assert final_flags(with_offsets=False) == {"c": "device_overlap"}
+
+
+class EagerJudge(PartitionDeviceJudge):
+    """The judge as it was: every kept watch interval is a due of its own (the device is read, changed and saved
+    when it expires), nothing is forgotten as a device is read. The reference for the lazy expiry."""
+
+    def _schedule(self, device_id: str, state: DeviceState) -> None:
+        delay = rules.device_flag_delay_ms(self.policy)
+        dues = [state.ts[0] + delay] if state.ts else []
+        if state.kept_ends:
+            dues.append(state.kept_ends[0] + self.policy.device_memory_s * 1000 + delay)
+        if state.account_last:
+            dues.append(min(state.account_last) + self.policy.dedupe_s * 1000 + delay)
+        if dues and (device_id not in self._due or min(dues) < self._due[device_id]):
+            self._due[device_id] = min(dues)
+            heapq.heappush(self._heap, (min(dues), device_id))
+
+    def _advance(self, watermark: int, flags: list[DeviceFlag], touched: set[str]) -> None:
+        super()._advance(watermark, flags, touched)  # what is due expires at the watermark, as before
+        self._kept_cutoff = None  # and nothing else as it is read
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_forgetting_kept_intervals_as_devices_are_read_decides_as_expiring_each_on_time(seed: int) -> None:
+    """Random traffic of a dozen shared devices (overlaps, account farms, bursts), out of order by up to GRACE_S
+    within each source, the two sources apart by up to twice GRACE_S, in random batches: the judge that forgets a
+    device's kept intervals when it next reads the device flags the very same views with the very same details
+    (overlap totals included) as one that expires every interval on time, and saves devices less often.
+
+    Views that reach the judge more than DEVICE_BURST_SPAN + GRACE_S behind its watermark (a source held back
+    by MAX_SOURCE_SKEW_S, a view sent again after a crash) are judged at once when their device was judged past
+    them, else with the device's next due: the eager judge had judged a quiet device past them whenever one of
+    its intervals expired, so the two may judge such a view at different moments (README, Authenticity)."""
+    policy = Policy(
+        grace_s=5, device_burst_span_s=10, device_burst_max=6, device_memory_s=30, dedupe_s=60, accounts_per_device=2
+    )
+    rng = random.Random(seed)
+    views: list[DeviceView] = []
+    clock = T
+    for n in range(600):
+        clock += rng.randint(0, 4_000)
+        ts = clock - rng.randint(0, 5_000)  # up to GRACE_S out of order
+        device = f"d{min(rng.randint(0, 11), rng.randint(0, 11))}"  # a few busy devices, more quiet ones
+        burst = 8 if rng.random() < 0.02 else 1  # more than device_burst_max within its span
+        for k in range(burst):
+            viewer, watch = f"u{rng.randint(0, 4)}", rng.randint(0, 12_000)
+            views.append(DeviceView(device, f"vid{rng.randint(0, 9)}", f"e{n}-{k}", viewer, ts + k * 500, watch))
+    stores = (CountingStore(), CountingStore())
+    lazy = PartitionDeviceJudge(policy, 0, stores[0], sources=2)
+    eager = EagerJudge(policy, 0, stores[1], sources=2)
+    got: tuple[list[DeviceFlag], list[DeviceFlag]] = ([], [])
+    progress = [T, T]
+    while views:
+        size = rng.randint(1, 12)
+        batch, views = views[:size], views[size:]
+        records = []
+        for source in (0, 1):
+            mine = [v for v in batch if zlib.crc32(v.event_id.encode()) % 2 == source]
+            # a source reports progress up to GRACE_S behind its newest view
+            progress[source] = max([progress[source]] + [v.ts - 5_000 for v in mine])
+            records.append(rec(source, mine, through=progress[source]))
+        for k, judge in enumerate((lazy, eager)):
+            got[k].extend(judge.judge(records).flags)
+    end = [rec(0, [], through=clock + 200_000, drained=True), rec(1, [], through=clock + 200_000, drained=True)]
+    for k, judge in enumerate((lazy, eager)):
+        got[k].extend(judge.judge(end).flags)
+    # the same flags; the order within a batch follows the devices' due times, which differ
+    assert sorted((f.event_id, f.reason, f.detail) for f in got[0]) == sorted(
+        (f.event_id, f.reason, f.detail) for f in got[1]
+    )
+    assert {"device_overlap", "account_farm", "device_burst"} <= {f.reason for f in got[0]}
+    assert stores[0].values == stores[1].values == {}  # everything forgotten in both, in the end
+    assert stores[0].saves < stores[1].saves
+
+
+class CountingStore(MemoryDeviceStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves = 0
+
+    def save(self, device_id: str, state: DeviceState) -> None:
+        self.saves += 1
+        super().save(device_id, state)

@@ -23,6 +23,7 @@ from stream_app.domain.rules import (
     device_due_ms,
     device_flag_delay_ms,
     judge_device_views,
+    kept_cutoff_ms,
 )
 from stream_app.domain.rules_state import (
     DEVICE_STATE_FORMAT,
@@ -252,12 +253,30 @@ def test_advance_judges_what_is_final_then_forgets_each_memory_after_its_horizon
     assert advance_device(policy, device, DEVICE, 75_000, out) is False  # 55_000: e1 judged, rejected
     assert reasons(out) == {"e1": Reason.DEVICE_OVERLAP}
     assert device.ts == [] and device.accounts == ["u1"]
-    # the kept interval goes DEVICE_MEMORY_S after it ended, the account DEDUPE_S after its latest view
-    assert device_due_ms(policy, device) == 50_000 + 30_000 + 20_000
+    # the kept interval goes DEVICE_MEMORY_S after it ended, the account DEDUPE_S after its latest view; the
+    # account outlives the interval, so the device is next due for its account only (the judge forgets the
+    # interval whenever it reads the device after 100_000)
+    assert kept_cutoff_ms(policy, 100_000) == 50_000
+    assert device_due_ms(policy, device) == 55_000 + 100_000 + 20_000
     assert advance_device(policy, device, DEVICE, 100_000, out) is False and device.kept_ends == []
     assert device_due_ms(policy, device) == 55_000 + 100_000 + 20_000
     assert advance_device(policy, device, DEVICE, 174_999, out) is False
     assert advance_device(policy, device, DEVICE, 175_000, out) is True and device_due_ms(policy, device) is None
+
+
+@pytest.mark.parametrize("dedupe_s", [0, 20])
+def test_a_kept_interval_is_its_own_due_when_no_account_outlives_it(dedupe_s: int) -> None:
+    """DEDUPE_S 0 (no accounts remembered) or under DEVICE_MEMORY_S: nothing else would come back for the interval."""
+    policy = Policy(grace_s=10, device_burst_span_s=10, device_memory_s=30, dedupe_s=dedupe_s)
+    device = DeviceState()
+    check_device_burst(policy, device, dv("e0", 50_000, 10_000), forget_behind_newest=False)
+    out: list[DeviceFlag] = []
+    assert advance_device(policy, device, DEVICE, 70_000, out) is False and device.kept_ends == [50_000]
+    if dedupe_s:  # the account goes first (50_000 + 20_000 + the delay); the interval stays, due on its own
+        assert device_due_ms(policy, device) == 90_000
+        assert advance_device(policy, device, DEVICE, 90_000, out) is False and device.accounts == []
+    assert device_due_ms(policy, device) == 50_000 + 30_000 + 20_000
+    assert advance_device(policy, device, DEVICE, 100_000, out) is True and out == []
 
 
 # --- stored form ----------------------------------------------------------------------------------------------------
