@@ -202,7 +202,7 @@ class PartitionDeviceJudge:
             device_id = device_ids[k]
             state = devices.get(device_id)
             if state is None:
-                state = self._load(device_id)
+                state = self._load(device_id, touched)
             elif (
                 kept_cutoff is not None
                 and state.kept_ends
@@ -240,23 +240,24 @@ class PartitionDeviceJudge:
 
     def _advance(self, watermark: int, flags: list[DeviceFlag], touched: set[str]) -> None:
         """Judge and expire every device whose due time the watermark has reached."""
-        self._kept_cutoff = rules.kept_cutoff_ms(self.policy, watermark)
         heap = self._heap
         while heap and heap[0][0] <= watermark:
             due, device_id = heapq.heappop(heap)
             if self._due.get(device_id) != due:
                 continue  # stale: rescheduled since
             del self._due[device_id]
-            state = self._load(device_id)
-            rules.advance_device(self.policy, state, device_id, watermark, flags)
+            state = self._load(device_id, touched)
+            rules.advance_device(self.policy, state, device_id, watermark, flags)  # judges, then expires
             if state.pending_from() == len(state.ts):
                 self._pending.discard(device_id)
             touched.add(device_id)
+        # every device due by the watermark has forgotten what it passed: the others hold nothing it passed
+        self._kept_cutoff = rules.kept_cutoff_ms(self.policy, watermark)
 
     def _judge_pending(self, flags: list[DeviceFlag], touched: set[str]) -> None:
         """Every source is drained: every view produced so far is here, so every pending view is judged now."""
         for device_id in self._pending:
-            state = self._load(device_id)
+            state = self._load(device_id, touched)
             rules.judge_device_views(self.policy, state, device_id, state.max_ts, flags)
             touched.add(device_id)
         self._pending.clear()
@@ -272,7 +273,7 @@ class PartitionDeviceJudge:
 
     # --- state --------------------------------------------------------------------------------------------------
 
-    def _load(self, device_id: str) -> DeviceState:
+    def _load(self, device_id: str, touched: set[str]) -> DeviceState:
         """The device's state (kept while it holds views, or changed since the last save; else from the store),
         without the kept watch intervals the watermark has passed (see device_due_ms)."""
         state = self._devices.get(device_id)
@@ -284,8 +285,8 @@ class PartitionDeviceJudge:
                     state = DeviceState()
             self._devices[device_id] = state
         cutoff = self._kept_cutoff
-        if cutoff is not None and state.kept_ends and state.kept_ends[0] <= cutoff:
-            state.drop_kept_through(cutoff)
+        if cutoff is not None and device_id not in touched and state.kept_ends and state.kept_ends[0] <= cutoff:
+            state.drop_kept_through(cutoff)  # first read in the batch (see _on_views)
         return state
 
     def _restore(self) -> None:

@@ -451,17 +451,22 @@ class EagerJudge(PartitionDeviceJudge):
         self._kept_cutoff = None  # and nothing else as it is read
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["in-order", "late"])
 @pytest.mark.parametrize("seed", range(24))
-def test_forgetting_kept_intervals_as_devices_are_read_decides_as_expiring_each_on_time(seed: int) -> None:
-    """Random traffic of a dozen shared devices (overlaps, account farms, bursts), out of order by up to GRACE_S
-    within each source, the two sources apart by up to twice GRACE_S, in random batches: the judge that forgets a
-    device's kept intervals when it next reads the device flags the very same views with the very same details
-    (overlap totals included) as one that expires every interval on time, and saves devices less often.
+def test_forgetting_kept_intervals_as_devices_are_read_decides_as_expiring_each_on_time(seed: int, late: bool) -> None:
+    """Random traffic of a dozen shared devices (overlaps, account farms, bursts) in random batches from two
+    sources: the judge that forgets a device's kept intervals when it next reads the device flags the same views
+    as one that expires every interval on time (that is: rewrites the device when it does), and saves devices
+    less often.
 
-    Views that reach the judge more than DEVICE_BURST_SPAN + GRACE_S behind its watermark (a source held back
-    by MAX_SOURCE_SKEW_S, a view sent again after a crash) are judged at once when their device was judged past
-    them, else with the device's next due: the eager judge had judged a quiet device past them whenever one of
-    its intervals expired, so the two may judge such a view at different moments (README, Authenticity)."""
+    In order (views up to GRACE_S behind their source's progress, as event partitions send them): the very same
+    flags, reasons and details (overlap totals included). Late (a tenth of the views up to twice DEVICE_MEMORY_S +
+    the delay behind, some sent again, as after a crash or from a source held back by MAX_SOURCE_SKEW_S): the same
+    views flagged; a reason may differ where several late views of a device reach it in one batch after it went
+    quiet. Expiring an interval on time also moved the device's judged-through mark (rules.judge_device_views), so
+    such views were judged at once, in arrival order; now they wait for the batch's end and are judged in
+    canonical order, device_burst first (measured on 300 seeds: the same views flagged in all, a reason differing
+    in 8)."""
     policy = Policy(
         grace_s=5, device_burst_span_s=10, device_burst_max=6, device_memory_s=30, dedupe_s=60, accounts_per_device=2
     )
@@ -471,11 +476,15 @@ def test_forgetting_kept_intervals_as_devices_are_read_decides_as_expiring_each_
     for n in range(600):
         clock += rng.randint(0, 4_000)
         ts = clock - rng.randint(0, 5_000)  # up to GRACE_S out of order
+        if late and rng.random() < 0.1:  # far behind the watermark: past DEVICE_MEMORY_S + the delay, or not
+            ts = clock - rng.randint(0, 2 * (30_000 + 15_000))
         device = f"d{min(rng.randint(0, 11), rng.randint(0, 11))}"  # a few busy devices, more quiet ones
         burst = 8 if rng.random() < 0.02 else 1  # more than device_burst_max within its span
         for k in range(burst):
             viewer, watch = f"u{rng.randint(0, 4)}", rng.randint(0, 12_000)
             views.append(DeviceView(device, f"vid{rng.randint(0, 9)}", f"e{n}-{k}", viewer, ts + k * 500, watch))
+        if late and rng.random() < 0.05:
+            views.append(rng.choice(views))  # sent again (its event partition scored it again after a crash)
     stores = (CountingStore(), CountingStore())
     lazy = PartitionDeviceJudge(policy, 0, stores[0], sources=2)
     eager = EagerJudge(policy, 0, stores[1], sources=2)
@@ -495,10 +504,12 @@ def test_forgetting_kept_intervals_as_devices_are_read_decides_as_expiring_each_
     end = [rec(0, [], through=clock + 200_000, drained=True), rec(1, [], through=clock + 200_000, drained=True)]
     for k, judge in enumerate((lazy, eager)):
         got[k].extend(judge.judge(end).flags)
-    # the same flags; the order within a batch follows the devices' due times, which differ
-    assert sorted((f.event_id, f.reason, f.detail) for f in got[0]) == sorted(
-        (f.event_id, f.reason, f.detail) for f in got[1]
-    )
+    # the same views flagged; the order within a batch follows the devices' due times, which differ
+    assert sorted({f.event_id for f in got[0]}) == sorted({f.event_id for f in got[1]})
+    if not late:  # and for the same reasons, with the same details
+        assert sorted((f.event_id, f.reason, f.detail) for f in got[0]) == sorted(
+            (f.event_id, f.reason, f.detail) for f in got[1]
+        )
     assert {"device_overlap", "account_farm", "device_burst"} <= {f.reason for f in got[0]}
     assert stores[0].values == stores[1].values == {}  # everything forgotten in both, in the end
     assert stores[0].saves < stores[1].saves
