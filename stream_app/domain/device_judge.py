@@ -141,8 +141,10 @@ class PartitionDeviceJudge:
         self._pending: set[str] = set()  # devices with views device_overlap / account_farm have not judged
         self._changed: dict[str, DeviceState] = {}  # devices changed since the last save_changed
         self._started = False
-        # kept watch intervals ending at or before this are forgotten (rules.kept_cutoff_ms of the watermark of the
-        # last _advance); applied to a device as it is read (_fresh), as its own due would have (device_due_ms)
+        # kept watch intervals ending at or before this are forgotten (rules.kept_cutoff_ms of the watermark the
+        # last batch reached): applied to a device as it is first read in a batch (_on_views, _load), which is the
+        # state its own due for them would have left (rules.device_due_ms); a device read again in the batch keeps
+        # what the batch kept, as on-time expiry did until the batch's end
         self._kept_cutoff: int | None = None
 
     @property

@@ -410,10 +410,12 @@ def device_due_ms(policy: Policy, device: DeviceState) -> int | None:
     forget a view, forget an account); None when the device holds nothing.
 
     A kept watch interval is not a due of its own when an account of the device outlives it
-    (kept_outlive_accounts): it is forgotten when the device is next loaded for a view, a judgment or an account
-    (the device judge drops the kept intervals through kept_cutoff_ms of its watermark before anything reads
-    them, which is the state this due would have left), so a device that stops viewing is rewritten once when
-    its accounts go, not once more when its intervals do."""
+    (kept_outlive_accounts): it is forgotten when the device is next read for a view, a judgment or an account
+    (the device judge drops the kept intervals through kept_cutoff_ms of the previous batch's watermark as it
+    first reads the device in a batch, the state this due would have left), so a device that stops viewing is
+    rewritten once when its accounts go, not once more when its intervals do. What such a due also did, judge a
+    quiet device past the watermark (judged_through), is not done: late views of it wait for its next due and
+    are judged in canonical order (README, Known limits)."""
     delay = device_flag_delay_ms(policy)
     due: int | None = None
     if device.ts:
