@@ -523,3 +523,16 @@ class CountingStore(MemoryDeviceStore):
     def save(self, device_id: str, state: DeviceState) -> None:
         self.saves += 1
         super().save(device_id, state)
+
+
+def test_a_view_judged_as_the_watermark_leaps_still_sees_the_intervals_it_passed() -> None:
+    """The watermark leaps far past a device's kept interval while a view that overlaps it waits for judgment (a
+    source catching up): the view is judged against the interval, which is forgotten only after (as on-time
+    expiry did); forgetting at the new watermark first would lose the flag."""
+    judge = PartitionDeviceJudge(SMALL, 0, MemoryDeviceStore(), sources=1)  # delay 20 s, DEVICE_MEMORY_S 30 s
+    assert not judge.judge([rec(0, [dv("a", T + 10_000, 10_000)])]).flags  # [T, T+10s]
+    assert not judge.judge([rec(0, [], through=T + 30_000)]).flags  # a judged and kept
+    assert not judge.judge([rec(0, [dv("b", T + 35_000, 30_000)])]).flags  # [T+5s, T+35s]: 5 s over a, pending
+    flags = judge.judge([rec(0, [], through=T + 200_000)]).flags  # past b's delay, and a's memory long ago
+    assert reasons(flags) == {"b": "device_overlap"}
+    assert judge.store.load("dev") is None  # then everything forgotten: DEDUPE_S (100 s) is past too
