@@ -142,7 +142,7 @@ class PartitionDeviceJudge:
         self._changed: dict[str, DeviceState] = {}  # devices changed since the last save_changed
         self._started = False
         # kept watch intervals ending at or before this are forgotten (rules.kept_cutoff_ms of the watermark the
-        # last batch reached): applied to a device as it is first read in a batch (_on_views, _load), which is the
+        # last batch reached): applied to a device as it is first read in a batch (_forget_passed), which is the
         # state its own due for them would have left (rules.device_due_ms); a device read again in the batch keeps
         # what the batch kept, as on-time expiry did until the batch's end
         self._kept_cutoff: int | None = None
@@ -199,19 +199,13 @@ class PartitionDeviceJudge:
         device_ids, video_ids, event_ids = record.device_ids, record.video_ids, record.event_ids
         viewer_ids, times, watches = record.viewer_ids, record.ts, record.watch_ms
         taken: list[DeviceState] = []  # the devices this record adds views to: they hold it once it is done
-        kept_cutoff = self._kept_cutoff
         for k in range(len(times)):
             device_id = device_ids[k]
             state = devices.get(device_id)
             if state is None:
                 state = self._load(device_id, touched)
-            elif (
-                kept_cutoff is not None
-                and state.kept_ends
-                and state.kept_ends[0] <= kept_cutoff
-                and device_id not in touched  # its first view of the batch: what this batch keeps stays for it
-            ):
-                state.drop_kept_through(kept_cutoff)
+            elif state.kept_ends:
+                self._forget_passed(device_id, state, touched)
             ts = times[k]
             if 0 <= offset <= state.through_offset:
                 # read again after a crash or a rebalance: the device's state holds this record already (its views
@@ -286,10 +280,15 @@ class PartitionDeviceJudge:
                 if state is None:
                     state = DeviceState()
             self._devices[device_id] = state
-        cutoff = self._kept_cutoff
-        if cutoff is not None and device_id not in touched and state.kept_ends and state.kept_ends[0] <= cutoff:
-            state.drop_kept_through(cutoff)  # first read in the batch (see _on_views)
+        self._forget_passed(device_id, state, touched)
         return state
+
+    def _forget_passed(self, device_id: str, state: DeviceState, touched: set[str]) -> None:
+        """At a device's first read in the batch (not yet `touched`), forget the kept watch intervals the last
+        batch's watermark passed (self._kept_cutoff); what this batch kept stays for the rest of it."""
+        cutoff = self._kept_cutoff
+        if cutoff is not None and state.kept_ends and state.kept_ends[0] <= cutoff and device_id not in touched:
+            state.drop_kept_through(cutoff)
 
     def _restore(self) -> None:
         """First batch after an assignment: the store is the truth. Every device is scheduled (its views may be due
