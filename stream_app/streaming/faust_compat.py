@@ -41,6 +41,15 @@ aiokafka upgrade starts here. The patches are installed once per process (`insta
 8. Table recovery's progress (`app.tables.recovery`, not declared by TableManagerT): the readiness probe says
    a worker recovering its tables is not ready, with the records left. Proved by tests/streaming/test_lifecycle.py
    and tests/integration/test_lifecycle.py.
+9. A fetch asks for the partitions that were active when it started (`AIOKafkaConsumerThread._fetch_records`).
+   Faust hands aiokafka its live set of active partitions; aiokafka reads an empty set as "every partition". The
+   set empties while a fetch waits when table recovery pauses the changelogs it has read and the stream partitions
+   are still held (2.): aiokafka then returned a stream partition's records fetched after the seek, Faust dropped
+   them (not active) and aiokafka's position had moved past them, so a restarted worker never scored them (seen
+   as consumer lag that never fell after a SIGTERM restart). The fetch asks for a copy, asks for nothing when the
+   copy is empty, and puts back what it got of a partition no longer active (its position sought back to the first
+   record). Proved by tests/integration/test_fetch_snapshot.py (a real consumer on a broker) and
+   tests/integration/test_scoring_scenario.py (restarts).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from aiokafka import TopicPartition
 from faust.streams import _current_event
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -227,6 +237,56 @@ def table_recovery(app: Any) -> Any:
     return getattr(app.tables, "recovery")  # noqa: B009 (TableManagerT does not declare it)
 
 
+# ---- 9. a fetch asks for the partitions active when it started ---------------------------------------------------
+
+
+async def fetch_active(fetcher: Any, active: set[TP], buffered: set[TP], **kwargs: Any) -> dict[Any, list[Any]]:
+    """aiokafka's fetched records of the partitions in `active` as it is now, on the consumer's thread.
+
+    `active` is Faust's live set: a copy is asked for (aiokafka reads an empty set as every partition), and the
+    records of a partition that left `active` (and `buffered`) while the fetch waited are put back: Faust would drop
+    them, and aiokafka's position has moved past them."""
+    asked = set(active)
+    if not asked:
+        return {}
+    records: dict[Any, list[Any]] = await fetcher.fetched_records(asked, **kwargs)
+    for tp in [tp for tp in records if tp not in active and tp not in buffered]:
+        first = records.pop(tp)[0].offset
+        log.debug("%s[%d] was paused while fetched: records from offset %d put back", tp.topic, tp.partition, first)
+        fetcher.seek_to(tp, first)
+    return records
+
+
+def _install_fetch_snapshot() -> None:
+    original = AIOKafkaConsumerThread._fetch_records
+    if getattr(original, "_snapshot", False):
+        return
+
+    async def fetch_records(
+        self: Any,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        if not self.consumer.flow_active:
+            return {}
+        fetcher = consumer._fetcher
+        if consumer._closed or fetcher._closed:
+            return await original(self, consumer, active_partitions, timeout=timeout, max_records=max_records)
+        with fetcher._subscriptions.fetch_context():
+            return await fetch_active(
+                fetcher,
+                active_partitions,
+                self.consumer._buffered_partitions,
+                timeout=timeout,
+                max_records=max_records,
+            )
+
+    fetch_records._snapshot = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._fetch_records = fetch_records  # type: ignore[method-assign]
+
+
 # ---- installing ---------------------------------------------------------------------------------------------------
 
 
@@ -238,11 +298,12 @@ def install(
     on_sought: Callable[[dict[TP, int | None]], None] | None = None,
     clamp_commits: Callable[[dict[TP, int]], None] | None = None,
 ) -> None:
-    """Install patches 1-3 (process-wide, idempotent) and give this app what they read: the reader of true
+    """Install patches 1-3 and 9 (process-wide, idempotent) and give this app what they read: the reader of true
     changelog ends, the topics whose uncommitted partitions start from the earliest offset, who hears where the
     stream partitions were sought, and what clamps the offsets about to be committed."""
     _install_true_changelog_end()
     _install_stream_seek()
+    _install_fetch_snapshot()
     _install_commit_clamp()
     setattr(app, _TRUE_ENDS_ATTR, true_ends)
     setattr(app, _STREAM_TOPICS_ATTR, set(stream_topics))
