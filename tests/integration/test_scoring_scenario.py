@@ -9,6 +9,7 @@ one watermark governs them; IDLE_SETTLE_S is long, so only event time settles wi
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,9 +284,18 @@ def wait_for_state_of_input_read(env: dict[str, str], published: int, timeout: f
         reader.read_until(covered, timeout, "the video-state changelog to hold the positions of the input published")
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_restart_between_halves_ends_in_the_same_numbers(scenario_env: dict[str, str], stop_signal: int) -> None:
-    """SIGKILL leaves offsets uncommitted: the restarted worker re-reads input it already applied and must skip it."""
+@pytest.mark.parametrize(
+    ("stop_signal", "rejoin_after_expiry"),
+    [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGTERM, True)],
+    ids=["sigterm", "sigkill", "sigterm-emptied-group"],
+)
+def test_restart_between_halves_ends_in_the_same_numbers(
+    scenario_env: dict[str, str], stop_signal: int, rejoin_after_expiry: bool
+) -> None:
+    """SIGKILL leaves offsets uncommitted: the restarted worker re-reads input it already applied and must skip it.
+    With `rejoin_after_expiry` the old member has left the group (session timeout) before the next worker starts,
+    which then joins an emptied group and recovers every partition (without faust_compat's fetch snapshot, 2 of 6
+    such restarts lost the second half's records)."""
     env = dict(scenario_env, **SCENARIO)
     if stop_signal == signal.SIGKILL:
         # no offset commit before the kill: the whole first half is read again after the restart
@@ -303,6 +313,8 @@ def test_restart_between_halves_ends_in_the_same_numbers(scenario_env: dict[str,
         wait_for_state_of_input_read(env, sum(topic != "creator-profiles" for topic, _, _ in first))
         code = worker.stop(stop_signal)
         assert code == (0 if stop_signal == signal.SIGTERM else -signal.SIGKILL)
+    if rejoin_after_expiry:  # tansu keeps a stopped generation-0 member until its session times out
+        time.sleep(float(env.get("BROKER_SESSION_TIMEOUT", "6")) * 2)
     before = latest_by_key(read_topic(bootstrap, f"{prefix}reward-accruals", lambda r: True, timeout=10))
     publish(bootstrap, prefix, second)
     with WorkerProcess(env) as restarted:
