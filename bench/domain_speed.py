@@ -1,7 +1,8 @@
 """What the scoring core costs per event, without Kafka or Faust (issue 9: "a scoring core that costs ~10 us per
 event, whatever the state holds").
 
-    python bench/domain_speed.py [--events 200000] [--mode envelope|single] [--repeat 3] [--profile OUT.folded]
+    python bench/domain_speed.py [--events 200000] [--mode envelope|single] [--workload organic|hot|fraud]
+                                 [--seed 2] [--repeat 3] [--decisions OUT.txt]
 
 The input is `stream-app bench`'s (the simulator's organic traffic, seed 1, 500 events per second of event time),
 laid out as the producer SDK publishes it: per topic-partition (4 partitions), envelopes of up to 1,000 events in
@@ -21,17 +22,26 @@ A batch is 2,000 records (single) or the records of 0.1 s of this input (envelop
 `take_events(2000, within=0.1)` takes them from a backlog. Ticks (1 s of record time) settle idle windows, as in
 the worker. Prints one Markdown table: microseconds of CPU per event for each phase and in all, the best of
 `--repeat` runs (a shared machine: the best run is the least disturbed one).
+
+`--decisions FILE` writes every decision of the first run, sorted, one per line: each device flag (event, reason,
+detail), each outcome but `accepted` (topic, outcome, reason, event, detail), each dead letter, and each video's
+last accrual (money in micros, counts). The run is deterministic, unlike the quality report on a broker (batching
+there depends on timing): two checkouts' files differ exactly where their decisions do, so a change meant to keep
+the results (issue 9's "results identical to the micro") is checked in seconds with `diff`. `--workload fraud`
+feeds the fraud simulation (every scenario, `--seed`) for that purpose.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import math
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -48,12 +58,15 @@ from stream_app.edges.partitioner import partition_for
 from stream_app.edges.runtime import tune_gc
 from stream_app.tools.benchmark.hot import SPAN_S, HotWorkload
 from stream_app.tools.benchmark.throughput import simulated_input
+from stream_app.tools.simulator import SimulationConfig, generate
+from stream_app.tools.simulator.scenarios import FRAUD_SCENARIOS
 
 PARTITIONS = 4  # topics/topics.toml
 ENVELOPE_EVENTS = 1_000
 SINGLE_BATCH_RECORDS = 2_000
 ENVELOPE_BATCH_RECORDS = 8  # about 0.1 s of this input at the scorer's envelope rate
 TICK_MS = 1_000
+FRAUD_RATE = 200.0  # events per second of event time of the fraud workload
 PHASES = ("decode", "score", "flush", "devices")
 
 
@@ -102,9 +115,26 @@ def hot_input(events: int) -> list[Any]:
     return profiles + [HotEvent(t, e, e["ts"]) for t, e in workload.events(events, start_ms, end_ms)]
 
 
-def records_of(events: int, mode: str, workload: str = "organic") -> tuple[list[Record], list[CreatorProfile], int]:
+def fraud_input(events: int, seed: int) -> list[Any]:
+    """The simulator's traffic with every fraud scenario (`stream-app simulate --fraud all`), 200 events per second."""
+    config = SimulationConfig(
+        seed=seed,
+        start_ms=1_700_000_000_000,
+        duration_s=math.ceil(events / FRAUD_RATE),
+        rate_per_s=FRAUD_RATE,
+        fraud=FRAUD_SCENARIOS,
+    )
+    return [e for e in generate(config) if isinstance(e.payload, dict)]
+
+
+def records_of(
+    events: int, mode: str, workload: str = "organic", seed: int = 2
+) -> tuple[list[Record], list[CreatorProfile], int]:
     """The input as records (offsets per topic-partition), the profiles, and the count of traffic events."""
-    simulated = simulated_input(events, 500.0) if workload == "organic" else hot_input(events)
+    if workload == "fraud":
+        simulated = fraud_input(events, seed)
+    else:
+        simulated = simulated_input(events, 500.0) if workload == "organic" else hot_input(events)
     profiles = [CreatorProfile(**e.payload) for e in simulated if e.topic is InputTopic.PROFILES]
     traffic = [e for e in simulated if e.topic is not InputTopic.PROFILES]
     by_tp: dict[tuple[InputTopic, int], list[Any]] = defaultdict(list)
@@ -139,6 +169,31 @@ class Run:
     third_events: list[int] = field(default_factory=lambda: [0, 0, 0])
     device_bytes: list[int] = field(default_factory=lambda: [0, 0, 0])  # device-state segments written
     video_bytes: list[int] = field(default_factory=lambda: [0, 0, 0])  # video-state values written
+    # with `decisions`: every decision but the accruals (lines), and each video's last accrual
+    decisions: list[str] | None = None
+    accruals: dict[str, str] = field(default_factory=dict)
+
+    def note(self, effects: list[Effects], flags: list[DeviceFlag]) -> None:
+        """Record a batch's decisions (outside the timed phases)."""
+        lines = self.decisions
+        if lines is None:
+            return
+        for flag in flags:
+            lines.append(f"flag {flag.event_id} {flag.reason} {flag.detail}")
+        for batch_effects in effects:
+            for o in batch_effects.outcomes:
+                lines.append(f"outcome {o.topic.value} {o.outcome.value} {o.reason} {o.event.event_id} {o.detail}")
+            for position, why in batch_effects.dead_letters:
+                lines.append(f"dead_letter {position.partition}@{position.offset}#{position.index} {why}")
+            for a in batch_effects.accruals:
+                self.accruals[a.video_id] = (
+                    f"accrual {a.video_id} settled={a.settled_micros} clawback={a.clawback_micros} "
+                    f"provisional={a.provisional_micros} qualified={a.qualified_views} views={a.views} "
+                    f"suspicious={a.suspicious_views} windows={a.windows_settled} eligible={a.eligible}"
+                )
+
+    def decision_lines(self) -> list[str]:
+        return sorted([*(self.decisions or ()), *self.accruals.values()])
 
 
 def batches(records: list[Record], mode: str) -> Iterator[list[Record]]:
@@ -148,7 +203,7 @@ def batches(records: list[Record], mode: str) -> Iterator[list[Record]]:
 
 
 def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch path runs)
-    records: list[Record], profiles: list[CreatorProfile], mode: str, save_every: int
+    records: list[Record], profiles: list[CreatorProfile], mode: str, save_every: int, decisions: bool = False
 ) -> Run:
     policy = Policy()
     policy_id = policy_hash(policy)
@@ -167,7 +222,7 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
     pending_flags: list[DeviceFlag] = []
     pending_acks: list[tuple[int, int]] = []
     last_tick = start_ms
-    run = Run()
+    run = Run(decisions=[] if decisions else None)
     clock = time.process_time
     done = 0
     for batch_no, batch in enumerate(batches(records, mode)):
@@ -244,6 +299,7 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
                 pending_acks.append((q, verdicts.ack.watermark))
             run.flags += len(verdicts.flags)
         run.seconds["devices"] += clock() - judged
+        run.note(effects, pending_flags)
         run.accepted += sum(e.accepted.get(InputTopic.VIEWS, 0) for e in effects)
         for phase in PHASES:
             run.thirds[third][phase] += run.seconds[phase] - before[phase]
@@ -257,11 +313,13 @@ def main() -> int:
     parser.add_argument("--mode", choices=("envelope", "single"), default="envelope")
     parser.add_argument(
         "--workload",
-        choices=("organic", "hot"),
+        choices=("organic", "hot", "fraud"),
         default="organic",
-        help="the simulator's organic traffic, or make bench's hot-video workload (6 h, one video with half the "
-        "views); both print the cost by third of the input",
+        help="the simulator's organic traffic, make bench's hot-video workload (6 h, one video with half the "
+        "views), or the simulator with every fraud scenario (--seed); all print the cost by third of the input",
     )
+    parser.add_argument("--seed", type=int, default=2, help="the fraud workload's seed")
+    parser.add_argument("--decisions", type=Path, default=None, help="write the first run's decisions, sorted")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--device-save-every",
@@ -270,13 +328,18 @@ def main() -> int:
         help="batches between device state saves (the worker saves after every batch)",
     )
     args = parser.parse_args()
-    records, profiles, events = records_of(args.events, args.mode, args.workload)
+    records, profiles, events = records_of(args.events, args.mode, args.workload, args.seed)
     print(f"{events:,} events in {len(records):,} records ({args.mode})", file=sys.stderr)
     tune_gc()  # as the worker does
     gc.freeze()  # the input stays alive for the whole run, as the worker's would not: keep it out of collections
     best: Run | None = None
-    for _ in range(args.repeat):
-        run = run_once(records, profiles, args.mode, args.device_save_every)
+    for attempt in range(args.repeat):
+        recording = attempt == 0 and args.decisions is not None
+        run = run_once(records, profiles, args.mode, args.device_save_every, recording)
+        if recording:
+            lines = run.decision_lines()
+            args.decisions.write_text("".join(line + "\n" for line in lines))
+            print(f"{len(lines):,} decisions written to {args.decisions}", file=sys.stderr)
         if best is None or sum(run.seconds.values()) < sum(best.seconds.values()):
             best = run
     assert best is not None
