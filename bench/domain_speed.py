@@ -15,8 +15,9 @@ timed in CPU seconds (time.process_time):
   an in-memory store;
 - devices: the accepted views of each batch as DeviceViews records to the 4 device partitions, judged by
   `PartitionDeviceJudge` over the device log (domain/device_log.py, what the device-state table holds), its
-  changed states saved and sealed after every batch as the worker does (`--device-save-every N` measures saving
-  less often), and its flags applied back (`on_device_flag`) with the next batch.
+  changed states saved and sealed every `--device-save-every` batches (default 10: the worker saves every
+  SAVE_INTERVAL_S, 1 s, about 10 batches of a catch-up; 1 measures saving after every batch), and its flags
+  applied back (`on_device_flag`) with the next batch.
 
 A batch is 2,000 records (single) or the records of 0.1 s of this input (envelope), as the agent's
 `take_events(2000, within=0.1)` takes them from a backlog. Ticks (1 s of record time) settle idle windows, as in
@@ -324,8 +325,8 @@ def main() -> int:
     parser.add_argument(
         "--device-save-every",
         type=int,
-        default=1,
-        help="batches between device state saves (the worker saves after every batch)",
+        default=10,
+        help="batches between device state saves (the worker saves every SAVE_INTERVAL_S, 1 s: ~10 batches here)",
     )
     args = parser.parse_args()
     records, profiles, events = records_of(args.events, args.mode, args.workload, args.seed)

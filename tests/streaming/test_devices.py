@@ -122,6 +122,13 @@ def from_every_source(views: list[DeviceView], drained: bool = False) -> list[Fa
     return [event for source in range(PARTITIONS) for event in batch_of(views, source, drained=drained)]
 
 
+@pytest.fixture(autouse=True)
+def save_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table is inspected after each batch here: states saved at every batch (the worker saves every
+    SAVE_INTERVAL_S; test_states_are_saved_when_due_and_commits_never_pass_the_save covers that)."""
+    monkeypatch.setattr(devices, "SAVE_INTERVAL_S", 0.0)
+
+
 def view(n: int, device: str, ts: int, watch_ms: int = 0, viewer: str = "u") -> DeviceView:
     return DeviceView(device, f"vid{n % 5}", f"e{device}{n}", viewer, ts, watch_ms)
 
@@ -326,8 +333,9 @@ async def test_send_device_views_reaches_every_device_partition_in_records_of_bo
 
 
 async def test_each_batch_writes_the_states_it_changed_and_moves_the_commit_limit() -> None:
-    """Device states are written after every batch, once its flags are acknowledged; a partition's commits may
-    reach only the offset after the last record whose effects were written."""
+    """With saves due at every batch (SAVE_INTERVAL_S 0), device states are written after every batch, once its
+    flags are acknowledged; a partition's commits may reach only the offset after the last record whose effects
+    were written."""
     app = FakeApp()
     judge = judge_for(app)
     home = partition_for(b"farm", PARTITIONS)
@@ -345,6 +353,40 @@ async def test_each_batch_writes_the_states_it_changed_and_moves_the_commit_limi
     again = judge_for(restarted)
     await again.process_batch(second)
     assert restarted.flags() == []
+
+
+async def test_states_are_saved_when_due_and_commits_never_pass_the_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device states are saved at most every SAVE_INTERVAL_S (each save serializes every device changed since the
+    last); a partition's commit may reach only the offset after the last record whose effects were saved, so a
+    crash reads the unsaved records again, and a worker restarted from the table judges them as the first did."""
+    monkeypatch.setattr(devices, "SAVE_INTERVAL_S", 3600.0)
+    app = FakeApp()
+    judge = judge_for(app)
+    home = partition_for(b"farm", PARTITIONS)
+    first = batch_of([view(n, "farm", T + n * 100) for n in range(30)])
+    await judge.process_batch(first)  # the first batch of a partition is saved at once
+    saved = judge.saved[("device-views", home)]
+    assert saved == first[home].message.offset + 1 and stored_devices(app) == {"farm"}
+    table_after_first = dict(app.device_state)
+    second = batch_of([view(n, "farm", T + n * 100) for n in range(30, 61)])
+    await judge.process_batch(second)  # 61 views within 6 s: a burst, flagged at once
+    assert len(app.flags()) == 61
+    assert judge.saved[("device-views", home)] == saved and app.device_state == table_after_first  # not due yet
+    # a crash now: the table holds the first batch's states, the commit stops at `saved`; a new worker reads
+    # the second batch again and flags the same burst
+    restarted = FakeApp()
+    restarted.device_state = dict(app.device_state)
+    again = judge_for(restarted)
+    await again.process_batch(second)
+    assert sorted(f.event_id for _, f in restarted.flags()) == sorted(f.event_id for _, f in app.flags())
+    monkeypatch.setattr(devices, "SAVE_INTERVAL_S", 0.0)
+    await judge.process_batch(batch_of([], through_ts=T + 7_000))  # due: everything judged so far is saved
+    assert judge.saved[("device-views", home)] > saved and app.device_state != table_after_first
+    # and a worker restoring from it now holds the burst: the second batch read again flags nothing
+    later = FakeApp()
+    later.device_state = dict(app.device_state)
+    await judge_for(later).process_batch(second)
+    assert later.flags() == []
 
 
 def test_commits_of_device_views_are_clamped_to_the_save() -> None:
