@@ -57,7 +57,7 @@ from __future__ import annotations
 import logging
 import signal
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -240,17 +240,26 @@ def table_recovery(app: Any) -> Any:
 # ---- 9. a fetch asks for the partitions active when it started ---------------------------------------------------
 
 
-async def fetch_active(fetcher: Any, active: set[TP], buffered: set[TP], **kwargs: Any) -> dict[Any, list[Any]]:
-    """aiokafka's fetched records of the partitions in `active` as it is now, on the consumer's thread.
+async def fetch_active(
+    fetch: Callable[[set[TP]], Awaitable[Mapping[Any, list[Any]]]],
+    fetcher: Any,
+    active: set[TP],
+    buffered: set[TP],
+) -> Mapping[Any, list[Any]]:
+    """`fetch` (records of the partitions asked for) of the partitions in `active` as it is now.
 
-    `active` is Faust's live set: a copy is asked for (aiokafka reads an empty set as every partition), and the
-    records of a partition that left `active` (and `buffered`) while the fetch waited are put back: Faust would drop
-    them, and aiokafka's position has moved past them."""
+    `active` is Faust's live set: `fetch` gets a copy (aiokafka reads an empty set as every partition, so an empty
+    one is not asked for), and the records of a partition that left `active` (and `buffered`) while the fetch waited
+    are put back through aiokafka's `fetcher`: Faust would drop them, and aiokafka's position has moved past them."""
     asked = set(active)
     if not asked:
         return {}
-    records: dict[Any, list[Any]] = await fetcher.fetched_records(asked, **kwargs)
-    for tp in [tp for tp in records if tp not in active and tp not in buffered]:
+    records = await fetch(asked)
+    left = [tp for tp in records if tp not in active and tp not in buffered]
+    if not left:
+        return records
+    records = dict(records)
+    for tp in left:
         first = records.pop(tp)[0].offset
         log.debug("%s[%d] was paused while fetched: records from offset %d put back", tp.topic, tp.partition, first)
         fetcher.seek_to(tp, first)
@@ -269,19 +278,13 @@ def _install_fetch_snapshot() -> None:
         timeout: float | None = None,
         max_records: int | None = None,
     ) -> Any:
-        if not self.consumer.flow_active:
-            return {}
-        fetcher = consumer._fetcher
-        if consumer._closed or fetcher._closed:
-            return await original(self, consumer, active_partitions, timeout=timeout, max_records=max_records)
-        with fetcher._subscriptions.fetch_context():
-            return await fetch_active(
-                fetcher,
-                active_partitions,
-                self.consumer._buffered_partitions,
-                timeout=timeout,
-                max_records=max_records,
-            )
+        # Faust's own fetch (its flow, closed and fetch-context guards) asked for a snapshot of the set
+        return await fetch_active(
+            lambda asked: original(self, consumer, asked, timeout=timeout, max_records=max_records),
+            consumer._fetcher,
+            active_partitions,
+            self.consumer._buffered_partitions,
+        )
 
     fetch_records._snapshot = True  # type: ignore[attr-defined]
     AIOKafkaConsumerThread._fetch_records = fetch_records  # type: ignore[method-assign]

@@ -52,11 +52,16 @@ async def produce(producer: AIOKafkaProducer, topic: str, partition: int, count:
     await producer.flush()
 
 
+def fetch_of(fetcher: Any, timeout: float) -> Any:
+    """aiokafka's fetch of the partitions asked for, as Faust's `_fetch_records` makes it."""
+    return lambda asked: fetcher.fetched_records(asked, timeout=timeout)
+
+
 async def fetch_offsets(consumer: AIOKafkaConsumer, tp: TopicPartition, count: int) -> list[int]:
     """The offsets of the next `count` records of `tp` (fetch_active with `tp` active)."""
     offsets: list[int] = []
     while len(offsets) < count:
-        records = await fetch_active(consumer._fetcher, {tp}, set(), timeout=5.0)
+        records = await fetch_active(fetch_of(consumer._fetcher, 5.0), consumer._fetcher, {tp}, set())
         assert records, f"no records of {tp} within 5 s"
         offsets.extend(r.offset for r in records[tp])
     return offsets
@@ -79,7 +84,7 @@ async def test_a_fetch_whose_active_set_empties_while_it_waits_returns_nothing(
     held = TopicPartition(topic, 1)  # a stream partition not yet resumed: its records must stay where they are
     active = {TopicPartition(topic, 0)}
     records = await empty_while_waiting(
-        fetch_active(consumer._fetcher, active, set(), timeout=2.0),
+        fetch_active(fetch_of(consumer._fetcher, 2.0), consumer._fetcher, active, set()),
         active,
         lambda: produce(producer, topic, 1, 3),
     )
@@ -117,9 +122,6 @@ class PausedWhileFetched:
         self.active.discard(self.tp)
         return records
 
-    def seek_to(self, tp: TopicPartition, offset: int) -> None:
-        self.fetcher.seek_to(tp, offset)
-
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["paused", "buffer-full"])
 async def test_records_of_a_partition_paused_while_fetched_are_put_back(
@@ -132,7 +134,9 @@ async def test_records_of_a_partition_paused_while_fetched_are_put_back(
     await produce(producer, topic, 0, 4)
     active = {tp}
     paused_while_fetched = PausedWhileFetched(consumer._fetcher, active, tp)
-    got = await fetch_active(paused_while_fetched, active, {tp} if buffered else set(), timeout=5.0)
+    got = await fetch_active(
+        fetch_of(paused_while_fetched, 5.0), consumer._fetcher, active, {tp} if buffered else set()
+    )
     if buffered:
         first = [r.offset for r in got[tp]]
         assert first and first == list(range(len(first)))
