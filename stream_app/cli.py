@@ -25,6 +25,8 @@ from stream_app.edges.cli_args import (
 if TYPE_CHECKING:
     from stream_app.edges.settings import Settings
 
+log = logging.getLogger("stream_app.cli")
+
 
 def _settings() -> Settings:
     from stream_app.edges.settings import load_settings
@@ -36,7 +38,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream_app.edges.kafka_client import check_broker, client_kwargs
     from stream_app.edges.logging_setup import configure_logging
     from stream_app.edges.metrics import RewardsMetrics
-    from stream_app.edges.runtime import tune_gc
+    from stream_app.edges.runtime import core_compiled, tune_gc
     from stream_app.streaming.app import build_app
     from stream_app.streaming.lifecycle import ScorerWorker
 
@@ -56,6 +58,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         client_log.setLevel(level)
         preflight_loop.close()
+    log.info("scoring core: %s", "compiled with mypyc" if core_compiled() else "interpreted (the sources)")
     worker = ScorerWorker(
         scorer.faust,
         scorer.lifecycle,

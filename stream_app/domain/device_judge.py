@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from stream_app.domain import jsoncodec, rules
 from stream_app.domain.device_log import DeviceLog
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceViews
@@ -51,6 +53,7 @@ class DeviceStore(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed by the worker's table store and by tests
 class MemoryDeviceStore:
     """A DeviceStore in a dict of stored values (the table's bytes), for replays and tests."""
 
@@ -71,6 +74,7 @@ class MemoryDeviceStore:
         return list(self.values)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed by the worker's table store and by tests
 class LogDeviceStore:
     """A DeviceStore over a DeviceLog (domain/device_log.py): each device's stored bytes, the log's segments to
     write after `log.seal()`. The worker's device-state table holds those segments (streaming/devices.py)."""
@@ -120,6 +124,7 @@ class DeviceVerdicts:
     ack: DeviceAck | None = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed by the worker's table store and by tests
 class PartitionDeviceJudge:
     """All devices of one partition of the device-views topic, fed by `sources` event partitions."""
 

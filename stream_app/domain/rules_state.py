@@ -687,7 +687,7 @@ class DeviceState:
 
     @classmethod
     def _from_format_2(cls, data: list[Any]) -> DeviceState:
-        state = cls.__new__(cls)  # every slot is set below: no empty lists made only to be replaced
+        state = cls()  # (cls.__new__ alone, skipping the empty lists, cannot be compiled: stream_app.tools.compile)
         (
             _,
             state.max_ts,

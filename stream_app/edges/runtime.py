@@ -14,3 +14,11 @@ GC_THRESHOLDS = (100_000, 50, 1_000)
 def tune_gc() -> None:
     """Collect less often (see GC_THRESHOLDS); call once at start-up."""
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def core_compiled() -> bool:
+    """Whether the scoring core this process runs is the one compiled with mypyc (stream_app.tools.compile: the
+    production image, `make bench`) rather than the sources."""
+    from stream_app.domain import rules
+
+    return not rules.__file__.endswith(".py")

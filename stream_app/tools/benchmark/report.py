@@ -325,6 +325,8 @@ def format_section(run: BenchRun) -> str:
         f"{m['faust']}, aiokafka {m['aiokafka']}, quixstreams {m['quixstreams']}; load average (1, 5, 15 min) "
         f"{run.load_at_start} at the start, {run.load_at_end} at the end (a shared machine: compare ratios taken "
         "within this run, not absolutes across runs).",
+        f"- Scoring core: {m.get('core', 'interpreted')} (`make bench` compiles it as the production image does: "
+        "stream_app.tools.compile; the no-op, Quix Streams and raw peers do not use it).",
         "",
         "### Issue 9 targets",
         "",
