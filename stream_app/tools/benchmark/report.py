@@ -342,6 +342,13 @@ def format_section(run: BenchRun) -> str:
             f"{run.profile.samples:,} samples at 100 Hz of the scorer processing the envelope input (a separate "
             "pass, so the figures above are not slowed by the profiler); own time of the function on top of the "
             "stack, C extensions (orjson, RocksDB) charged to their Python caller."
+            + (
+                " The scoring core is compiled (mypyc): py-spy sees no frame in it, so its time is charged to its "
+                "callers in streaming/ (`IngestProcessor._process_record`: the per-event rules and windows; "
+                "`DeviceJudge._judge_all`: the device rules); `python bench/domain_speed.py` splits it by phase."
+                if run.machine.get("core", "").startswith("compiled")
+                else ""
+            )
         )
         lines += ["", *format_profile(run.profile)]
     if run.envelope:
