@@ -97,6 +97,8 @@ def test_a_worker_recovering_its_tables_is_not_ready(scenario_env: dict[str, str
         assert metrics["rewards_worker_ready"] == 1.0
         assert metrics["rewards_readiness_changes_total"] >= 1.0
         assert "not ready: recovering tables" in worker.log()
+        # the worker says which scoring core it runs (the sources here; compiled in the production image)
+        assert re.search(r"scoring core: (interpreted \(the sources\)|compiled with mypyc)", worker.log())
 
 
 def test_a_worker_whose_event_loop_is_blocked_is_not_live(scenario_env: dict[str, str], tmp_path: Path) -> None:

@@ -76,3 +76,11 @@ def test_the_core_unit_tests_pass_compiled(compiled: Path) -> None:
     done = run(["-c", code], compiled=compiled, cwd=compiled)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_a_directory_without_the_core_sources_is_refused_clearly(tmp_path: Path) -> None:
+    """A target whose stream_app lacks the modules to compile (a wheel without sources, a wrong path) stops with
+    the missing files named, before mypyc runs."""
+    (tmp_path / "stream_app" / "domain").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"compile: no .*stream_app/domain/device_judge\.py"):
+        compile_into(tmp_path)
