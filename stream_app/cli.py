@@ -38,7 +38,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream_app.edges.kafka_client import check_broker, client_kwargs
     from stream_app.edges.logging_setup import configure_logging
     from stream_app.edges.metrics import RewardsMetrics
-    from stream_app.edges.runtime import core_compiled, tune_gc
+    from stream_app.edges.runtime import core_description, tune_gc
     from stream_app.streaming.app import build_app
     from stream_app.streaming.lifecycle import ScorerWorker
 
@@ -58,7 +58,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         client_log.setLevel(level)
         preflight_loop.close()
-    log.info("scoring core: %s", "compiled with mypyc" if core_compiled() else "interpreted (the sources)")
+    log.info("scoring core: %s", core_description())
     worker = ScorerWorker(
         scorer.faust,
         scorer.lifecycle,

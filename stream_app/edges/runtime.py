@@ -22,3 +22,8 @@ def core_compiled() -> bool:
     from stream_app.domain import rules
 
     return not rules.__file__.endswith(".py")
+
+
+def core_description() -> str:
+    """Which scoring core this process runs, as the worker's start-up log and the bench's results say it."""
+    return "compiled with mypyc" if core_compiled() else "interpreted (the sources)"

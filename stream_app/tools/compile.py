@@ -21,13 +21,10 @@ import tempfile
 from pathlib import Path
 
 import stream_app
-from stream_app.edges.runtime import core_compiled as is_compiled
 
 # the per-event path of the scoring core (domain/): rules, their state, windows, ledgers, journal, the device judge
 # and its log, validation, the records. Left interpreted: policy (a frozen dataclass set through object.__setattr__,
 # read once), profiles, codecs (orjson wrappers), errors (exception classes the edges subclass).
-__all__ = ["COMPILED", "compile_into", "is_compiled", "main"]
-
 COMPILED = (
     "device_judge",
     "device_log",
@@ -51,7 +48,7 @@ def compile_into(target: Path) -> list[Path]:
     package = target / "stream_app"
     if not package.exists():
         shutil.copytree(Path(stream_app.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    sources = [target / "stream_app" / "domain" / f"{name}.py" for name in COMPILED]
+    sources = [package / "domain" / f"{name}.py" for name in COMPILED]
     missing = [str(source) for source in sources if not source.is_file()]
     if missing:
         raise SystemExit(f"compile: no {', '.join(missing)}")
@@ -74,7 +71,7 @@ def compile_into(target: Path) -> list[Path]:
                 continue  # the build tree's copies
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(extension, target / relative)
-    built = sorted((target / "stream_app" / "domain").glob("*.so"))
+    built = sorted((package / "domain").glob("*.so"))
     names = {path.name.split(".")[0] for path in built}
     if names != set(COMPILED):
         raise SystemExit(f"compile: built {sorted(names)}, expected {sorted(COMPILED)}")

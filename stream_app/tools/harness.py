@@ -27,7 +27,7 @@ from stream_app.domain.errors import StreamAppError
 from stream_app.domain.events import InputTopic
 from stream_app.edges.localhost import free_port, scrape_metrics
 from stream_app.edges.metrics import HEALTH_METRIC_NAMES
-from stream_app.tools.compile import is_compiled
+from stream_app.edges.runtime import core_description
 
 # SIGTERM (SIGINT under py-spy), then SIGKILL after this long; a killed process gets KILL_WAIT_S to go.
 STOP_TIMEOUT_S = 30.0
@@ -446,7 +446,7 @@ def machine_info() -> dict[str, str]:
         "aiokafka": version_of("aiokafka"),
         "quixstreams": version_of("quixstreams"),
         "load_average": load_average(),
-        "core": "compiled with mypyc" if is_compiled() else "interpreted",
+        "core": core_description(),
     }
 
 

@@ -41,8 +41,8 @@ def run(code: list[str], *, compiled: Path | None, cwd: Path) -> subprocess.Comp
 
 
 def test_the_compiled_modules_are_the_ones_imported(compiled: Path, tmp_path: Path) -> None:
-    probe = "from stream_app.tools.compile import is_compiled; from stream_app.domain import policy, rules; "
-    probe += "print(is_compiled(), rules.__file__.endswith('.so'), policy.__file__.endswith('.py'))"
+    probe = "from stream_app.edges.runtime import core_compiled; from stream_app.domain import policy, rules; "
+    probe += "print(core_compiled(), rules.__file__.endswith('.so'), policy.__file__.endswith('.py'))"
     assert run(["-c", probe], compiled=compiled, cwd=tmp_path).stdout.split() == ["True", "True", "True"]
     assert run(["-c", probe], compiled=None, cwd=tmp_path).stdout.split() == ["False", "False", "True"]
 
@@ -66,11 +66,11 @@ def test_the_core_unit_tests_pass_compiled(compiled: Path) -> None:
     """tests/domain on the compiled modules (the repository's root appended to sys.path, after the compiled tree)."""
     code = (
         "import sys, pytest\n"
-        "from stream_app.tools.compile import is_compiled\n"
-        "assert is_compiled()\n"
+        "from stream_app.edges.runtime import core_compiled\n"
+        "assert core_compiled()\n"
         f"code = pytest.main(['-q', '-p', 'no:cacheprovider', '--import-mode=append', '--rootdir', {str(ROOT)!r},"
         f" {str(ROOT / 'tests' / 'domain')!r}])\n"
-        "assert is_compiled()\n"
+        "assert core_compiled()\n"
         "sys.exit(code)\n"
     )
     done = run(["-c", code], compiled=compiled, cwd=compiled)
