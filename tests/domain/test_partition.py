@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from stream_app.domain import codec
 from stream_app.domain.codec import Kind, decode
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
@@ -175,6 +176,28 @@ def test_state_survives_a_restart_on_the_same_store(harness: Harness) -> None:
     effects = restarted.send(view(3, "vid1", "c", 12_000), interaction(1, "vid1", "c", 12_000, "like"))
     assert dicts(effects.settlements)[0]["base_micros"] == 2_000
     assert dicts(effects.accruals)[-1]["version"] > version
+
+
+def test_state_written_before_compression_restores_and_scores_on_alike(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker upgraded on state of the previous release (every value plain JSON, format 2) reads it and decides
+    exactly as one that wrote compressed values (format 3) from the start."""
+    first = [view(n, "vid1", f"viewer{n}", 1_000 + n) for n in range(200)]
+    then = [view(500 + n, "vid1", f"other{n}", 9_000 + n) for n in range(50)]
+    compressed = Harness(profiles=harness.profiles)
+    compressed.send(*first)
+    monkeypatch.setattr(codec, "COMPRESS_MIN_BYTES", 1 << 40)  # the previous release: no value compressed
+    harness.send(*first)
+    assert {value[1] for value in harness.store.segment_values.values()} == {codec.PLAIN}
+    monkeypatch.undo()
+    upgraded = Harness(harness.store, harness.profiles)
+    upgraded.offset = compressed.offset = harness.offset
+    restarted = Harness(compressed.store, compressed.profiles)
+    restarted.offset = compressed.offset
+    effects, expected = upgraded.send(*then), restarted.send(*then)
+    assert outcomes(effects) == outcomes(expected) and dicts(effects.accruals) == dicts(expected.accruals)
+    assert codec.COMPRESSED in {value[1] for value in upgraded.store.segment_values.values()}
 
 
 def test_creator_mismatch_is_dead_lettered(harness: Harness) -> None:
