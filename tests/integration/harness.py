@@ -56,9 +56,14 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1]))
     process: subprocess.Popen[bytes] | None = None
-    cwd: Path | None = None  # Faust keeps RocksDB state under the working directory
+    # Faust keeps its data directory (`{APP_ID}-data`, RocksDB state) under the working directory: by default one
+    # per APP_ID under the system's temp directory, shared by the restarts of an app, never in the checkout.
+    cwd: Path | None = None
 
     def start(self) -> WorkerProcess:
+        if self.cwd is None:
+            self.cwd = Path(tempfile.gettempdir()) / "stream-app-test-workers" / self.env.get("APP_ID", "default")
+            self.cwd.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [*STREAM_APP, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
