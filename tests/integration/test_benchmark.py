@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from stream_app.tools.benchmark import run_bench
+from stream_app.tools.benchmark.common import FAST_SCRAPE_S, SLOW_SCRAPE_S
 from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
 from stream_app.tools.benchmark.profile import summarize_folded
 from stream_app.tools.benchmark.soak import trend
+from stream_app.tools.benchmark.throughput import next_scrape_s
 from stream_app.tools.harness import processed_by_topic, processed_events, progress_toward, replace_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -123,6 +125,18 @@ def test_thirds_interpolate_between_scrapes() -> None:
     assert thirds.first_rate == pytest.approx(100.0)
     assert thirds.last_rate == pytest.approx(50.0)
     assert thirds.ratio == pytest.approx(0.5)
+
+
+def test_scrapes_are_fast_at_both_ends_of_a_measurement_and_slow_between() -> None:
+    fast, slow = FAST_SCRAPE_S, SLOW_SCRAPE_S
+    assert next_scrape_s(0, 100_000, [(10.0, 0)]) == fast  # nothing processed yet: the start is being timed
+    assert next_scrape_s(1_000, 100_000, [(10.0, 0)]) == fast  # no rate known yet
+    timeline = [(10.0, 0), (11.0, 1_000), (20.0, 10_000)]  # 1,000 events/s
+    assert next_scrape_s(10_000, 100_000, timeline) == slow  # 90 s left
+    assert next_scrape_s(98_000, 100_000, timeline) == pytest.approx(0.5)  # 2 s left: a quarter of it
+    assert next_scrape_s(99_900, 100_000, timeline) == fast  # 0.1 s left: the end is being timed
+    assert next_scrape_s(100_000, 100_000, timeline) == fast
+    assert next_scrape_s(10_000, 100_000, [(10.0, 5), (12.0, 5)]) == fast  # no progress between the points
 
 
 def test_hot_workload_has_a_hot_video_and_mostly_new_viewers() -> None:

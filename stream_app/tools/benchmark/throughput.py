@@ -29,8 +29,9 @@ import orjson
 
 from stream_app.domain.events import InputTopic
 from stream_app.tools.benchmark.common import (
+    FAST_SCRAPE_S,
     POLL_INTERVAL_S,
-    SCRAPE_INTERVAL_S,
+    SLOW_SCRAPE_S,
     BenchError,
     Measurement,
     log,
@@ -465,7 +466,7 @@ class ScorerRun:
             failure = None if done else self._stopped(deadline, timeout)
             if done or failure is not None:
                 break
-            time.sleep(SCRAPE_INTERVAL_S)
+            time.sleep(next_scrape_s(processed, sum(expected_by_topic.values()), timeline))
         if failure is not None:
             failure += f"; processed {processed:,} of {sum(expected_by_topic.values()):,} events"
             log.warning("%s: %s (worker log: %s)", name, failure, self.worker.log_path)
@@ -491,6 +492,20 @@ class ScorerRun:
         if time.monotonic() > deadline:
             return f"not finished after {timeout:.0f} s (last error in its log: {self.worker.first_error()})"
         return None
+
+
+def next_scrape_s(processed: int, expected: int, timeline: Sequence[tuple[float, int]]) -> float:
+    """How long to wait before the next scrape of a scorer that has processed `processed` of `expected` events
+    (common.FAST_SCRAPE_S): fast until it processed its first event and as its end nears (the start and the end
+    of the measurement are decided there), else a quarter of the time its rate so far says is left, at most
+    SLOW_SCRAPE_S."""
+    if processed == 0 or len(timeline) < 2:
+        return FAST_SCRAPE_S
+    (first_at, first_count), (last_at, last_count) = timeline[0], timeline[-1]
+    if last_at <= first_at or last_count <= first_count:
+        return FAST_SCRAPE_S
+    left_s = max(0, expected - processed) * (last_at - first_at) / (last_count - first_count)
+    return min(SLOW_SCRAPE_S, max(FAST_SCRAPE_S, left_s / 4))
 
 
 @dataclass(frozen=True)
