@@ -17,6 +17,7 @@ format 2 refuses it with its message (README: Upgrading).
 
 from __future__ import annotations
 
+import threading
 from enum import Enum
 from typing import Any
 
@@ -37,8 +38,26 @@ COMPRESS_MIN_BYTES = 1024
 LEVEL = 1  # zstd's fastest standard level: 3-3.7x on segments; levels 2-3 gain under 2 % for 1.6x the time
 _PLAIN_HEADER = bytes([MAGIC, PLAIN])
 _COMPRESSED_HEADER = bytes([MAGIC, COMPRESSED])
-_compressor = zstandard.ZstdCompressor(level=LEVEL)
-_decompressor = zstandard.ZstdDecompressor()
+# zstd contexts are reused (a new one per value costs more than compressing a meta), but one must never be used by
+# two threads at once (measured: the chaos tests' oracles, threads of one process, crashed the interpreter): one
+# pair per thread.
+_contexts = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    try:
+        compressor: zstandard.ZstdCompressor = _contexts.compressor
+    except AttributeError:
+        compressor = _contexts.compressor = zstandard.ZstdCompressor(level=LEVEL)
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    try:
+        decompressor: zstandard.ZstdDecompressor = _contexts.decompressor
+    except AttributeError:
+        decompressor = _contexts.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 class Kind(Enum):
@@ -55,7 +74,7 @@ def encode(kind: Kind, payload: Any) -> bytes:
     document = jsoncodec.dumps(payload)
     if len(document) < COMPRESS_MIN_BYTES:
         return _PLAIN_HEADER + kind.value + document
-    return _COMPRESSED_HEADER + kind.value + _compressor.compress(document)
+    return _COMPRESSED_HEADER + kind.value + _compressor().compress(document)
 
 
 def decode(kind: Kind, data: bytes) -> Any:
@@ -66,7 +85,7 @@ def decode(kind: Kind, data: bytes) -> Any:
         body = data[3:]
     elif header == _COMPRESSED_HEADER:
         try:
-            body = _decompressor.decompress(data[3:])
+            body = _decompressor().decompress(data[3:])
         except zstandard.ZstdError as exc:
             raise StateFormatError(f"a stored {kind.name.lower()} value does not decompress: {exc}") from exc
     else:
