@@ -40,24 +40,16 @@ _PLAIN_HEADER = bytes([MAGIC, PLAIN])
 _COMPRESSED_HEADER = bytes([MAGIC, COMPRESSED])
 # zstd contexts are reused (a new one per value costs more than compressing a meta), but one must never be used by
 # two threads at once (measured: the chaos tests' oracles, threads of one process, crashed the interpreter): one
-# pair per thread.
-_contexts = threading.local()
+# pair per thread, made by threading.local on a thread's first use.
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    try:
-        compressor: zstandard.ZstdCompressor = _contexts.compressor
-    except AttributeError:
-        compressor = _contexts.compressor = zstandard.ZstdCompressor(level=LEVEL)
-    return compressor
+class _Contexts(threading.local):
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(level=LEVEL)
+        self.decompressor = zstandard.ZstdDecompressor()
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
-    try:
-        decompressor: zstandard.ZstdDecompressor = _contexts.decompressor
-    except AttributeError:
-        decompressor = _contexts.decompressor = zstandard.ZstdDecompressor()
-    return decompressor
+_contexts = _Contexts()
 
 
 class Kind(Enum):
@@ -74,24 +66,23 @@ def encode(kind: Kind, payload: Any) -> bytes:
     document = jsoncodec.dumps(payload)
     if len(document) < COMPRESS_MIN_BYTES:
         return _PLAIN_HEADER + kind.value + document
-    return _COMPRESSED_HEADER + kind.value + _compressor().compress(document)
+    return _COMPRESSED_HEADER + kind.value + _contexts.compressor.compress(document)
 
 
 def decode(kind: Kind, data: bytes) -> Any:
     """The payload of a stored value of `kind`; StateFormatError if it was written by another layout, or if its
     bytes are damaged."""
     header = data[:2]
-    if header == _PLAIN_HEADER:
-        body = data[3:]
-    elif header == _COMPRESSED_HEADER:
-        try:
-            body = _decompressor().decompress(data[3:])
-        except zstandard.ZstdError as exc:
-            raise StateFormatError(f"a stored {kind.name.lower()} value does not decompress: {exc}") from exc
-    else:
+    if header != _PLAIN_HEADER and header != _COMPRESSED_HEADER:
         raise StateFormatError(describe_foreign(data))
-    if data[2:3] != kind.value:
+    if data[2:3] != kind.value:  # before decompressing a value that is not the one asked for
         raise StateFormatError(f"a stored {kind.name.lower()} value holds kind {data[2:3]!r}")
+    if header == _PLAIN_HEADER:
+        return jsoncodec.loads(data[3:])
+    try:
+        body = _contexts.decompressor.decompress(data[3:])
+    except zstandard.ZstdError as exc:
+        raise StateFormatError(f"a stored {kind.name.lower()} value does not decompress: {exc}") from exc
     return jsoncodec.loads(body)
 
 

@@ -442,6 +442,7 @@ class ScorerRun:
         """Scrape until every topic's expected events are processed; if the worker dies or stalls, what it did
         until then, with the reason in `failure`."""
         deadline = time.monotonic() + timeout
+        expected = sum(expected_by_topic.values())
         # The last moment the worker was seen with nothing processed: the measurement starts there.
         zero = _Moment(self.worker.launched, 0.0, cpu_seconds(self.broker_pid))
         # The last moment its count changed (the end, when it finishes or stops making progress).
@@ -466,9 +467,9 @@ class ScorerRun:
             failure = None if done else self._stopped(deadline, timeout)
             if done or failure is not None:
                 break
-            time.sleep(next_scrape_s(processed, sum(expected_by_topic.values()), timeline))
+            time.sleep(next_scrape_s(processed, expected, timeline))
         if failure is not None:
-            failure += f"; processed {processed:,} of {sum(expected_by_topic.values()):,} events"
+            failure += f"; processed {processed:,} of {expected:,} events"
             log.warning("%s: %s (worker log: %s)", name, failure, self.worker.log_path)
         return Measurement(
             name,
