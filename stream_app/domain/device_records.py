@@ -115,6 +115,22 @@ class DeviceViews:
         checked = (record.ts, record.device_ids, record.video_ids, record.event_ids, record.viewer_ids, record.watch_ms)
         if any(not isinstance(c, list | tuple) or len(c) != n for c in checked):
             raise SerializationError("device-views: columns of different lengths")
+        if n > 1:
+            # one str per distinct video: a device keeps its views' video ids for minutes, and a record's views
+            # are mostly of a few popular videos (the decoder makes a str per occurrence)
+            shared: dict[str, str] = {}
+            video_ids = [shared.setdefault(v, v) for v in record.video_ids]
+            record = cls(
+                record.source,
+                record.through_ts,
+                record.drained,
+                record.device_ids,
+                video_ids,
+                record.event_ids,
+                record.viewer_ids,
+                record.ts,
+                record.watch_ms,
+            )
         return record
 
     @classmethod

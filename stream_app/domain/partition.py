@@ -388,7 +388,7 @@ class PartitionScorer:
                 Outcome.CLAWBACK,
                 reason,
                 detail,
-                recent.event,
+                recent.event_of(ledger),
                 Position(self.partition, recent.offset, recent.index),
             )
         )

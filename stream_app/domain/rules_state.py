@@ -523,11 +523,20 @@ class DeviceState:
             ids = self.event_ids
             while i < len(times) and times[i] == ts and ids[i] < event_id:
                 i += 1
+        # the str the device holds for this account already, if any (a device has a few): kept once, not per view
+        viewers = self.viewer_ids
+        if viewers and viewers[-1] == viewer_id:
+            viewer_id = viewers[-1]
+        else:
+            for known in self.accounts:
+                if known == viewer_id:
+                    viewer_id = known
+                    break
         times.insert(i, ts)
         self.watch_ms.insert(i, watch_ms)
         self.video_ids.insert(i, video_id)
         self.event_ids.insert(i, event_id)
-        self.viewer_ids.insert(i, viewer_id)
+        viewers.insert(i, viewer_id)
         self.flags.insert(i, NOT_FLAGGED)
         if ts > self.max_ts:
             self.max_ts = ts

@@ -122,10 +122,22 @@ class SettledWindow:
 
 @dataclass(slots=True)
 class RecentView:
-    """An accepted view remembered long enough to be clawed back: the event (for its audit record), where it came
-    from, and what it counted for."""
+    """An accepted view remembered long enough to be clawed back: the event's fields (for its audit record:
+    `event_of`), where it came from, and what it counted for.
 
-    event: ViewEvent
+    One object per view, and the video and creator ids are its ledger's (a view naming another creator than its
+    video's is rejected before it is remembered: PartitionScorer.on_event): a video keeps every accepted view for
+    its clawback horizon (tens of minutes, all of them when the device judge lags), and the decoded event with its
+    own copies of those ids cost about 200 bytes more per view (bench/RESULTS.md, Speed steps 14)."""
+
+    event_id: str
+    viewer_id: str
+    device_id: str
+    ts: int
+    watch_ms: int
+    video_ms: int
+    source: str
+    region: str
     offset: int
     index: int
     window: int
@@ -133,6 +145,21 @@ class RecentView:
     base_micros: int
     completion: int
     clawed: bool = False
+
+    def event_of(self, ledger: VideoLedger) -> ViewEvent:
+        """The view's event as it was read (its ledger holds the video and creator ids)."""
+        return ViewEvent(
+            self.event_id,
+            ledger.video_id,
+            ledger.creator_id,
+            self.viewer_id,
+            self.device_id,
+            self.ts,
+            self.watch_ms,
+            self.video_ms,
+            self.source,
+            self.region,
+        )
 
 
 # An interaction waiting for its window to settle: (event, offset, index).
@@ -250,7 +277,22 @@ class VideoLedger:
             base = pol.base_rate_micros(policy, view.region)
             completion = pol.view_completion_bps(view.watch_ms, view.video_ms)
             memory.qualified.add(view.viewer_id, view.ts)
-        recent = RecentView(view, offset, index, k, qualifying, base, completion)
+        recent = RecentView(
+            view.event_id,
+            view.viewer_id,
+            view.device_id,
+            view.ts,
+            view.watch_ms,
+            view.video_ms,
+            view.source,
+            view.region,
+            offset,
+            index,
+            k,
+            qualifying,
+            base,
+            completion,
+        )
         memory.recent[view.event_id] = recent
         recent_index = memory.recent_index  # ExpiryIndex.note, inlined: this runs for every accepted view
         keys = recent_index.buckets.get(view.ts // recent_index.bucket_ms)
@@ -263,11 +305,10 @@ class VideoLedger:
 
     def count_view(self, policy: pol.Policy, recent: RecentView) -> None:
         """*head*: count a remembered accepted view in its window and the totals."""
-        view = recent.event
         window = self.window(recent.window)
         window.views += 1
-        window.watch_ms += view.watch_ms
-        if self._first_in_window(policy, view.viewer_id, recent.window):
+        window.watch_ms += recent.watch_ms
+        if self._first_in_window(policy, recent.viewer_id, recent.window):
             window.viewers += 1
         self.views += 1
         if recent.qualifying:
@@ -296,8 +337,7 @@ class VideoLedger:
             return None
         recent.clawed = True
         if judged_elsewhere:
-            view = recent.event
-            rules.note_clawback(self.memory.rules, rules.ViewRef(self.video_id, event_id, view.viewer_id, view.ts))
+            rules.note_clawback(self.memory.rules, rules.ViewRef(self.video_id, event_id, recent.viewer_id, recent.ts))
         return recent
 
     def uncount_view(self, policy: pol.Policy, recent: RecentView) -> int:
@@ -308,7 +348,7 @@ class VideoLedger:
         window = self.windows.get(recent.window)
         if window is not None:
             window.views -= 1
-            window.watch_ms -= recent.event.watch_ms
+            window.watch_ms -= recent.watch_ms
             if recent.qualifying:
                 window.qualifying_views -= 1
                 window.qualifying_base_micros -= recent.base_micros
@@ -457,7 +497,7 @@ class VideoLedger:
         before = len(recent)
         for event_id in memory.recent_index.due(cutoff_ms):
             view = recent.get(event_id)
-            if view is not None and view.event.ts <= cutoff_ms:
+            if view is not None and view.ts <= cutoff_ms:
                 del recent[event_id]
                 left = windows[view.window] - 1
                 if left:

@@ -13,6 +13,8 @@ from typing import NamedTuple
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import SerializationError
 from stream_app.domain.events import (
+    KNOWN_KINDS,
+    KNOWN_SOURCES,
     STANDINGS,
     CreatorProfile,
     Event,
@@ -142,6 +144,13 @@ def _schema(
 
 
 _CAPITALS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# One str object per known value, shared by every event that carries it: the JSON decoder makes a new str for
+# each occurrence, and an accepted view is kept (with its event) until its clawback horizon passes, so a copy per
+# event would cost about 100 bytes per remembered view (bench/RESULTS.md, Speed steps 14). Unknown values are
+# kept as decoded (forward compatibility: any source or kind is valid, SPEC §3).
+_SOURCES: dict[str, str] = {value: value for value in KNOWN_SOURCES}
+_KINDS: dict[str, str] = {value: value for value in KNOWN_KINDS}
+_REGIONS: dict[str, str] = {a + b: a + b for a in sorted(_CAPITALS) for b in sorted(_CAPITALS)}
 
 
 def _accept_view(obj: dict[str, object]) -> Event | None:
@@ -179,7 +188,18 @@ def _accept_view(obj: dict[str, object]) -> Event | None:
         and region[0] in _CAPITALS
         and region[1] in _CAPITALS
     ):
-        return ViewEvent(event_id, video_id, creator_id, viewer_id, device_id, ts, watch_ms, video_ms, source, region)
+        return ViewEvent(
+            event_id,
+            video_id,
+            creator_id,
+            viewer_id,
+            device_id,
+            ts,
+            watch_ms,
+            video_ms,
+            _SOURCES.get(source, source),
+            _REGIONS[region],
+        )
     return None
 
 
@@ -210,7 +230,7 @@ def _accept_interaction(obj: dict[str, object]) -> Event | None:
         and type(kind) is str
         and 0 < len(kind) <= MAX_ID_CODEPOINTS
     ):
-        return InteractionEvent(event_id, video_id, creator_id, viewer_id, device_id, ts, kind)
+        return InteractionEvent(event_id, video_id, creator_id, viewer_id, device_id, ts, _KINDS.get(kind, kind))
     return None
 
 

@@ -98,3 +98,12 @@ def test_device_flags_of_the_previous_format_are_read_as_device_burst() -> None:
 def test_a_malformed_device_flags_record_is_refused(value: bytes) -> None:
     with pytest.raises(SerializationError):
         DeviceFlags.from_bytes(value)
+
+
+def test_a_records_views_of_one_video_share_its_id() -> None:
+    """A device keeps its views' video ids for minutes: one str per distinct video of a record, not per view."""
+    views = [DeviceView(f"dev{n}", f"vid{n % 2}", f"e{n}", f"u{n}", 1_000 + n, 5_000) for n in range(6)]
+    back = DeviceViews.from_bytes(DeviceViews.of(0, 1_005, False, views).to_bytes())
+    assert list(back.views()) == views
+    assert back.video_ids[0] is back.video_ids[2] is back.video_ids[4]
+    assert back.video_ids[1] is back.video_ids[3] and back.video_ids[0] is not back.video_ids[1]

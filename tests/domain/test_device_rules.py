@@ -24,6 +24,7 @@ from stream_app.domain.rules import (
     device_flag_delay_ms,
     judge_device_views,
     kept_cutoff_ms,
+    note_account,
 )
 from stream_app.domain.rules_state import (
     DEVICE_STATE_FORMAT,
@@ -333,3 +334,17 @@ def test_an_unknown_format_is_refused_with_a_clear_message(stored: object, versi
     with pytest.raises(StateFormatError, match=rf"DeviceState: stored state format {version!r}; this worker reads"):
         DeviceState.from_stored(stored)
     assert issubclass(StateFormatError, SerializationError)
+
+
+def test_a_device_keeps_one_str_per_account_not_per_view() -> None:
+    """Views arrive in records decoded apart, each with its own copy of the viewer id: the device keeps the str it
+    holds for that account already (its last view's, or its accounts')."""
+    device = DeviceState()
+    device.insert(1_000, 5_000, "vid1", "e1", "".join(["u", "1"]))
+    device.insert(2_000, 5_000, "vid1", "e2", "".join(["u", "1"]))
+    device.insert(1_500, 5_000, "vid1", "e3", "".join(["u", "2"]))  # another account, in the middle
+    assert device.viewer_ids == ["u1", "u2", "u1"]
+    assert device.viewer_ids[0] is device.viewer_ids[2]
+    note_account(POLICY, device, device.viewer_ids[1], 1_500)
+    device.insert(3_000, 5_000, "vid1", "e4", "".join(["u", "2"]))
+    assert device.viewer_ids[3] is device.accounts[0]

@@ -278,6 +278,21 @@ def test_clawback_of_a_settled_view_is_money_by_the_settled_multiplier(harness: 
     assert again.outcomes == [] and dicts(again.settlements) == []
 
 
+def test_a_clawed_back_view_is_audited_with_its_event_as_read(harness: Harness) -> None:
+    """A kept view holds its event's fields, its video and creator ids being its ledger's: the audit record of its
+    clawback carries the event as it was read."""
+    harness.send(view(1, "vid1", "a", 1_000))
+    event = view(2, "vid1", "b", 2_000, watch=7_000, source="search", region="GB")
+    harness.send(event)
+    ledger = harness.scorer.ledger("vid1")
+    assert ledger is not None and ledger.creator_id == "c1"
+    effects = Effects()
+    harness.scorer.on_device_flag("vid1", "v2", "device_burst", "device d-b burst", NOW, effects)
+    [clawback] = effects.outcomes
+    assert (clawback.outcome.value, clawback.event) == ("clawback", event)
+    assert clawback.event.video_id is ledger.video_id and clawback.event.creator_id is ledger.creator_id
+
+
 def _settled_by_the_wall_clock(device_partitions: int) -> PartitionScorer:
     """One accepted view at ts 1_000, then both event topics idle: the wall clock (far ahead of event time, as in a
     catch-up) stands in for the watermark and settles window 0."""

@@ -134,6 +134,22 @@ def test_unknown_source_and_kind_are_accepted() -> None:
     assert interaction.event.kind == "duet"
 
 
+def test_known_source_region_and_kind_are_one_shared_str_each() -> None:
+    """A view is kept for its clawback horizon: the decoder's str per occurrence would be kept with it."""
+    envelope = jsoncodec.dumps([view_with(event_id="e1"), view_with(event_id="e2")])
+    decoded = decode(InputTopic.VIEWS, envelope, key=None)
+    first, second = (item.event for item in decoded if isinstance(item, ValidEvent))
+    assert isinstance(first, ViewEvent) and isinstance(second, ViewEvent)
+    assert (first.source, first.region) == ("for_you", "US")
+    assert first.source is second.source and first.region is second.region
+    [unknown] = decode(InputTopic.VIEWS, jsoncodec.dumps(view_with(source="live_stream")))
+    assert isinstance(unknown, ValidEvent) and isinstance(unknown.event, ViewEvent)
+    assert unknown.event.source == "live_stream"  # unknown values are kept as read
+    likes = decode(InputTopic.INTERACTIONS, jsoncodec.dumps([INTERACTION, {**INTERACTION, "event_id": "e3"}]), None)
+    kinds = [i.event.kind for i in likes if isinstance(i, ValidEvent) and isinstance(i.event, InteractionEvent)]
+    assert kinds == ["like", "like"] and kinds[0] is kinds[1]
+
+
 # --- records that are not an event at all: one InvalidEvent, index None, original bytes -------------------
 
 
