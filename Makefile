@@ -54,7 +54,7 @@ unit: $(STAMP)
 bench: $(BENCH_STAMP)
 	rm -rf build/compiled
 	$(BIN)/python -m stream_app.tools.compile build/compiled
-	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/stream-app bench --profile --output bench/RESULTS.md
+	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/stream-app bench --profile --passes 3 --output bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

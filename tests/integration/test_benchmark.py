@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream_app.tools.benchmark import run_bench
-from stream_app.tools.benchmark.common import FAST_SCRAPE_S, SLOW_SCRAPE_S
+from stream_app.tools.benchmark.common import FAST_SCRAPE_S, SLOW_SCRAPE_S, Measurement, median_measurement
 from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
 from stream_app.tools.benchmark.profile import summarize_folded
 from stream_app.tools.benchmark.soak import trend
@@ -82,6 +82,40 @@ def test_bench_runs_every_measurement_and_reports_every_target(tmp_path: Path) -
     assert "did not finish" not in text
     assert "| replay (two policies) / scorer (one) |" in text
     assert "| replay with the end of the input / scorer |" in text
+
+
+def test_passes_run_each_consumer_in_turn_and_report_the_median(tmp_path: Path) -> None:
+    output = tmp_path / "RESULTS.md"
+    argv = ["--only", "envelope", "--events", str(SMOKE_EVENTS), "--passes", "2", "--output", str(output)]
+
+    status = run_bench(argv)
+
+    text = output.read_text(encoding="utf-8")
+    assert status == 0, text
+    line = next(line for line in text.splitlines() if line.startswith("- Passes: "))
+    assert "each consumer ran 2 times" in line
+    rates = {
+        name: [int(rate.replace(",", "")) for rate in rates.split(" / ")]
+        for name, rates in re.findall(r"(raw|no-op|scorer) ([\d,]+ / [\d,]+)", line)
+    }
+    assert set(rates) == {"raw", "no-op", "scorer"}
+    rows = {m["name"]: int(m["rate"].replace(",", "")) for m in ROW.finditer(text)}
+    # the lower of two passes is the median of an even count
+    assert rows["scorer (`stream-app worker`)"] == min(rates["scorer"])
+    assert rows["no-op Faust agent"] == min(rates["no-op"])
+
+
+def test_the_median_pass_is_taken_among_the_complete_ones() -> None:
+    def run(rate: float, failure: str | None = None) -> Measurement:
+        return Measurement("scorer", 1_000, 1_000 / rate, failure=failure)
+
+    passes = [run(300), run(100), run(200)]
+    assert median_measurement(passes) is passes[2]
+    assert median_measurement([run(300), run(100)]).events_per_s == pytest.approx(100)
+    # a pass that did not process everything is no candidate, unless none did
+    stalled = [run(900, "stalled"), run(100), run(200)]
+    assert median_measurement(stalled) is stalled[1]
+    assert median_measurement(stalled[:1]) is stalled[0]
 
 
 def test_only_the_throughput_section_is_replaced() -> None:

@@ -42,16 +42,18 @@ def measure_quix(
     timeout: float,
     window_s: int,
     grace_s: int,
+    label: str = "",
 ) -> Any:
-    """The Quix app's throughput over every record under `prefix` (single records: one event each)."""
+    """The Quix app's throughput over every record under `prefix` (single records: one event each); `label` tells
+    passes apart (each its own consumer group)."""
     import sys
 
-    progress_path = workdir / "quix-progress.json"
-    env = worker_env(bootstrap, prefix, f"{prefix}quix", WINDOW_S=str(window_s), GRACE_S=str(grace_s))
+    progress_path = workdir / f"quix{label}-progress.json"
+    env = worker_env(bootstrap, prefix, f"{prefix}quix{label}", WINDOW_S=str(window_s), GRACE_S=str(grace_s))
     command = [sys.executable, "-m", "stream_app.tools.benchmark", "quix-worker", str(progress_path)]
     command.append(str(expected_records))
     return measure_progress_worker(
-        QUIX_NAME, command, env, progress_path, expected_records, workdir, broker_pid, timeout, "quix"
+        QUIX_NAME, command, env, progress_path, expected_records, workdir, broker_pid, timeout, f"quix{label}"
     )
 
 

@@ -46,6 +46,8 @@ class ThroughputBlock:
     replay: Measurement | None = None
     replay_whole: Measurement | None = None
     note: str = ""
+    # events/s of each pass by consumer, in the order run (`--passes` > 1): the rows above are the median passes
+    passes: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -377,6 +379,12 @@ def _throughput_lines(title: str, block: ThroughputBlock) -> list[str]:
     ]
     if block.note:
         lines.append(f"- {block.note}")
+    if block.passes:
+        runs = "; ".join(f"{name} {' / '.join(f'{r:,.0f}' for r in rates)}" for name, rates in block.passes.items())
+        lines.append(
+            f"- Passes: each consumer ran {max(map(len, block.passes.values()))} times, in turn; the rows below are "
+            f"each one's median pass (events/s of every pass, in order: {runs})."
+        )
     lines += [
         "",
         "| measurement | events | seconds | events/s | CPU s | broker CPU s | start-up s | peak RSS MiB |",

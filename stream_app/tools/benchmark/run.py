@@ -15,7 +15,7 @@ from pathlib import Path
 from stream_app.domain.errors import StreamAppError
 from stream_app.edges.cli_args import USAGE_ERROR, OneLineParser, non_negative_float, positive_float, positive_int
 from stream_app.tools.benchmark import report
-from stream_app.tools.benchmark.common import BenchError, Measurement, log, timeout_for
+from stream_app.tools.benchmark.common import BenchError, Measurement, log, median_measurement, timeout_for
 from stream_app.tools.benchmark.report import BenchRun, ThroughputBlock
 from stream_app.tools.benchmark.throughput import (
     DEFAULT_RATE,
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soak", type=non_negative_float, default=DEFAULT_SOAK_S, help="seconds of realtime soak (0: none)")
     p.add_argument("--rate", type=positive_float, default=DEFAULT_SOAK_RATE, help="events/s offered during the soak")
     p.add_argument("--soak-store", choices=("memory://", "rocksdb://"), default="memory://", help="STORE of the soak")
+    p.add_argument(
+        "--passes",
+        type=positive_int,
+        default=1,
+        help="runs of each consumer on each throughput input, in turn; the median pass is reported (make bench: 3)",
+    )
     p.add_argument("--profile", action="store_true", help="profile the scorer on the envelope input with py-spy")
     p.add_argument(
         "--only", type=_measurements, default=MEASUREMENTS, help=f"comma list among {','.join(MEASUREMENTS)}"
@@ -144,38 +150,73 @@ def _prefix() -> str:
 
 
 def _throughput(args: argparse.Namespace, mode: str, workdir: Path, *, quix: bool, profile: bool) -> ThroughputBlock:
-    """Publish the simulated input in `mode` on a fresh broker and measure raw, no-op, scorer (and Quix)."""
+    """Publish the simulated input in `mode` on a fresh broker and measure raw, no-op, scorer (and Quix), each
+    `args.passes` times in turn (each pass its own consumer group), keeping each one's median pass."""
+    from stream_app.tools.benchmark.quix import measure_quix, quix_available
+
     with fresh_broker(args.bootstrap) as broker:
         prefix = _prefix()
-        scorer_id, profiled_id = f"{prefix}scorer", f"{prefix}scorer-profiled"
-        apply_topics(broker.bootstrap, prefix, [scorer_id, profiled_id] if profile else [scorer_id])
+        suffixes = [f"-{n + 1}" if args.passes > 1 else "" for n in range(args.passes)]
+        scorer_ids, profiled_id = [f"{prefix}scorer{x}" for x in suffixes], f"{prefix}scorer-profiled"
+        apply_topics(broker.bootstrap, prefix, [*scorer_ids, profiled_id] if profile else scorer_ids)
         log.info("%s input: publishing %d events under TOPIC_PREFIX=%s", mode, args.events, prefix)
         size = publish_input(
             broker.bootstrap, prefix, simulated_input(args.events, args.input_rate), mode, security_kwargs()
         )
         timeout = timeout_for(size.events)
         expected = size.events_by_topic
-        raw = measure_raw(
-            broker.bootstrap, input_topic_names(prefix), size.events, security_kwargs(), broker.pid, timeout
-        )
-        log.info("%s: raw consumer %.0f events/s", mode, raw.events_per_s)
-        noop = measure_noop(broker.bootstrap, prefix, size.events, workdir, broker.pid, timeout, label=f"-{mode}")
-        log.info("%s: no-op Faust agent %.0f events/s", mode, noop.events_per_s)
-        scorer = measure_scorer(
-            broker.bootstrap, prefix, scorer_id, expected, workdir, broker.pid, timeout, log_name=f"scorer-{mode}"
-        )
-        log.info("%s: scorer %.0f events/s", mode, scorer.events_per_s)
-        block = ThroughputBlock(size, broker.description, raw, noop, scorer)
-        if quix:
-            from stream_app.tools.benchmark.quix import measure_quix, quix_available
-
-            if quix_available():
-                block.quix = measure_quix(
-                    broker.bootstrap, prefix, size.records, workdir, broker.pid, timeout, QUIX_WINDOW_S, QUIX_GRACE_S
+        with_quix = quix and quix_available()
+        passes: dict[str, list[Measurement]] = {"raw": [], "no-op": [], "scorer": [], "Quix Streams": []}
+        for suffix, scorer_id in zip(suffixes, scorer_ids, strict=True):
+            raw = measure_raw(
+                broker.bootstrap, input_topic_names(prefix), size.events, security_kwargs(), broker.pid, timeout
+            )
+            log.info("%s: raw consumer %.0f events/s", mode, raw.events_per_s)
+            noop = measure_noop(
+                broker.bootstrap, prefix, size.events, workdir, broker.pid, timeout, label=f"-{mode}{suffix}"
+            )
+            log.info("%s: no-op Faust agent %.0f events/s", mode, noop.events_per_s)
+            scorer = measure_scorer(
+                broker.bootstrap,
+                prefix,
+                scorer_id,
+                expected,
+                workdir,
+                broker.pid,
+                timeout,
+                log_name=f"scorer-{mode}{suffix}",
+            )
+            log.info("%s: scorer %.0f events/s", mode, scorer.events_per_s)
+            passes["raw"].append(raw)
+            passes["no-op"].append(noop)
+            passes["scorer"].append(scorer)
+            if with_quix:
+                quix_run = measure_quix(
+                    broker.bootstrap,
+                    prefix,
+                    size.records,
+                    workdir,
+                    broker.pid,
+                    timeout,
+                    QUIX_WINDOW_S,
+                    QUIX_GRACE_S,
+                    label=suffix,
                 )
-                log.info("%s: Quix Streams %.0f events/s", mode, block.quix.events_per_s)
-            else:
-                block.note = "Quix Streams is not installed (pip install -e '.[bench]'): no Quix measurement."
+                log.info("%s: Quix Streams %.0f events/s", mode, quix_run.events_per_s)
+                passes["Quix Streams"].append(quix_run)
+        block = ThroughputBlock(
+            size,
+            broker.description,
+            median_measurement(passes["raw"]),
+            median_measurement(passes["no-op"]),
+            median_measurement(passes["scorer"]),
+        )
+        if passes["Quix Streams"]:
+            block.quix = median_measurement(passes["Quix Streams"])
+        elif quix:
+            block.note = "Quix Streams is not installed (pip install -e '.[bench]'): no Quix measurement."
+        if args.passes > 1:
+            block.passes = {name: [m.events_per_s for m in runs] for name, runs in passes.items() if runs}
         if mode == "envelope":
             block.replay, block.replay_whole = _replay_beside(broker.bootstrap, prefix)
         if profile:
