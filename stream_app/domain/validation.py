@@ -143,14 +143,15 @@ def _schema(
     return _Schema(build, tuple((name, checks[name]) for name in build._fields), key_field, accept)
 
 
-_CAPITALS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_CAPITALS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # One str object per known value, shared by every event that carries it: the JSON decoder makes a new str for
 # each occurrence, and an accepted view is kept (with its event) until its clawback horizon passes, so a copy per
 # event would cost about 100 bytes per remembered view (bench/RESULTS.md, Speed steps 14). Unknown values are
-# kept as decoded (forward compatibility: any source or kind is valid, SPEC §3).
+# kept as decoded (forward compatibility: any source or kind is valid, SPEC §3). _REGIONS holds every valid region
+# (two capital letters A-Z, as _region checks field by field): the fast path's check and its shared str at once.
 _SOURCES: dict[str, str] = {value: value for value in KNOWN_SOURCES}
 _KINDS: dict[str, str] = {value: value for value in KNOWN_KINDS}
-_REGIONS: dict[str, str] = {a + b: a + b for a in sorted(_CAPITALS) for b in sorted(_CAPITALS)}
+_REGIONS: dict[str, str] = {a + b: a + b for a in _CAPITALS for b in _CAPITALS}
 
 
 def _accept_view(obj: dict[str, object]) -> Event | None:
@@ -184,9 +185,7 @@ def _accept_view(obj: dict[str, object]) -> Event | None:
         and type(source) is str
         and 0 < len(source) <= MAX_ID_CODEPOINTS
         and type(region) is str
-        and len(region) == 2
-        and region[0] in _CAPITALS
-        and region[1] in _CAPITALS
+        and region in _REGIONS
     ):
         return ViewEvent(
             event_id,
