@@ -280,7 +280,13 @@ def metrics_url(env: Mapping[str, str]) -> str:
 
 # What a tool watching the worker's progress reads: the rest of /metrics (process, platform and GC collectors, the
 # histograms) costs the worker more to render than the tool needs, several times a second.
-PROGRESS_METRICS = ("rewards_events_total", "rewards_pending_interactions", "rewards_consumer_lag_messages")
+READY_METRIC = "rewards_worker_ready"
+PROGRESS_METRICS = (
+    "rewards_events_total",
+    "rewards_pending_interactions",
+    "rewards_consumer_lag_messages",
+    READY_METRIC,
+)
 
 
 def progress_url(url: str) -> str:

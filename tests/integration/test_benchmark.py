@@ -14,7 +14,7 @@ from stream_app.tools.benchmark.common import FAST_SCRAPE_S, SLOW_SCRAPE_S, Meas
 from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
 from stream_app.tools.benchmark.profile import summarize_folded
 from stream_app.tools.benchmark.soak import trend
-from stream_app.tools.benchmark.throughput import next_scrape_s
+from stream_app.tools.benchmark.throughput import Moment, Span, next_scrape_s
 from stream_app.tools.harness import processed_by_topic, processed_events, progress_toward, replace_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -171,6 +171,29 @@ def test_scrapes_are_fast_at_both_ends_of_a_measurement_and_slow_between() -> No
     assert next_scrape_s(99_900, 100_000, timeline) == fast  # 0.1 s left: the end is being timed
     assert next_scrape_s(100_000, 100_000, timeline) == fast
     assert next_scrape_s(10_000, 100_000, [(10.0, 5), (12.0, 5)]) == fast  # no progress between the points
+
+
+def _scrapes(span: Span, scrapes: list[tuple[float, bool, int]]) -> Span:
+    """Feed `span` scrapes of (time, ready, processed); a moment's CPU is its time x 0.5 (the broker's x 0.1)."""
+    for at, ready, processed in scrapes:
+        span.scraped(Moment(at, at / 2, at / 10), ready, processed, lambda at=at: Moment(at + 0.01, at / 2, at / 10))
+    return span
+
+
+def test_a_scorer_span_starts_when_the_worker_is_ready_so_its_first_batch_is_timed() -> None:
+    # Ready at 5 s; the first batch (100 events) takes until 7 s, the counter moving only at its end.
+    span = _scrapes(Span(Moment(0.0, 0.0, 0.0)), [(4.0, False, 0), (5.0, True, 0), (6.9, True, 0), (7.0, True, 100)])
+    span = _scrapes(span, [(8.0, True, 200)])
+    assert (span.zero.at, span.end.at, span.processed) == (5.0, 8.01, 200)
+    assert span.end.cpu - span.zero.cpu == pytest.approx(1.5)  # the first batch's CPU counts
+    assert span.timeline == [(5.0, 0), (7.01, 100), (8.01, 200)]
+
+
+def test_a_scorer_span_of_a_worker_never_seen_ready_starts_at_the_last_scrape_with_nothing_processed() -> None:
+    span = _scrapes(Span(Moment(0.0, 0.0, 0.0)), [(4.0, False, 0), (6.9, False, 0), (7.0, False, 100)])
+    assert (span.zero.at, span.end.at, span.processed, span.timeline) == (6.9, 7.01, 100, [(6.9, 0), (7.01, 100)])
+    stalled = _scrapes(Span(Moment(0.0, 0.0, 0.0)), [(1.0, True, 0), (2.0, True, 50), (9.0, True, 50)])
+    assert (stalled.zero.at, stalled.end.at) == (1.0, 2.01)  # ends at the last change, not the last scrape
 
 
 def test_hot_workload_has_a_hot_video_and_mostly_new_viewers() -> None:

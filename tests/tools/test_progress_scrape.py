@@ -22,5 +22,5 @@ def test_the_progress_scrape_holds_what_progress_needs_and_not_the_process_colle
     assert processed_events(progress) == processed_events(whole) == 12
     assert any(name.startswith("process_") for name in whole)  # what the restricted scrape leaves out
     families = {name.split("{")[0] for name in progress}
-    assert families <= set(PROGRESS_METRICS) and "rewards_events_total" in families
+    assert families <= set(PROGRESS_METRICS) and {"rewards_events_total", "rewards_worker_ready"} <= families
     assert len(progress) < len(whole) / 3

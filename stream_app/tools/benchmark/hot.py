@@ -243,7 +243,7 @@ class StoreRun:
     measurement: Measurement
     thirds: Thirds | None
     restart_s: float | None = None  # launch of the new worker -> every tail event processed
-    restart_first_s: float | None = None  # launch -> first tail event processed
+    restart_first_s: float | None = None  # launch -> ready again (state restored, partitions assigned)
     restart_peak_rss_mib: float | None = None
     restart_failure: str | None = None
     state_bytes_by_third: tuple[int, int, int] | None = None  # changelog bytes written in each third

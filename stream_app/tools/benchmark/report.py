@@ -427,7 +427,7 @@ def _hot_lines(hot: HotResult, broker: str) -> list[str]:
         f"memories); published in {hot.published.seconds:,.0f} s. Default policy (1 h windows, 24 h memories).",
         f"- Restart: after the pass the worker's offsets are committed, it is SIGKILLed, {hot.tail_events:,} new "
         "events are published and a new worker starts on the same state; restart = its launch to every tail event "
-        "processed (first = to the first one).",
+        "processed (first = to the worker reporting ready: state restored, partitions assigned).",
         "",
         "| store | events | seconds | events/s | first third ev/s | last third ev/s | last/first | CPU s | "
         "peak RSS MiB | restart s (first) | peak RSS after restart MiB |",

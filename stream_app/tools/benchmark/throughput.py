@@ -14,6 +14,7 @@ Each throughput is counted from the first event processed to the last, so start-
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -39,6 +40,7 @@ from stream_app.tools.benchmark.common import (
 )
 from stream_app.tools.harness import (
     INPUT_TOPICS,
+    READY_METRIC,
     SCORER_COMMAND,
     WorkerProcess,
     cpu_seconds,
@@ -388,9 +390,9 @@ SCORER_NAME = "scorer (`stream-app worker`)"
 class ScorerRun:
     """`stream-app worker` as a subprocess (optionally under py-spy), watched through its /metrics.
 
-    `watch(expected)` returns the throughput from the last scrape that showed nothing processed to the first that
-    shows `expected` events processed; the worker keeps running until the block ends (SIGTERM, or SIGINT to py-spy)
-    or `kill()` (SIGKILL, a crash).
+    `watch(expected)` returns the throughput from the first scrape that showed the worker ready with nothing
+    processed to the first that shows `expected` events processed (Span); the worker keeps running until the block
+    ends (SIGTERM, or SIGINT to py-spy) or `kill()` (SIGKILL, a crash).
     """
 
     def __init__(
@@ -443,13 +445,8 @@ class ScorerRun:
         until then, with the reason in `failure`."""
         deadline = time.monotonic() + timeout
         expected = sum(expected_by_topic.values())
-        # The last moment the worker was seen with nothing processed: the measurement starts there.
-        zero = _Moment(self.worker.launched, 0.0, cpu_seconds(self.broker_pid))
-        # The last moment its count changed (the end, when it finishes or stops making progress).
-        end = zero
-        processed = 0
+        span = Span(Moment(self.worker.launched, 0.0, cpu_seconds(self.broker_pid)))
         peak: float | None = None
-        timeline: list[tuple[float, int]] = []
         while True:
             pid = self.pid
             now = self._moment(time.monotonic(), pid)
@@ -457,34 +454,36 @@ class ScorerRun:
             samples = self.samples()
             if on_scrape is not None:
                 on_scrape()
-            now_processed, done = (processed, False) if samples is None else progress_toward(samples, expected_by_topic)
-            if now_processed == 0:
-                zero, timeline = now, [(now.at, 0)]
-            elif now_processed != processed:
-                timeline.append((time.monotonic(), now_processed))
-            if now_processed != processed:
-                processed, end = now_processed, self._moment(time.monotonic(), pid)
+            if samples is None:
+                processed, done, ready = span.processed, False, False
+            else:
+                processed, done = progress_toward(samples, expected_by_topic)
+                ready = samples.get(READY_METRIC, 0.0) >= 1.0
+            span.scraped(now, ready, processed, functools.partial(self._moment_now, pid))
             failure = None if done else self._stopped(deadline, timeout)
             if done or failure is not None:
                 break
-            time.sleep(next_scrape_s(processed, expected, timeline))
+            time.sleep(next_scrape_s(span.processed, expected, span.timeline))
         if failure is not None:
-            failure += f"; processed {processed:,} of {expected:,} events"
+            failure += f"; processed {span.processed:,} of {expected:,} events"
             log.warning("%s: %s (worker log: %s)", name, failure, self.worker.log_path)
         return Measurement(
             name,
-            processed,
-            end.at - zero.at,
-            startup_s=zero.at - self.worker.launched,
-            cpu_s=end.cpu - zero.cpu,
-            broker_cpu_s=end.broker_cpu - zero.broker_cpu if self.broker_pid else None,
+            span.processed,
+            span.end.at - span.zero.at,
+            startup_s=span.zero.at - self.worker.launched,
+            cpu_s=span.end.cpu - span.zero.cpu,
+            broker_cpu_s=span.end.broker_cpu - span.zero.broker_cpu if self.broker_pid else None,
             peak_rss_mib=peak_rss_mib(self.pid) or peak,
             failure=failure,
-            timeline=timeline,
+            timeline=span.timeline,
         )
 
-    def _moment(self, at: float, pid: int | None) -> _Moment:
-        return _Moment(at, cpu_seconds(pid), cpu_seconds(self.broker_pid))
+    def _moment(self, at: float, pid: int | None) -> Moment:
+        return Moment(at, cpu_seconds(pid), cpu_seconds(self.broker_pid))
+
+    def _moment_now(self, pid: int | None) -> Moment:
+        return self._moment(time.monotonic(), pid)
 
     def _stopped(self, deadline: float, timeout: float) -> str | None:
         """Why the worker will not finish (it exited, or time is up), or None."""
@@ -509,8 +508,37 @@ def next_scrape_s(processed: int, expected: int, timeline: Sequence[tuple[float,
     return min(SLOW_SCRAPE_S, max(FAST_SCRAPE_S, left_s / 4))
 
 
+class Span:
+    """The span of a scorer run that a measurement counts, decided scrape by scrape.
+
+    It starts at the first scrape that shows the worker ready (partitions assigned, state restored) with nothing
+    processed yet, as the no-op peer's starts at its partition assignment; until one is seen, at the last scrape
+    with nothing processed (a worker that never says it is ready is measured from there). Starting at the last
+    zero alone would leave out the first batch's time while counting its events: the events counter moves when a
+    batch ends. The span ends at the last moment the count changed (the end, when the worker finishes or stops
+    making progress); `timeline` is (time, events processed) at each change, from the start.
+    """
+
+    def __init__(self, launched: Moment) -> None:
+        self.zero = self.end = launched
+        self.started = False
+        self.processed = 0
+        self.timeline: list[tuple[float, int]] = []
+
+    def scraped(self, now: Moment, ready: bool, processed: int, after: Callable[[], Moment]) -> None:
+        """A scrape taken at `now` showed `processed` events and whether the worker was `ready`; `after` is the
+        moment just after the scrape (the end of a span is timed there)."""
+        if processed == 0 and not self.started:
+            self.zero, self.timeline, self.started = now, [(now.at, 0)], ready
+        elif processed != self.processed:
+            self.end = after()
+            self.timeline.append((self.end.at, processed))
+        if processed != self.processed:
+            self.processed = processed
+
+
 @dataclass(frozen=True)
-class _Moment:
+class Moment:
     """A moment of a scorer run (time.monotonic()) and the CPU seconds of the worker and of the broker by then."""
 
     at: float
