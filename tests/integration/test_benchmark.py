@@ -95,9 +95,10 @@ def test_passes_run_each_consumer_in_turn_and_report_the_median(tmp_path: Path) 
     line = next(line for line in text.splitlines() if line.startswith("- Passes: "))
     assert "each consumer ran 2 times" in line
     rates = {
-        name: [int(rate.replace(",", "")) for rate in rates.split(" / ")]
-        for name, rates in re.findall(r"(raw|no-op|scorer) ([\d,]+ / [\d,]+)", line)
+        name: [int(rate.replace(",", "")) for rate in re.findall(r"([\d,]+) \([\d.]+\)", rates)]
+        for name, rates in re.findall(r"(raw|no-op|scorer) ([\d,]+ \([\d.]+\) / [\d,]+ \([\d.]+\))", line)
     }
+    assert all(len(measured) == 2 for measured in rates.values())
     assert set(rates) == {"raw", "no-op", "scorer"}
     rows = {m["name"]: int(m["rate"].replace(",", "")) for m in ROW.finditer(text)}
     # the lower of two passes is the median of an even count

@@ -46,8 +46,8 @@ class ThroughputBlock:
     replay: Measurement | None = None
     replay_whole: Measurement | None = None
     note: str = ""
-    # events/s of each pass by consumer, in the order run (`--passes` > 1): the rows above are the median passes
-    passes: dict[str, list[float]] = field(default_factory=dict)
+    # each pass by consumer, in the order run (`--passes` > 1): the rows above are the median passes
+    passes: dict[str, list[Measurement]] = field(default_factory=dict)
 
 
 @dataclass
@@ -380,10 +380,13 @@ def _throughput_lines(title: str, block: ThroughputBlock) -> list[str]:
     if block.note:
         lines.append(f"- {block.note}")
     if block.passes:
-        runs = "; ".join(f"{name} {' / '.join(f'{r:,.0f}' for r in rates)}" for name, rates in block.passes.items())
+        runs = "; ".join(
+            f"{name} {' / '.join(f'{m.events_per_s:,.0f} ({_fmt(m.cpu_s)})' for m in measured)}"
+            for name, measured in block.passes.items()
+        )
         lines.append(
             f"- Passes: each consumer ran {max(map(len, block.passes.values()))} times, in turn; the rows below are "
-            f"each one's median pass (events/s of every pass, in order: {runs})."
+            f"each one's median pass (events/s and, in brackets, CPU s of every pass, in order: {runs})."
         )
     lines += [
         "",

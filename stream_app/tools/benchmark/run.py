@@ -216,7 +216,7 @@ def _throughput(args: argparse.Namespace, mode: str, workdir: Path, *, quix: boo
         elif quix:
             block.note = "Quix Streams is not installed (pip install -e '.[bench]'): no Quix measurement."
         if args.passes > 1:
-            block.passes = {name: [m.events_per_s for m in runs] for name, runs in passes.items() if runs}
+            block.passes = {name: runs for name, runs in passes.items() if runs}
         if mode == "envelope":
             block.replay, block.replay_whole = _replay_beside(broker.bootstrap, prefix)
         if profile:
