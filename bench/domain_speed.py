@@ -51,11 +51,11 @@ from stream_app.domain.device_judge import LogDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceFlag, DeviceViews
 from stream_app.domain.events import CreatorProfile, InputTopic
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
-from stream_app.edges.partitioner import partition_for
 from stream_app.edges.runtime import tune_gc
 from stream_app.tools.benchmark.hot import SPAN_S, HotWorkload
 from stream_app.tools.benchmark.throughput import simulated_input

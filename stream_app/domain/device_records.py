@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import SerializationError
+from stream_app.domain.partitioning import partition_of
 
 __all__ = [
     "DEVICE_REASONS",
@@ -24,6 +25,7 @@ __all__ = [
     "DeviceFlags",
     "DeviceView",
     "DeviceViews",
+    "views_by_partition",
 ]
 
 WIRE_VERSION = 1
@@ -42,6 +44,15 @@ class DeviceView(NamedTuple):
     viewer_id: str
     ts: int
     watch_ms: int
+
+
+def views_by_partition(views: Sequence[DeviceView], partitions: int) -> list[list[DeviceView]]:
+    """The views of each partition of the device-views topic, in order (empty lists included): a view goes to its
+    device's partition, murmur2 of the device id as Kafka's default partitioner keys it."""
+    groups: list[list[DeviceView]] = [[] for _ in range(partitions)]
+    for view in views:
+        groups[partition_of(view.device_id.encode(), partitions)].append(view)
+    return groups
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from aiokafka.errors import KafkaError
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import BrokerError, ConfigError, InvalidEventError
 from stream_app.domain.events import CreatorProfile, Event, InputTopic, InteractionEvent, ViewEvent
+from stream_app.domain.partitioning import KEY_FIELD, partition_for
 from stream_app.domain.records import event_to_dict
-from stream_app.edges.partitioner import KEY_FIELD, partition_for
 
 SendMode = Literal["envelope", "single"]
 COMPRESSIONS = (None, "gzip", "snappy", "lz4", "zstd")  # aiokafka's codecs; None is Kafka's default

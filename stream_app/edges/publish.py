@@ -13,8 +13,8 @@ from typing import TextIO
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import SerializationError
 from stream_app.domain.events import InputTopic
+from stream_app.domain.partitioning import KEY_FIELD
 from stream_app.domain.validation import InvalidEvent, decode_record
-from stream_app.edges.partitioner import KEY_FIELD
 from stream_app.edges.producer import EncodedEvent, RewardsProducer
 
 

@@ -300,7 +300,7 @@ async def _score(
     device_share: DeviceShare | None = None,
 ) -> _Scored:
     """Read the snapshot's input once and score it under `policies`; then the ledger, when asked."""
-    from stream_app.edges.partitioner import partition_for
+    from stream_app.domain.partitioning import partition_for
 
     consumer = await _started_consumer(bootstrap, security)
     try:

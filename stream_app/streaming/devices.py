@@ -18,10 +18,17 @@ from typing import Any
 
 from stream_app.domain.device_judge import LogDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_log import DeviceLog
-from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceFlags, DeviceView, DeviceViews
+from stream_app.domain.device_records import (
+    DeviceAck,
+    DeviceFlag,
+    DeviceFlags,
+    DeviceView,
+    DeviceViews,
+    views_by_partition,
+)
 from stream_app.domain.errors import SerializationError, StateFormatError
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import Policy
-from stream_app.edges.partitioner import partition_for
 from stream_app.streaming.emitter import Outbox
 from stream_app.streaming.faust_compat import writing_for
 from stream_app.streaming.sending import fail_stop
@@ -51,10 +58,7 @@ async def send_device_views(
 ) -> None:
     """Forward an event partition's accepted views of one batch, with its progress, to the device partitions of
     `topic`: a record to every device partition (an empty one where no view maps to it: the progress reaches all)."""
-    by_partition: dict[int, list[DeviceView]] = {partition: [] for partition in range(partitions)}
-    for view in views:
-        by_partition[partition_for(view.device_id.encode(), partitions)].append(view)
-    for partition, group in by_partition.items():
+    for partition, group in enumerate(views_by_partition(views, partitions)):
         for start in range(0, max(len(group), 1), VIEWS_PER_RECORD):
             record = DeviceViews.of(source, through_ts, drained, group[start : start + VIEWS_PER_RECORD])
             await outbox.send(topic, None, record.to_bytes(), partition)

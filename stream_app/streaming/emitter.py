@@ -13,9 +13,9 @@ from typing import Any
 
 from stream_app.domain.events import Outcome, OutputTopic
 from stream_app.domain.partition import Effects
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.records import AuditRecord, DeadLetter, Settlement, event_to_dict
 from stream_app.edges.metrics import RewardsMetrics
-from stream_app.edges.partitioner import partition_for
 from stream_app.edges.settings import Settings
 
 

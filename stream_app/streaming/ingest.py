@@ -17,13 +17,13 @@ from stream_app.domain.device_records import DeviceFlags
 from stream_app.domain.errors import PolicyMismatchError, StateFormatError
 from stream_app.domain.events import InputTopic, InteractionEvent, Outcome, ViewEvent
 from stream_app.domain.partition import Effects, PartitionMeta, PartitionScorer
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.records import event_to_dict
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
 from stream_app.edges.metrics import RewardsMetrics
-from stream_app.edges.partitioner import partition_for
 from stream_app.edges.settings import Settings
 from stream_app.streaming.devices import send_device_views
 from stream_app.streaming.emitter import Emitter, Outbox

@@ -20,9 +20,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.domain.events import CreatorProfile, InputTopic
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.validation import ValidEvent, decode_record
-from stream_app.edges.partitioner import partition_for
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 from stream_app.domain import codec
 from stream_app.domain.errors import StateFormatError
 from stream_app.domain.partition import StateWrite
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 
 _PREFIX = b"\xff"
 _HEAD = _PREFIX + b"h"

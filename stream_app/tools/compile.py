@@ -23,8 +23,8 @@ from pathlib import Path
 import stream_app
 
 # the per-event path of the scoring core (domain/): rules, their state, windows, ledgers, journal, the device judge
-# and its log, validation, the records. Left interpreted: policy (a frozen dataclass set through object.__setattr__,
-# read once), profiles, codecs (orjson wrappers), errors (exception classes the edges subclass).
+# and its log, validation, the records, the partitioner. Left interpreted: policy (a frozen dataclass set through
+# object.__setattr__, read once), profiles, codecs (orjson wrappers), errors (exception classes the edges subclass).
 COMPILED = (
     "device_judge",
     "device_log",
@@ -32,6 +32,7 @@ COMPILED = (
     "events",
     "journal",
     "partition",
+    "partitioning",
     "records",
     "rules",
     "rules_state",

@@ -30,11 +30,11 @@ import confluent_kafka
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, Outcome, OutputTopic, ViewEvent
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import Policy, policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.domain.scoring import Position
 from stream_app.domain.validation import InvalidEvent, decode_record
-from stream_app.edges.partitioner import partition_for
 from stream_app.edges.producer import EnvelopePlanner, encode_event
 from stream_app.edges.settings import load_settings
 from stream_app.replay.device_rules import ReplayDeviceRules

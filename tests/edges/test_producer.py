@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import BrokerError, ConfigError, InvalidEventError
 from stream_app.domain.events import CreatorProfile, InputTopic, InteractionEvent, ViewEvent
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.edges.producer import (
     DEFAULT_ENVELOPE_BYTES,
     MAX_ENVELOPE_BYTES,
@@ -23,7 +23,7 @@ from stream_app.edges.producer import (
 
 MiB = 1024 * 1024
 
-# Keys whose partitions of 4 are known from Java's murmur2 (see test_partitioner): 0, 1, 2, 3.
+# Keys whose partitions of 4 are known from Java's murmur2 (see tests/domain/test_partitioning.py): 0, 1, 2, 3.
 K0, K1, K2, K3 = b"21", b"vid-2", b"foobar", b"abc"
 
 VIEW = ViewEvent(

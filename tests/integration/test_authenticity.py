@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from tests.integration.harness import (
     WorkerProcess,
     free_port,

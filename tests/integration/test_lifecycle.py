@@ -19,8 +19,8 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from stream_app.domain.partitioning import partition_for
 from stream_app.edges.broker import EmbeddedBroker
-from stream_app.edges.partitioner import partition_for
 from stream_app.streaming.lifecycle import EXIT_SHUTDOWN_TIMEOUT
 from tests.integration.harness import (
     WorkerProcess,

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.streaming.emitter import Outbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

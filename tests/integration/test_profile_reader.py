@@ -9,9 +9,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from stream_app.domain import jsoncodec
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import Policy
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.edges.partitioner import partition_for
 from stream_app.streaming.profile_reader import ProfileReader
 
 pytestmark = pytest.mark.integration

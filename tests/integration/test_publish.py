@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic, ViewEvent
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.edges.producer import RewardsProducer, SendReport
 from stream_app.edges.publish import publish_lines
 

@@ -18,9 +18,9 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.partition import PartitionScorer
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import policy_hash
 from stream_app.domain.profiles import ProfileHistory
-from stream_app.edges.partitioner import partition_for
 from stream_app.edges.settings import load_settings
 from stream_app.streaming.tables import TableState
 from tests.integration.harness import (

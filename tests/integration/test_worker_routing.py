@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.edges.producer import RewardsProducer
 from tests.integration.harness import STREAM_APP, WorkerProcess, jsonl, read_topic, run_cli, scrape, wait_for
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.replay.engine import InputRecord
 
 PARTITIONS = 4

@@ -7,8 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 from stream_app.domain.events import InputTopic
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import Policy
-from stream_app.edges.partitioner import partition_for
 from stream_app.replay.engine import ReplayEngine
 from tests.integration.test_scoring_scenario import EXPECTED_ACCRUALS, EXPECTED_SETTLEMENTS, A, B, C, D, Z, scenario
 from tests.replay.helpers import PARTITIONS, records_of

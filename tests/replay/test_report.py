@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.replay import reading
 from stream_app.replay.command import ReplayOutcome, build_files
 from stream_app.replay.engine import ReplayEngine

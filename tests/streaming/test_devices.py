@@ -13,8 +13,8 @@ import pytest
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceFlags, DeviceView, DeviceViews
+from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import Policy
-from stream_app.edges.partitioner import partition_for
 from stream_app.streaming import devices
 from stream_app.streaming.devices import VIEWS_PER_RECORD, DeviceJudge, TableDeviceStore, send_device_views
 from stream_app.streaming.emitter import Outbox

@@ -7,7 +7,7 @@ import pytest
 
 from stream_app.domain.errors import StateFormatError
 from stream_app.domain.partition import StateWrite
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.streaming.tables import TableState, head_key, meta_key, segment_key
 
 PARTITIONS = 4

@@ -8,7 +8,7 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.codec import Kind, decode
-from stream_app.edges.partitioner import partition_for
+from stream_app.domain.partitioning import partition_for
 from stream_app.streaming.tables import head_key, meta_key
 from tests.integration.harness import WorkerProcess, read_topic
 

@@ -15,8 +15,8 @@ import pytest
 from stream_app.domain import jsoncodec
 from stream_app.domain.errors import ConfigError
 from stream_app.domain.events import InputTopic
+from stream_app.domain.partitioning import KEY_FIELD, partition_for
 from stream_app.domain.validation import InvalidEvent, ValidEvent, decode_record
-from stream_app.edges.partitioner import KEY_FIELD, partition_for
 from stream_app.edges.producer import SendReport
 from stream_app.tools.simulator import (
     EXPECTED_REASONS,
