@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 
 from stream_app.domain.device_judge import LogDeviceStore, PartitionDeviceJudge
-from stream_app.domain.device_records import DeviceFlag, DeviceViews
+from stream_app.domain.device_records import DeviceFlag, DeviceViews, views_by_partition
 from stream_app.domain.events import CreatorProfile, InputTopic
 from stream_app.domain.partition import Effects, MemoryState, PartitionScorer
 from stream_app.domain.partitioning import partition_for
@@ -280,9 +280,7 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
         run.seconds["flush"] += judged - flushed
         by_device: list[list[DeviceViews]] = [[] for _ in range(PARTITIONS)]
         for p, scorer in enumerate(scorers):  # as streaming/devices.py send_device_views groups them
-            groups: list[list[Any]] = [[] for _ in range(PARTITIONS)]
-            for v in effects[p].device_views:
-                groups[partition_for(v.device_id.encode(), PARTITIONS)].append(v)
+            groups = views_by_partition(effects[p].device_views, PARTITIONS)
             progress = scorer.source_progress_ms()
             for q in range(PARTITIONS):
                 record = DeviceViews.of(p, -1 if progress is None else progress, False, groups[q])
