@@ -59,9 +59,9 @@ class Measurement:
 
 def median_measurement(passes: list[Measurement]) -> Measurement:
     """The pass with the median rate (the lower middle one of an even count) among those that processed every
-    event; the first pass when none did. Runs of the same consumer on this machine differ by up to 1.5x (a
-    scorer's CPU on the envelope input fell in two clusters, 3.4-3.8 s and 4.3-5.8 s: bench/RESULTS.md, Speed
-    steps 14), so a target read from one pass can be met or missed by the noise alone."""
+    event; the first pass when none did. Runs of the same consumer on this machine differ by up to 1.4x (the
+    scorer took 3.8-6.4 CPU s on the same envelope input from pass to pass: bench/RESULTS.md, Speed steps 15), so
+    a target read from one pass can be met or missed by the noise alone."""
     complete = sorted((m for m in passes if m.failure is None), key=lambda m: m.events_per_s)
     if not complete:
         return passes[0]

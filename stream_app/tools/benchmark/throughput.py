@@ -449,7 +449,7 @@ class ScorerRun:
         peak: float | None = None
         while True:
             pid = self.pid
-            now = self._moment(time.monotonic(), pid)
+            now = self._moment_now(pid)
             peak = peak_rss_mib(pid) or peak
             samples = self.samples()
             if on_scrape is not None:
@@ -479,11 +479,8 @@ class ScorerRun:
             timeline=span.timeline,
         )
 
-    def _moment(self, at: float, pid: int | None) -> Moment:
-        return Moment(at, cpu_seconds(pid), cpu_seconds(self.broker_pid))
-
     def _moment_now(self, pid: int | None) -> Moment:
-        return self._moment(time.monotonic(), pid)
+        return Moment(time.monotonic(), cpu_seconds(pid), cpu_seconds(self.broker_pid))
 
     def _stopped(self, deadline: float, timeout: float) -> str | None:
         """Why the worker will not finish (it exited, or time is up), or None."""
@@ -533,8 +530,7 @@ class Span:
         elif processed != self.processed:
             self.end = after()
             self.timeline.append((self.end.at, processed))
-        if processed != self.processed:
-            self.processed = processed
+        self.processed = processed
 
 
 @dataclass(frozen=True)
