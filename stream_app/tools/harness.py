@@ -232,11 +232,10 @@ class TopicBytes:
     by_bucket: dict[int, int] = field(default_factory=dict)
 
 
-def read_topic_bytes(
-    bootstrap: str, topics: Sequence[str], buckets: Mapping[tuple[str, int], Sequence[int]] | None = None
-) -> TopicBytes:
-    """Every record of `topics` read back, key + value bytes summed; with `buckets` ((topic, partition) -> sorted
-    offsets), also summed by bucket: the number of those offsets at or below the record's offset."""
+def read_topic_bytes(bootstrap: str, topics: Sequence[str], edges_ms: Sequence[int] = ()) -> TopicBytes:
+    """Every record of `topics` read back, key + value bytes summed; with `edges_ms` (sorted wall-clock moments,
+    ms since the epoch), also summed by bucket: the number of those moments at or before the record's timestamp
+    (its producer's create time: when the writer appended it)."""
     from bisect import bisect_right
 
     async def read() -> TopicBytes:
@@ -245,8 +244,8 @@ def read_topic_bytes(
             size = (len(m.key) if m.key else 0) + (len(m.value) if m.value else 0)
             total.records += 1
             total.bytes += size
-            if buckets:
-                bucket = bisect_right(buckets.get((m.topic, m.partition), ()), m.offset)
+            if edges_ms:
+                bucket = bisect_right(edges_ms, m.timestamp)
                 total.by_bucket[bucket] = total.by_bucket.get(bucket, 0) + size
         return total
 

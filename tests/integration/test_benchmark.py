@@ -14,7 +14,7 @@ from stream_app.tools.benchmark.common import FAST_SCRAPE_S, SLOW_SCRAPE_S, Meas
 from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
 from stream_app.tools.benchmark.profile import summarize_folded
 from stream_app.tools.benchmark.soak import trend
-from stream_app.tools.benchmark.throughput import Moment, Span, next_scrape_s
+from stream_app.tools.benchmark.throughput import Moment, Span, next_scrape_s, quiet_from
 from stream_app.tools.harness import processed_by_topic, processed_events, progress_toward, replace_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -160,6 +160,10 @@ def test_thirds_interpolate_between_scrapes() -> None:
     assert thirds.first_rate == pytest.approx(100.0)
     assert thirds.last_rate == pytest.approx(50.0)
     assert thirds.ratio == pytest.approx(0.5)
+    # the worker went quiet 2 s after its last event: the last third pays for the tail
+    tail = thirds_of(timeline, 300, quiet_at=16.0)
+    assert tail is not None and tail.last_rate == pytest.approx(25.0) and tail.edges[3] == 16.0
+    assert thirds_of(timeline, 300, quiet_at=13.0) == thirds  # not before the last event
 
 
 def test_scrapes_are_fast_at_both_ends_of_a_measurement_and_slow_between() -> None:
@@ -195,6 +199,23 @@ def test_a_scorer_span_of_a_worker_never_seen_ready_starts_at_the_last_scrape_wi
     assert (span.zero.at, span.end.at, span.processed, span.timeline) == (6.9, 7.01, 100, [(6.9, 0), (7.01, 100)])
     stalled = _scrapes(Span(Moment(0.0, 0.0, 0.0)), [(1.0, True, 0), (2.0, True, 50), (9.0, True, 50)])
     assert (stalled.zero.at, stalled.end.at) == (1.0, 2.01)  # ends at the last change, not the last scrape
+
+
+def test_a_scorer_span_ends_when_the_worker_goes_quiet_after_its_last_event() -> None:
+    # (seconds, CPU seconds) polled every 0.1 s from the last event counted: busy for 0.3 s more (its device judge
+    # and table writes), then a tick's 0.01 s now and then
+    busy = [Moment(10.0 + 0.1 * k, 5.0 + 0.09 * k, 0.0) for k in range(4)]
+    idle = [Moment(10.4 + 0.1 * k, busy[-1].cpu + (0.01 if k >= 3 else 0.0), 0.0) for k in range(8)]
+    assert quiet_from(busy + idle, 0.5, 0.1) == busy[-1]  # 10.3 s: from there 0.01 CPU s in 0.5 s
+    # the window is an average: from 10.2 s, 0.09 CPU s in 0.5 s is quiet at 20 % of a CPU
+    assert quiet_from(busy + idle, 0.5, 0.2) == busy[-2]
+    assert quiet_from(busy + idle[:3], 0.5, 0.1) is None  # not 0.5 s of quiet seen yet
+    assert quiet_from(busy, 0.5, 0.1) is None  # still busy
+    # a worker already quiet at its last event: the span ends there
+    assert quiet_from(idle, 0.5, 0.1) == idle[0]
+    # a half-busy stretch is not quiet at 20 % of a CPU
+    half = [Moment(0.1 * k, 0.05 * k, 0.0) for k in range(20)]
+    assert quiet_from(half, 0.5, 0.2) is None
 
 
 def test_hot_workload_has_a_hot_video_and_mostly_new_viewers() -> None:

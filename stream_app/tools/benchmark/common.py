@@ -1,6 +1,5 @@
 """What the measurements of the benchmark share beyond the harness (stream_app/tools/harness.py): a measurement's
-figures, the run's time limits, the scorer's changelog topics and their end offsets over time, committed offsets,
-and py-spy around a command."""
+figures, the run's time limits, the scorer's changelog topics, committed offsets, and py-spy around a command."""
 
 from __future__ import annotations
 
@@ -28,6 +27,13 @@ log = logging.getLogger("stream_app.tools.benchmark")
 FAST_SCRAPE_S = 0.05
 SLOW_SCRAPE_S = 1.0
 POLL_INTERVAL_S = 0.1
+# The scorer's work on its input does not end with its last event counted: the device judge (its own agent) judges
+# the views forwarded last, and table writes and flags go out after. A scorer measurement ends when the worker goes
+# quiet: at the start of the first QUIET_S in which it used less than QUIET_CPU_SHARE of a CPU (its ticks and
+# device saves cost a few percent), watched for at most SETTLE_MAX_S after the last event.
+QUIET_S = 0.5
+QUIET_CPU_SHARE = 0.2
+SETTLE_MAX_S = 60.0
 # How long a measurement may take before the run gives up: start-up plus this many events per second at worst.
 START_TIMEOUT_S = 120.0
 SLOWEST_EVENTS_PER_S = 200.0
@@ -43,7 +49,7 @@ class Measurement:
 
     name: str
     events: int
-    seconds: float  # first event processed -> last event processed
+    seconds: float  # start -> last event processed (the scorer: ready -> quiet after its last event)
     startup_s: float | None = None  # launch -> first event processed (start-up, group join, first fetch)
     cpu_s: float | None = None  # CPU time of the consuming process over `seconds`
     broker_cpu_s: float | None = None  # CPU time of the embedded broker over `seconds`
@@ -78,56 +84,6 @@ def timeout_for(events: int) -> float:
 def changelog_topic_names(app_id: str, prefix: str = "") -> list[str]:
     """The scorer's table changelogs (topics/topics.toml: `{app_id}-*-changelog`)."""
     return [f"{prefix}{app_id}-video-state-changelog", f"{prefix}{app_id}-device-state-changelog"]
-
-
-class EndOffsetSampler:
-    """The end offsets of some topics' partitions over time (a librdkafka client: one connection, no event loop)."""
-
-    def __init__(self, bootstrap: str, topics: Sequence[str], every_s: float = 1.0) -> None:
-        from confluent_kafka import Consumer
-
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets", "log_level": 3})
-        self.topics = list(topics)
-        self.every_s = every_s
-        self.partitions: list[tuple[str, int]] = []
-        self.samples: list[tuple[float, dict[tuple[str, int], int]]] = []
-        self._last = 0.0
-
-    def sample(self) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        try:
-            if not self.partitions:
-                metadata = self.consumer.list_topics(timeout=2)
-                self.partitions = [
-                    (topic, p)
-                    for topic in self.topics
-                    if topic in metadata.topics
-                    for p in metadata.topics[topic].partitions
-                ]
-            ends = {
-                tp: self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2, cached=False)[1]
-                for tp in self.partitions
-            }
-        except KafkaException:
-            return
-        self.samples.append((now, ends))
-
-    def offsets_at(self, moments: Sequence[float]) -> dict[tuple[str, int], list[int]]:
-        """(topic, partition) -> the end offset last sampled at or before each moment (time.monotonic())."""
-        edges: dict[tuple[str, int], list[int]] = {tp: [] for tp in self.partitions}
-        for moment in moments:
-            before = [ends for t, ends in self.samples if t <= moment] or [self.samples[0][1]] if self.samples else []
-            for tp in self.partitions:
-                edges[tp].append(before[-1].get(tp, 0) if before else 0)
-        return edges
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 def committed_offsets_reach_end(bootstrap: str, group: str, topics: Sequence[str], timeout_s: float) -> bool:

@@ -32,7 +32,6 @@ from typing import Any
 from stream_app.domain.events import InputTopic
 from stream_app.tools.benchmark.common import (
     BenchError,
-    EndOffsetSampler,
     Measurement,
     changelog_topic_names,
     committed_offsets_reach_end,
@@ -224,11 +223,16 @@ def crossing_time(timeline: list[tuple[float, int]], target: float) -> float:
     return timeline[-1][0]
 
 
-def thirds_of(timeline: list[tuple[float, int]], total: int) -> Thirds | None:
+def thirds_of(timeline: list[tuple[float, int]], total: int, quiet_at: float | None = None) -> Thirds | None:
+    """The rates over the first and last third of the input; the last third ends at `quiet_at` (the moment the
+    worker went quiet after its last event: the device judge's and the table writes' tail) when it is later than
+    the last event processed."""
     if len(timeline) < 2:
         return None
     start = timeline[0][0]
     one, two, end = (crossing_time(timeline, total * k / 3) for k in (1, 2, 3))
+    if quiet_at is not None and quiet_at > end:
+        end = quiet_at
     third = total / 3
     first = third / (one - start) if one > start else 0.0
     last = third / (end - two) if end > two else 0.0
@@ -247,7 +251,6 @@ class StoreRun:
     restart_peak_rss_mib: float | None = None
     restart_failure: str | None = None
     state_bytes_by_third: tuple[int, int, int] | None = None  # changelog bytes written in each third
-    sampler: EndOffsetSampler | None = None  # the changelog's end offsets during the pass
 
 
 @dataclass
@@ -323,20 +326,16 @@ def _store_run(
     env = {"STORE": store}
     name = f"scorer, hot workload, {store}"
     total = sum(expected.values())
-    sampler = EndOffsetSampler(bootstrap, changelog_topic_names(app_id, prefix))
     with ScorerRun(bootstrap, prefix, app_id, workdir, broker_pid=broker_pid, log_name="scorer", env=env) as run:
-        try:
-            measurement = run.watch(expected, timeout_for(total), name, on_scrape=sampler.sample)
-        finally:
-            sampler.close()
+        measurement = run.watch(expected, timeout_for(total), name)
         log.info("%s: %.0f events/s", name, measurement.events_per_s)
         if measurement.failure is not None:
             return StoreRun(store, measurement, thirds_of(measurement.timeline, total)), {}
         if not committed_offsets_reach_end(bootstrap, app_id, input_topic_names(prefix), COMMIT_WAIT_S):
             log.warning("%s: offsets not all committed after %.0f s; killing it anyway", name, COMMIT_WAIT_S)
         run.kill()
-    result = StoreRun(store, measurement, thirds_of(measurement.timeline, total))
-    result.sampler = sampler
+    quiet_at = measurement.timeline[0][0] + measurement.seconds if measurement.timeline else None
+    result = StoreRun(store, measurement, thirds_of(measurement.timeline, total, quiet_at))
     before = (workload.stats.views, workload.stats.interactions)
     now_ms = int(time.time() * 1000)
     publish_events(bootstrap, prefix, security, workload.events(TAIL_EVENTS, now_ms - 2_000, now_ms))
@@ -345,7 +344,7 @@ def _store_run(
         InputTopic.INTERACTIONS.value: workload.stats.interactions - before[1],
     }
     with ScorerRun(bootstrap, prefix, app_id, workdir, broker_pid=broker_pid, log_name="restart", env=env) as again:
-        restart = again.watch(tail, timeout_for(TAIL_EVENTS), f"{name}, restarted")
+        restart = again.watch(tail, timeout_for(TAIL_EVENTS), f"{name}, restarted", until_quiet=False)
     result.restart_peak_rss_mib = restart.peak_rss_mib
     if restart.failure is None:
         result.restart_first_s = restart.startup_s
@@ -357,13 +356,16 @@ def _store_run(
 
 
 def _state_bytes_by_third(bootstrap: str, prefix: str, app_id: str, run: StoreRun) -> tuple[int, int, int] | None:
-    """Changelog bytes written in each third of the pass: records between the end offsets sampled (every second)
-    when the pass reached 0, 1/3, 2/3 and all of the input."""
-    if run.thirds is None or run.sampler is None or not run.sampler.samples:
+    """Changelog bytes written in each third of the pass: the records whose timestamp (the worker's producer's
+    create time) falls between the moments the pass reached 0, 1/3, 2/3 and all of the input. (Not by end offsets
+    sampled during the pass: tansu reports a partition's end as its last batch's base offset + 1, which cut the
+    first third short.)"""
+    if run.thirds is None:
         return None
-    edges = run.sampler.offsets_at(run.thirds.edges)
+    wall = time.time() - time.monotonic()  # the thirds' edges are time.monotonic(); records carry wall-clock ms
+    edges_ms = [round((moment + wall) * 1000) for moment in run.thirds.edges]
     try:
-        read = read_topic_bytes(bootstrap, changelog_topic_names(app_id, prefix), edges)
+        read = read_topic_bytes(bootstrap, changelog_topic_names(app_id, prefix), edges_ms)
     except Exception as exc:  # a figure missing from the report must not lose the rest of the run
         raise BenchError(f"reading the changelog back failed: {exc}") from exc
     log.info("hot workload: state bytes (before, thirds, after): %s", sorted(read.by_bucket.items()))

@@ -454,10 +454,10 @@ def _hot_lines(hot: HotResult, broker: str) -> list[str]:
         per_event = max(1, hot.published.events // 3)
         lines += [
             "",
-            f"State written ({memory.store}, changelog key + value bytes between the end offsets sampled when the "
-            f"pass reached 0, 1/3, 2/3 and all of the input): {first:,} / {mid:,} / {last:,} bytes, "
-            f"{first / per_event:,.0f} / {mid / per_event:,.0f} / "
-            f"{last / per_event:,.0f} bytes per input event.",
+            f"State written ({memory.store}, changelog key + value bytes of the records whose timestamps fall "
+            f"between the moments the pass reached 0, 1/3, 2/3 and all of the input): {first:,} / {mid:,} / "
+            f"{last:,} bytes, {first / per_event:,.0f} / {mid / per_event:,.0f} / {last / per_event:,.0f} bytes "
+            "per input event.",
         ]
     return lines
 

@@ -32,6 +32,9 @@ from stream_app.domain.events import InputTopic
 from stream_app.tools.benchmark.common import (
     FAST_SCRAPE_S,
     POLL_INTERVAL_S,
+    QUIET_CPU_SHARE,
+    QUIET_S,
+    SETTLE_MAX_S,
     SLOW_SCRAPE_S,
     BenchError,
     Measurement,
@@ -391,8 +394,9 @@ class ScorerRun:
     """`stream-app worker` as a subprocess (optionally under py-spy), watched through its /metrics.
 
     `watch(expected)` returns the throughput from the first scrape that showed the worker ready with nothing
-    processed to the first that shows `expected` events processed (Span); the worker keeps running until the block
-    ends (SIGTERM, or SIGINT to py-spy) or `kill()` (SIGKILL, a crash).
+    processed (Span) to the moment it went quiet after the first scrape that showed `expected` events processed
+    (`quiet_from`); the worker keeps running until the block ends (SIGTERM, or SIGINT to py-spy) or `kill()`
+    (SIGKILL, a crash).
     """
 
     def __init__(
@@ -439,10 +443,12 @@ class ScorerRun:
         expected_by_topic: Mapping[str, int],
         timeout: float,
         name: str = SCORER_NAME,
-        on_scrape: Callable[[], None] | None = None,
+        *,
+        until_quiet: bool = True,
     ) -> Measurement:
-        """Scrape until every topic's expected events are processed; if the worker dies or stalls, what it did
-        until then, with the reason in `failure`."""
+        """Scrape until every topic's expected events are processed, then (`until_quiet`) poll the worker's CPU
+        until it goes quiet (`quiet_from`: its device judge and table writes finish after the last event is
+        counted); if the worker dies or stalls, what it did until then, with the reason in `failure`."""
         deadline = time.monotonic() + timeout
         expected = sum(expected_by_topic.values())
         span = Span(Moment(self.worker.launched, 0.0, cpu_seconds(self.broker_pid)))
@@ -452,8 +458,6 @@ class ScorerRun:
             now = self._moment_now(pid)
             peak = peak_rss_mib(pid) or peak
             samples = self.samples()
-            if on_scrape is not None:
-                on_scrape()
             if samples is None:
                 processed, done, ready = span.processed, False, False
             else:
@@ -467,6 +471,15 @@ class ScorerRun:
         if failure is not None:
             failure += f"; processed {span.processed:,} of {expected:,} events"
             log.warning("%s: %s (worker log: %s)", name, failure, self.worker.log_path)
+        elif until_quiet:
+            counted = span.end
+            span.end = self._quiet_from(span.end)
+            log.info(
+                "%s: quiet %.2f s after its last event (%.2f CPU s more)",
+                name,
+                span.end.at - counted.at,
+                span.end.cpu - counted.cpu,
+            )
         return Measurement(
             name,
             span.processed,
@@ -479,6 +492,21 @@ class ScorerRun:
             timeline=span.timeline,
         )
 
+    def _quiet_from(self, last_event: Moment) -> Moment:
+        """The moment the worker went quiet after processing its last event (`quiet_from`), polling its CPU; the
+        last moment polled if it never does within SETTLE_MAX_S."""
+        pid = self.pid
+        moments = [last_event]
+        while True:
+            time.sleep(POLL_INTERVAL_S)
+            moments.append(self._moment_now(pid))
+            quiet = quiet_from(moments, QUIET_S, QUIET_CPU_SHARE)
+            if quiet is not None:
+                return quiet
+            if moments[-1].at - last_event.at > SETTLE_MAX_S or self.worker.exited() is not None:
+                log.warning("scorer not quiet %.0f s after its last event; measured to now", SETTLE_MAX_S)
+                return moments[-1]
+
     def _moment_now(self, pid: int | None) -> Moment:
         return Moment(time.monotonic(), cpu_seconds(pid), cpu_seconds(self.broker_pid))
 
@@ -489,6 +517,23 @@ class ScorerRun:
         if time.monotonic() > deadline:
             return f"not finished after {timeout:.0f} s (last error in its log: {self.worker.first_error()})"
         return None
+
+
+def quiet_from(moments: Sequence[Moment], quiet_s: float, cpu_share: float) -> Moment | None:
+    """The first of `moments` (in time order) from which the worker used less than `cpu_share` of a CPU over the
+    next `quiet_s` or more (measured to the first later moment at least quiet_s on); None when no such window has
+    been seen yet."""
+    j = 0
+    for i, start in enumerate(moments):
+        j = max(j, i + 1)
+        while j < len(moments) and moments[j].at - start.at < quiet_s:
+            j += 1
+        if j == len(moments):
+            return None
+        stop = moments[j]
+        if stop.cpu - start.cpu < cpu_share * (stop.at - start.at):
+            return start
+    return None
 
 
 def next_scrape_s(processed: int, expected: int, timeline: Sequence[tuple[float, int]]) -> float:
