@@ -41,7 +41,8 @@ PROGRESS_INTERVAL_S = 5.0
 # parts of about this many events, each sent, acknowledged and written before the next starts. Without it a
 # catch-up's batch ran for seconds without yielding to the event loop (measured: 245,000 events in one 5 s batch on
 # the hot-video workload), so Faust's producer buffer held the batches' table writes until the input ran out (the
-# changelog received them after the pass) and /metrics, heartbeats and the device agent all waited.
+# changelog received them after the pass), and the device agent and the event loop's heartbeat waited as long
+# (/livez answers 503 after LIVENESS_TIMEOUT_S, 30 s, without one: a batch of 2,000 full envelopes takes longer).
 PART_EVENTS = 20_000
 _SCORED = (ViewEvent, InteractionEvent)  # a tuple: `A | B` in an isinstance builds a union type per call
 
