@@ -49,10 +49,6 @@ SAVE_INTERVAL_S = 5.0
 # and a flag (its detail sentence included) ~800, so a record stays under 512 KiB, well inside Kafka's 1 MB.
 VIEWS_PER_RECORD = 500
 FLAGS_PER_RECORD = 500
-# A batch (up to BATCH_MAX_EVENTS records) is judged in parts of at most this many records, each judged, sent and
-# acknowledged before the next: up to 20,000 views a part, as the events agent scores parts of about 20,000 events
-# (streaming/ingest.py PART_EVENTS), so a device partition catching up never holds the event loop for seconds.
-PART_RECORDS = 40
 
 
 async def send_device_views(
@@ -192,14 +188,8 @@ class DeviceJudge:
         memory was lost mid-run (the views of its 9th and later accounts passed). Found since: a restarted or
         rebalanced worker could lose the records it read again from the committed offset (Faust's emptied
         active-partition set, faust_compat 9.), and records read again are what this saving relies on; with
-        that fixed it is back, checked by the quality report (bench/RESULTS.md) and the chaos suite.
-
-        A batch is judged in parts of at most PART_RECORDS records, in order, each as a batch of its own."""
+        that fixed it is back, checked by the quality report (bench/RESULTS.md) and the chaos suite."""
         await self.partition_count.load()
-        for start in range(0, len(batch), PART_RECORDS):
-            await self._process_part(batch[start : start + PART_RECORDS])
-
-    async def _process_part(self, batch: Sequence[Any]) -> None:
         records, offsets, last_event = _read(batch)
         flags, acks = self._judge_all(records, offsets)
         try:

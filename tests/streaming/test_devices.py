@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -143,33 +142,6 @@ async def test_a_burst_flags_every_view_of_the_span_back_to_the_videos_partition
     assert {f.reason for _, f in flags} == {"device_burst"}
     # each flag went to the partition of its video (co-partitioned with the event topics)
     assert all(partition_for(f.video_id.encode(), PARTITIONS) == p for p, f in flags)
-
-
-async def test_a_big_batch_is_judged_in_parts_with_the_flags_of_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
-    views = [view(n, "farm", T + n * 100) for n in range(61)] + [view(n, f"d{n}", T + n, 5_000) for n in range(40)]
-    whole = FakeApp()
-    await judge_for(whole).process_batch(from_every_source(views))
-    monkeypatch.setattr(devices, "PART_RECORDS", 3)
-    parted = FakeApp()
-    judge = judge_for(parted)
-    parts: list[list[int]] = []
-    judge_part = judge._process_part
-
-    async def spy(part: Sequence[Any]) -> None:
-        parts.append([event.message.offset for event in part])
-        await judge_part(part)
-
-    monkeypatch.setattr(judge, "_process_part", spy)
-    batch = from_every_source(views)
-    await judge.process_batch(batch)
-    # every record once, in order, in parts of at most 3
-    assert [offset for part in parts for offset in part] == [event.message.offset for event in batch]
-    assert [len(part) for part in parts] == [3] * (len(batch) // 3) + [len(batch) % 3] * (len(batch) % 3 > 0)
-    flagged = sorted((f.event_id, f.reason) for _, f in parted.flags())
-    assert flagged == sorted((f.event_id, f.reason) for _, f in whole.flags())
-    assert len(flagged) == 61
-    # every device partition acknowledged the same watermark to every event partition
-    assert sorted(parted.acks()) == sorted(whole.acks()) != []
 
 
 async def test_overlap_and_account_flags_carry_their_reason() -> None:
