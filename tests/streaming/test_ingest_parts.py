@@ -1,6 +1,7 @@
 """IngestProcessor scores a batch in parts of about PART_EVENTS events (whole records, in order), each part sent,
 acknowledged and written before the next: a batch of envelopes can hold two million events, and scored in one
-piece it held the event loop, the table writes and /metrics for seconds (bench/RESULTS.md, Speed steps 17)."""
+piece it held the event loop, the table writes and the device agent for seconds (bench/RESULTS.md, Speed steps
+17)."""
 
 from __future__ import annotations
 

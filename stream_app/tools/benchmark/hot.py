@@ -358,8 +358,8 @@ def _store_run(
 def _state_bytes_by_third(bootstrap: str, prefix: str, app_id: str, run: StoreRun) -> tuple[int, int, int] | None:
     """Changelog bytes written in each third of the pass: the records whose timestamp (the worker's producer's
     create time) falls between the moments the pass reached 0, 1/3, 2/3 and all of the input. (Not by end offsets
-    sampled during the pass: tansu reports a partition's end as its last batch's base offset + 1, which cut the
-    first third short.)"""
+    sampled during the pass: tansu reports a partition's end as its last batch's base offset + 1, too low after a
+    batch of several records.)"""
     if run.thirds is None:
         return None
     wall = time.time() - time.monotonic()  # the thirds' edges are time.monotonic(); records carry wall-clock ms
