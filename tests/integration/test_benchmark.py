@@ -13,7 +13,7 @@ from stream_app.tools.benchmark import run_bench
 from stream_app.tools.benchmark.common import FAST_SCRAPE_S, SLOW_SCRAPE_S, Measurement, median_measurement
 from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
 from stream_app.tools.benchmark.profile import summarize_folded
-from stream_app.tools.benchmark.soak import trend
+from stream_app.tools.benchmark.soak import SoakResult, trend
 from stream_app.tools.benchmark.throughput import Moment, Span, next_scrape_s, quiet_from
 from stream_app.tools.harness import processed_by_topic, processed_events, progress_toward, replace_section
 
@@ -236,6 +236,16 @@ def test_trend_is_least_squares_growth_over_the_stretch() -> None:
 
     assert flat is not None and flat.growth == pytest.approx(0.0)
     assert growing is not None and growing.growth == pytest.approx(20.0)
+
+
+def test_soak_rates_are_taken_over_the_simulators_paced_seconds() -> None:
+    """The simulator's start-up (before its first traffic event, only profiles out) is not part of the offered
+    or achieved rate."""
+    soak = SoakResult(target_rate=1000, seconds=60, store="memory://", published_events=60_400)
+    soak.published_profiles, soak.processed_during = 400, 30_400
+    soak.simulate_elapsed_s, soak.start_delay_s = 66.0, 6.0
+    assert soak.paced_s == 60.0
+    assert soak.offered_rate == 1000.0 and soak.achieved_rate == 500.0
 
 
 def test_profile_groups_own_time_by_part_of_the_program() -> None:

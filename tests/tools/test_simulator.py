@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections import Counter, defaultdict, deque
@@ -279,6 +280,17 @@ def test_organic_traffic_looks_like_a_platform(organic: list[SimEvent]) -> None:
     assert per_video[0][1] > 20 * per_video[len(per_video) // 2][1]  # power-law popularity
     per_viewer = Counter(v["viewer_id"] for v in views)
     assert sum(per_viewer.values()) / len(per_viewer) > 3  # sessions of several views
+
+
+def test_organic_traffic_runs_at_the_rate_asked_for_from_the_start() -> None:
+    """The sessions in flight when a run starts are as many as the rate keeps in flight (each runs for all its
+    views' steps, not one fewer: with one fewer a run at 2,000 events/s started 13 % under its rate)."""
+    rate, seconds = 2_000, 30
+    cfg = config(duration_s=seconds, rate_per_s=rate)
+    per_5s = Counter((e.at_ms - START) // 5_000 for e in generate(cfg) if e.topic is not InputTopic.PROFILES)
+    assert sorted(per_5s) == list(range(seconds // 5))
+    for count in per_5s.values():
+        assert 0.95 * rate * 5 < count < 1.07 * rate * 5
 
 
 def test_organic_traffic_is_clean_of_every_authenticity_rule(organic: list[SimEvent]) -> None:
@@ -608,6 +620,29 @@ async def test_realtime_run_stamps_events_with_the_wall_clock_and_paces_them() -
     ts = [item["ts"] for kind, _, batch in FakeProducer.instances[-1].calls if kind == "send" for item in batch]
     # events due within the next pacing tick are sent early, stamped with their due time
     assert before <= min(ts) and max(ts) <= after + publish._TICK_MS
+
+
+async def test_realtime_run_paces_from_its_first_traffic_event_when_the_generator_started_late() -> None:
+    """Traffic whose first event is already 3 s late when it is ready (a high rate's generator setting up) is
+    paced from there, not sent as one burst of everything that fell due meanwhile."""
+    FakeProducer.instances.clear()
+    now = int(time.time() * 1000)
+
+    def late(cfg: SimulationConfig) -> list[SimEvent]:
+        events = [e for e in generate(cfg) if e.topic is not InputTopic.PROFILES][:6]
+        return [dataclasses.replace(e, at_ms=now - 3_000 + 100 * i) for i, e in enumerate(events)]
+
+    started = time.monotonic()
+    report = await run_simulation(
+        config(duration_s=5, rate_per_s=200, creators=3),
+        bootstrap="b",
+        realtime=True,
+        producer_factory=FakeProducer,
+        events=late(config(duration_s=5, rate_per_s=200, creators=3)),
+    )
+    assert report.events == 6
+    assert 2.9 <= report.start_delay_s < 4
+    assert time.monotonic() - started >= 0.4  # the last is due 0.5 s after the first, less a pacing tick
 
 
 async def test_setting_stop_ends_the_run_early() -> None:

@@ -470,8 +470,9 @@ def _soak_lines(soak: SoakResult, broker: str) -> list[str]:
         f"- Broker: {broker}.",
         f"- `stream-app simulate --realtime --rate {soak.target_rate:g} --duration {soak.seconds:g} --fraud all`, "
         f"scorer with WINDOW_S=60, STORE={soak.store}. Published {soak.published_events:,} events in "
-        f"{soak.published_records:,} records over {soak.simulate_elapsed_s:,.0f} s (offered "
-        f"{soak.offered_rate:,.0f} ev/s); the scorer processed {soak.processed_during:,} by then (achieved "
+        f"{soak.published_records:,} records over {soak.simulate_elapsed_s:,.0f} s, paced after a start-up of "
+        f"{soak.start_delay_s:.1f} s (offered {soak.offered_rate:,.0f} ev/s over the paced {soak.paced_s:,.0f} s); "
+        f"the scorer processed {soak.processed_during:,} by then (achieved "
         f"{soak.achieved_rate:,.0f} ev/s) and {soak.processed_total:,} "
         + (
             f"after a drain of {soak.drain_s:.1f} s"

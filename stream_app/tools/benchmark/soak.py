@@ -7,8 +7,9 @@ records the events processed, `rewards_consumer_lag_messages` summed over topics
 RSS and CPU time. When the simulator is done the worker gets up to DRAIN_S to process what is left (while its count
 still moves), then stops.
 
-- offered rate: the events the simulator published / its elapsed seconds (it may fall short of R on a busy
-  machine); achieved rate: events the scorer processed during the soak / the soak's seconds;
+- offered rate: the events the simulator published / its paced seconds (its elapsed seconds less its start-up,
+  the seconds before its first traffic event, when only profiles go out; it may fall short of R on a busy
+  machine); achieved rate: events the scorer processed by the simulator's end / the same seconds;
 - lag bounded: the least-squares growth of the summed lag over the last 5 minutes (or the last half of a shorter
   soak), in records and in seconds of input; "no growth" when it grew by less than one second of input records;
 - RSS flat: the least-squares growth of RSS over the same stretch, in MiB per minute and over the stretch;
@@ -93,16 +94,23 @@ class SoakResult:
     failure: str | None = None
 
     published_profiles: int = 0  # sent before the paced traffic: not part of the offered rate
+    # the simulator's start-up before its first traffic event (its report's start_delay_s): nothing but the
+    # profiles is published meanwhile, so the rates are taken over the paced rest of its run
+    start_delay_s: float = 0.0
+
+    @property
+    def paced_s(self) -> float:
+        return max(0.0, self.simulate_elapsed_s - self.start_delay_s)
 
     @property
     def offered_rate(self) -> float:
         traffic = self.published_events - self.published_profiles
-        return traffic / self.simulate_elapsed_s if self.simulate_elapsed_s else 0.0
+        return traffic / self.paced_s if self.paced_s else 0.0
 
     @property
     def achieved_rate(self) -> float:
         traffic = max(0, self.processed_during - self.published_profiles)
-        return traffic / self.simulate_elapsed_s if self.simulate_elapsed_s else 0.0
+        return traffic / self.paced_s if self.paced_s else 0.0
 
     @property
     def sample_s(self) -> float:
@@ -155,6 +163,7 @@ def run_soak(
         result.published_records = int(report.get("records", 0))
         result.published_profiles = int(report.get("by_topic", {}).get("creator-profiles", 0))
         result.simulate_elapsed_s = float(report.get("elapsed_s", 0.0)) or time.monotonic() - started
+        result.start_delay_s = float(report.get("start_delay_s", 0.0))
         result.processed_during = result.samples[-1].processed if result.samples else 0
         _drain(scorer, started, result)
         result.peak_rss_mib = peak_rss_mib(scorer.pid)

@@ -88,13 +88,14 @@ class Catalogue:
             elif roll < _OWN_TABLET_P + _FAMILY_TABLET_P:
                 family.append(i)
         households = 0
-        while family:
+        start = 0  # the first member of the next household (slicing the rest off each time was quadratic)
+        while start < len(family):
             size = rng.randint(2, 4)
             tablet = f"dv-{self.tag}-h{households:06d}"
             households += 1
-            for member in family[:size]:
+            for member in family[start : start + size]:
                 second_device[member] = tablet
-            family = family[size:]
+            start += size
         return second_device
 
     @staticmethod
