@@ -403,6 +403,20 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every CPU of the machine has spent busy so far (all but idle and iowait; /proc/stat), None when
+    unknown. Its growth over a span, divided by the span and os.cpu_count(), is how busy the machine was."""
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    name, *ticks = line.split()
+    if name != "cpu" or len(ticks) < 5:
+        return None
+    values = [int(t) for t in ticks[:8]]
+    return (sum(values) - values[3] - values[4]) / _CLOCK_TICKS
+
+
 def _status_mib(pid: int | None, field_name: str) -> float | None:
     if pid is None:
         return None

@@ -5,6 +5,7 @@ and the results land in the `## Throughput` section of the output, other section
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,13 @@ from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
 from stream_app.tools.benchmark.profile import summarize_folded
 from stream_app.tools.benchmark.soak import SoakResult, trend
 from stream_app.tools.benchmark.throughput import Moment, Span, next_scrape_s, quiet_from
-from stream_app.tools.harness import processed_by_topic, processed_events, progress_toward, replace_section
+from stream_app.tools.harness import (
+    machine_busy_seconds,
+    processed_by_topic,
+    processed_events,
+    progress_toward,
+    replace_section,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -82,6 +89,11 @@ def test_bench_runs_every_measurement_and_reports_every_target(tmp_path: Path) -
     assert "did not finish" not in text
     assert "| replay (two policies) / scorer (one) |" in text
     assert "| replay with the end of the input / scorer |" in text
+    # the soak's rows say how busy the scorer and the machine were (a scorer behind for want of CPU, or not)
+    soak_rows = re.findall(
+        r"^\| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \| (\d+\.\d\d) \| (\d+)% \|$", text, re.M
+    )
+    assert soak_rows and all(float(cpu) > 0 and 0 < int(busy) <= 100 for cpu, busy in soak_rows), text
 
 
 def test_passes_run_each_consumer_in_turn_and_report_the_median(tmp_path: Path) -> None:
@@ -236,6 +248,16 @@ def test_trend_is_least_squares_growth_over_the_stretch() -> None:
 
     assert flat is not None and flat.growth == pytest.approx(0.0)
     assert growing is not None and growing.growth == pytest.approx(20.0)
+
+
+def test_machine_busy_seconds_grow_while_this_process_computes() -> None:
+    before = machine_busy_seconds()
+    assert before is not None  # Linux: /proc/stat
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    after = machine_busy_seconds()
+    assert after is not None and after - before >= 0.25
 
 
 def test_soak_rates_are_taken_over_the_simulators_paced_seconds() -> None:

@@ -3,6 +3,7 @@ each measurement's figures."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from stream_app.tools.benchmark.common import Measurement
@@ -486,14 +487,28 @@ def _soak_lines(soak: SoakResult, broker: str) -> list[str]:
     ]
     if soak.failure:
         lines.append(f"- **Not drained**: {soak.failure}.")
-    lines += ["", "| t s | processed | events/s since previous | lag records | RSS MiB |", "|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Scorer CPU: the worker's CPU seconds per second since the previous row (1.00 = one core); machine busy: the "
+        f"share of all {os.cpu_count()} CPUs busy meanwhile (the scorer, the broker, the simulator and the bench).",
+        "",
+        "| t s | processed | events/s since previous | lag records | RSS MiB | scorer CPU | machine busy |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     step = max(1, round(60 / soak.sample_s))  # one row a minute
     shown = soak.samples[::step] + ([soak.samples[-1]] if soak.samples and len(soak.samples) % step != 1 else [])
     previous = None
     for sample in shown:
-        rate = (sample.processed - previous.processed) / (sample.t - previous.t) if previous else None
+        rate = cpu = busy = None
+        if previous is not None and sample.t > previous.t:
+            span = sample.t - previous.t
+            rate = (sample.processed - previous.processed) / span
+            cpu = (sample.cpu_s - previous.cpu_s) / span
+            if sample.busy_s is not None and previous.busy_s is not None:
+                busy = (sample.busy_s - previous.busy_s) / span / (os.cpu_count() or 1)
         lines.append(
-            f"| {sample.t:,.0f} | {sample.processed:,} | {_fmt(rate, 0)} | {sample.lag:,} | {_fmt(sample.rss_mib, 0)} |"
+            f"| {sample.t:,.0f} | {sample.processed:,} | {_fmt(rate, 0)} | {sample.lag:,} | {_fmt(sample.rss_mib, 0)} "
+            f"| {_fmt(cpu, 2)} | {'n/a' if busy is None else f'{busy:.0%}'} |"
         )
         previous = sample
     return lines

@@ -35,6 +35,7 @@ from stream_app.tools.harness import (
     consumer_lag,
     cpu_seconds,
     input_topic_names,
+    machine_busy_seconds,
     peak_rss_mib,
     processed_events,
     read_topic_bytes,
@@ -59,6 +60,7 @@ class SoakSample:
     lag: int
     rss_mib: float | None
     cpu_s: float
+    busy_s: float | None = None  # the machine's busy CPU seconds so far (harness.machine_busy_seconds)
 
 
 @dataclass
@@ -216,7 +218,9 @@ def _sample(scorer: ScorerRun, started: float, previous: int) -> SoakSample:
     pid = scorer.pid
     processed = processed_events(samples) if samples else previous
     lag = consumer_lag(samples) if samples else 0
-    return SoakSample(time.monotonic() - started, processed, lag, rss_mib(pid), cpu_seconds(pid))
+    return SoakSample(
+        time.monotonic() - started, processed, lag, rss_mib(pid), cpu_seconds(pid), machine_busy_seconds()
+    )
 
 
 def _sample_until_exit(
