@@ -39,6 +39,7 @@ from stream_app.edges.producer import EnvelopePlanner, encode_event
 from stream_app.edges.settings import load_settings
 from stream_app.replay.device_rules import ReplayDeviceRules
 from stream_app.tools.simulator import SimEvent, SimulationConfig, generate
+from tests.events import view_event
 from tests.integration.harness import RawRecord, TopicReader, latest_by_key
 
 PARTITIONS = 4
@@ -177,18 +178,16 @@ def hostile_records(rng: random.Random, *, valid_ts: int | None = None) -> list[
     valid events at that ts (each on a video of its own); without, every event of these records is invalid (an
     invalid region on top of what each one breaks), so they change no money wherever they land."""
     views, interactions, profiles = (t.value for t in InputTopic)
-    view = {
-        "event_id": "h",
-        "video_id": "hv",
-        "creator_id": "hc",
-        "viewer_id": "hu",
-        "device_id": "hd",
-        "ts": valid_ts or 1_000,
-        "watch_ms": 10_000,
-        "video_ms": 90_000,
-        "source": "for_you",
-        "region": "US" if valid_ts else "U$",
-    }
+    view = view_event(
+        "h",
+        "hv",
+        "hu",
+        valid_ts or 1_000,
+        creator_id="hc",
+        device_id="hd",
+        video_ms=90_000,
+        region="US" if valid_ts else "U$",
+    )
     text = jsoncodec.dumps(view)
 
     def keyed(topic: str, value: bytes | None, key: bytes = b"hv") -> Record:

@@ -15,6 +15,7 @@ import pytest
 from stream_app.domain.events import InputTopic
 from tests.chaos import scenario as sc
 from tests.chaos.runs import SEEDS
+from tests.events import view_event
 from tests.integration.harness import RawRecord
 
 PREFIX = "oracle-"
@@ -58,18 +59,14 @@ def test_an_input_that_trips_a_device_rule_is_refused() -> None:
     """Two views of one screen at the same time: the oracle cannot stand for a worker on this input."""
     data = sc.chaos_input(1, events=600)
     newest = max(r.max_ts for r in data.traffic if r.max_ts is not None)
-    view = {
-        "creator_id": "hc",
-        "viewer_id": "hu",
-        "device_id": "one-screen",
-        "ts": newest,
-        "watch_ms": 10_000,
-        "video_ms": 90_000,
-        "source": "for_you",
-        "region": "US",
-    }
+    on_one_screen = {"creator_id": "hc", "device_id": "one-screen", "video_ms": 90_000}
     extra = [
-        sc.Record(InputTopic.VIEWS.value, None, sc.jsoncodec.dumps([dict(view, event_id=f"o{i}", video_id=video)]), p)
+        sc.Record(
+            InputTopic.VIEWS.value,
+            None,
+            sc.jsoncodec.dumps([view_event(f"o{i}", video, "hu", newest, **on_one_screen)]),
+            p,
+        )
         for i, (video, p) in enumerate(sc_videos())
     ]
     with pytest.raises(AssertionError, match="trips a device rule"):

@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.domain.partitioning import partition_for
+from tests.events import interaction_event, view_event
 from tests.integration.harness import (
     WorkerProcess,
     free_port,
@@ -74,30 +75,10 @@ def view(
     watch: int = 10_000,
     device: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "video_id": video,
-        "creator_id": "c1",
-        "viewer_id": viewer,
-        "device_id": device or f"d-{viewer}",
-        "ts": ts,
-        "watch_ms": watch,
-        "video_ms": 120_000,
-        "source": "for_you",
-        "region": region,
-    }
+    return view_event(event_id, video, viewer, ts, region=region, watch_ms=watch, device_id=device or f"d-{viewer}")
 
 
-def act(event_id: str, video: str, viewer: str, ts: int, kind: str = "like") -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "video_id": video,
-        "creator_id": "c1",
-        "viewer_id": viewer,
-        "device_id": f"d-{viewer}",
-        "ts": ts,
-        "kind": kind,
-    }
+act = interaction_event  # (event_id, video, viewer, ts, kind="like")
 
 
 ELIGIBLE_C1 = {

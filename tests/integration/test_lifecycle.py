@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from stream_app.domain.partitioning import partition_for
 from stream_app.edges.broker import EmbeddedBroker
 from stream_app.streaming.lifecycle import EXIT_SHUTDOWN_TIMEOUT
+from tests.events import view_event
 from tests.integration.harness import (
     WorkerProcess,
     jsonl,
@@ -125,18 +126,9 @@ def test_a_worker_whose_event_loop_is_blocked_is_not_live(scenario_env: dict[str
 def views(count: int, now_ms: int, invalid_every: int) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for i in range(count):
-        event: dict[str, Any] = {
-            "event_id": f"e{i}",
-            "video_id": f"v{i % 200}",
-            "creator_id": f"c{i % 200}",
-            "viewer_id": f"u{i}",
-            "device_id": f"d{i % 4000}",
-            "ts": now_ms - 60_000 + i,
-            "watch_ms": 10_000,
-            "video_ms": 120_000,
-            "source": "for_you",
-            "region": "US",
-        }
+        event = view_event(
+            f"e{i}", f"v{i % 200}", f"u{i}", now_ms - 60_000 + i, creator_id=f"c{i % 200}", device_id=f"d{i % 4000}"
+        )
         if i % invalid_every == 0:
             event["watch_ms"] = -1  # dead-lettered by the worker (published --raw, unchecked)
         events.append(event)

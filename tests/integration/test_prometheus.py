@@ -30,6 +30,7 @@ from confluent_kafka import Producer
 
 from stream_app.domain import jsoncodec
 from stream_app.edges.metrics import INPUT_TOPICS, OUTCOMES, SUSPICIOUS_REASONS
+from tests.events import interaction_event, view_event
 from tests.integration.harness import WorkerProcess, run_cli, worker_env
 from tests.integration.prometheus_server import PrometheusServer, prometheus_or_skip, promtool_or_skip
 from tests.integration.test_scoring_scenario import on_partition_zero
@@ -50,30 +51,11 @@ Record = tuple[str, bytes | None, bytes, int | None]  # topic, key, value, expli
 
 
 def view(event_id: str, video: str, creator: str, viewer: str, ts: int, watch: int = 10_000) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "video_id": video,
-        "creator_id": creator,
-        "viewer_id": viewer,
-        "device_id": f"dev-{viewer}",
-        "ts": ts,
-        "watch_ms": watch,
-        "video_ms": 120_000,
-        "source": "for_you",
-        "region": "US",
-    }
+    return view_event(event_id, video, viewer, ts, creator_id=creator, device_id=f"dev-{viewer}", watch_ms=watch)
 
 
 def act(event_id: str, video: str, creator: str, viewer: str, ts: int, kind: str) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "video_id": video,
-        "creator_id": creator,
-        "viewer_id": viewer,
-        "device_id": f"dev-{viewer}",
-        "ts": ts,
-        "kind": kind,
-    }
+    return interaction_event(event_id, video, viewer, ts, kind, creator_id=creator, device_id=f"dev-{viewer}")
 
 
 def profile(creator: str, followers: int) -> dict[str, Any]:

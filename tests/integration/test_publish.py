@@ -17,6 +17,7 @@ from stream_app.domain.events import InputTopic, ViewEvent
 from stream_app.domain.partitioning import partition_for
 from stream_app.edges.producer import RewardsProducer, SendReport
 from stream_app.edges.publish import publish_lines
+from tests.events import view_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -58,18 +59,7 @@ async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, byt
 
 
 def view(n: int, video: str) -> dict[str, object]:
-    return {
-        "event_id": f"e{n}",
-        "video_id": video,
-        "creator_id": "c1",
-        "viewer_id": f"u{n}",
-        "device_id": f"d{n}",
-        "ts": 1_700_000_000_000 + n,
-        "watch_ms": 10_000,
-        "video_ms": 90_000,
-        "source": "for_you",
-        "region": "US",
-    }
+    return view_event(f"e{n}", video, f"u{n}", 1_700_000_000_000 + n, device_id=f"d{n}", video_ms=90_000)
 
 
 VIDEOS = [f"vid-{i}" for i in range(10)]

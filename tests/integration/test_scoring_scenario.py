@@ -23,6 +23,7 @@ from stream_app.domain.policy import policy_hash
 from stream_app.domain.profiles import ProfileHistory
 from stream_app.edges.settings import load_settings
 from stream_app.streaming.tables import TableState
+from tests.events import interaction_event, view_event
 from tests.integration.harness import (
     TopicReader,
     WorkerProcess,
@@ -66,38 +67,22 @@ class Events:
         watch: int = 10_000,
     ) -> tuple[str, str, dict[str, Any]]:
         self.n += 1
-        return (
-            "video-views",
+        event = view_event(
+            f"v{self.n}",
             video,
-            {
-                "event_id": f"v{self.n}",
-                "video_id": video,
-                "creator_id": creator,
-                "viewer_id": viewer,
-                "device_id": f"dev-{viewer}",
-                "ts": ts,
-                "watch_ms": watch,
-                "video_ms": 120_000,
-                "source": "for_you",
-                "region": region,
-            },
+            viewer,
+            ts,
+            creator_id=creator,
+            device_id=f"dev-{viewer}",
+            watch_ms=watch,
+            region=region,
         )
+        return ("video-views", video, event)
 
     def act(self, video: str, creator: str, viewer: str, ts: int, kind: str) -> tuple[str, str, dict[str, Any]]:
         self.n += 1
-        return (
-            "video-interactions",
-            video,
-            {
-                "event_id": f"i{self.n}",
-                "video_id": video,
-                "creator_id": creator,
-                "viewer_id": viewer,
-                "device_id": f"dev-{viewer}",
-                "ts": ts,
-                "kind": kind,
-            },
-        )
+        event = interaction_event(f"i{self.n}", video, viewer, ts, kind, creator_id=creator, device_id=f"dev-{viewer}")
+        return ("video-interactions", video, event)
 
 
 def profile(creator: str, ts: int, followers: int = 50_000, standing: str = "good") -> tuple[str, str, dict[str, Any]]:

@@ -15,26 +15,14 @@ from stream_app.domain import jsoncodec
 from stream_app.domain.events import InputTopic
 from stream_app.domain.partitioning import partition_for
 from stream_app.edges.producer import RewardsProducer
+from tests.events import interaction_event, view_event
 from tests.integration.harness import STREAM_APP, WorkerProcess, jsonl, read_topic, run_cli, scrape, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def view(n: int, video: str, **overrides: object) -> dict[str, object]:
-    event: dict[str, object] = {
-        "event_id": f"e{n}",
-        "video_id": video,
-        "creator_id": "c1",
-        "viewer_id": f"u{n}",
-        "device_id": f"d{n}",
-        "ts": 1_000 + n,
-        "watch_ms": 10_000,
-        "video_ms": 120_000,
-        "source": "for_you",
-        "region": "US",
-    }
-    event.update(overrides)
-    return event
+    return view_event(f"e{n}", video, f"u{n}", 1_000 + n, device_id=f"d{n}", **overrides)
 
 
 def send_with_sdk(bootstrap: str, prefix: str, topic: InputTopic, events: list[dict[str, object]]) -> None:
@@ -94,17 +82,7 @@ def test_every_record_reaches_its_outcome(scenario_env: dict[str, str]) -> None:
     foreign.produce(
         f"{prefix}video-interactions",
         key=b"vC",
-        value=jsoncodec.dumps(
-            {
-                "event_id": "i1",
-                "video_id": "vC",
-                "creator_id": "c1",
-                "viewer_id": "u5",
-                "device_id": "d5",
-                "ts": 1_010,
-                "kind": "like",
-            }
-        ),
+        value=jsoncodec.dumps(interaction_event("i1", "vC", "u5", 1_010, device_id="d5")),
     )
     assert foreign.flush(10) == 0
 

@@ -10,6 +10,7 @@ from stream_app.domain.events import InputTopic
 from stream_app.domain.partitioning import partition_for
 from stream_app.domain.policy import Policy
 from stream_app.replay.engine import ReplayEngine
+from tests.events import interaction_event, view_event
 from tests.integration.test_scoring_scenario import EXPECTED_ACCRUALS, EXPECTED_SETTLEMENTS, A, B, C, D, Z, scenario
 from tests.replay.helpers import PARTITIONS, records_of
 
@@ -86,19 +87,7 @@ def device_farm() -> list[Any]:
         video = next(f"closer-{n}" for n in range(100) if partition_for(f"closer-{n}".encode(), PARTITIONS) == p)
         events.append(("video-views", video, _view(f"z{p}", video, "z", f"dev-z{p}", 200_000)))
         events.append(
-            (
-                "video-interactions",
-                video,
-                {
-                    "event_id": f"zi{p}",
-                    "video_id": video,
-                    "creator_id": "c1",
-                    "viewer_id": "z",
-                    "device_id": f"dev-z{p}",
-                    "ts": 200_000,
-                    "kind": "like",
-                },
-            )
+            ("video-interactions", video, interaction_event(f"zi{p}", video, "z", 200_000, device_id=f"dev-z{p}"))
         )
     return events
 
@@ -115,18 +104,7 @@ def _profile(creator: str) -> dict[str, Any]:
 
 
 def _view(event_id: str, video: str, viewer: str, device: str, ts: int) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "video_id": video,
-        "creator_id": "c1",
-        "viewer_id": viewer,
-        "device_id": device,
-        "ts": ts,
-        "watch_ms": 30_000,
-        "video_ms": 120_000,
-        "source": "for_you",
-        "region": "US",
-    }
+    return view_event(event_id, video, viewer, ts, device_id=device, watch_ms=30_000)
 
 
 FARM_POLICY = Policy(window_s=60, grace_s=10, idle_settle_s=600)

@@ -19,6 +19,7 @@ from stream_app.edges.settings import load_settings
 from stream_app.streaming import ingest
 from stream_app.streaming.ingest import IngestProcessor
 from stream_app.streaming.topics import TopicNames
+from tests.events import view_event
 
 SETTINGS = load_settings({})
 NAMES = TopicNames.of(SETTINGS)
@@ -64,21 +65,7 @@ class Counts:
 
 def views(offset: int, count: int) -> Event:
     """A video-views envelope of `count` views (key: the video, as the producer SDK sends it)."""
-    events = [
-        {
-            "event_id": f"e{offset}-{n}",
-            "video_id": "v1",
-            "creator_id": "c1",
-            "viewer_id": f"u{n}",
-            "device_id": f"d{n}",
-            "ts": 1_000 + n,
-            "watch_ms": 10_000,
-            "video_ms": 120_000,
-            "source": "for_you",
-            "region": "US",
-        }
-        for n in range(count)
-    ]
+    events = [view_event(f"e{offset}-{n}", "v1", f"u{n}", 1_000 + n, device_id=f"d{n}") for n in range(count)]
     return Event(Message(NAMES.views, 0, offset, b"v1", orjson.dumps(events if count > 1 else events[0])))
 
 

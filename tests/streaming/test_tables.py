@@ -10,6 +10,7 @@ from stream_app.domain import jsoncodec
 from stream_app.domain.codec import Kind, decode
 from stream_app.domain.partitioning import partition_for
 from stream_app.streaming.tables import head_key, meta_key
+from tests.events import view_event
 from tests.integration.harness import WorkerProcess, read_topic
 
 
@@ -27,18 +28,7 @@ def test_video_state_is_written_to_the_partition_its_events_come_from(scenario_e
     assert {partition_for(v.encode(), 4) for v in videos} == {0, 1, 2, 3}  # the test covers every partition
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
     for n, video in enumerate(videos):
-        view = {
-            "event_id": f"e{n}",
-            "video_id": video,
-            "creator_id": "c1",
-            "viewer_id": f"u{n}",
-            "device_id": f"d{n}",
-            "ts": 1_000 + n,
-            "watch_ms": 10_000,
-            "video_ms": 90_000,
-            "source": "for_you",
-            "region": "US",
-        }
+        view = view_event(f"e{n}", video, f"u{n}", 1_000 + n, device_id=f"d{n}", video_ms=90_000)
         producer.produce(f"{prefix}video-views", key=video.encode(), value=jsoncodec.dumps(view))
     assert producer.flush(10) == 0
     changelog = f"{prefix}{env['APP_ID']}-video-state-changelog"

@@ -1,0 +1,42 @@
+"""Input events for tests (SPEC §3): a valid view, interaction or creator profile as the JSON object an upstream
+team publishes, every field overridable. One builder for the suite, so a schema change is made here once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def view_event(event_id: str, video_id: str, viewer_id: str, ts: int, **fields: Any) -> dict[str, Any]:
+    """A valid `video-views` event: creator c1, a 10 s watch of a 2 min video from the For You feed in the US, on
+    the viewer's own device (`d-<viewer>`); `fields` override or add any field."""
+    event: dict[str, Any] = {
+        "event_id": event_id,
+        "video_id": video_id,
+        "creator_id": "c1",
+        "viewer_id": viewer_id,
+        "device_id": f"d-{viewer_id}",
+        "ts": ts,
+        "watch_ms": 10_000,
+        "video_ms": 120_000,
+        "source": "for_you",
+        "region": "US",
+    }
+    event.update(fields)
+    return event
+
+
+def interaction_event(
+    event_id: str, video_id: str, viewer_id: str, ts: int, kind: str = "like", **fields: Any
+) -> dict[str, Any]:
+    """A valid `video-interactions` event (creator c1, the viewer's own device); `fields` override any field."""
+    event: dict[str, Any] = {
+        "event_id": event_id,
+        "video_id": video_id,
+        "creator_id": "c1",
+        "viewer_id": viewer_id,
+        "device_id": f"d-{viewer_id}",
+        "ts": ts,
+        "kind": kind,
+    }
+    event.update(fields)
+    return event
