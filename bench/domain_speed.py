@@ -3,6 +3,7 @@ event, whatever the state holds").
 
     python bench/domain_speed.py [--events 200000] [--mode envelope|single] [--workload organic|hot|fraud]
                                  [--seed 2] [--repeat 3] [--decisions OUT.txt]
+                                 [--batch-records N] [--drained] [--device-save-every N]
 
 The input is `stream-app bench`'s (the simulator's organic traffic, seed 1, 500 events per second of event time),
 laid out as the producer SDK publishes it: per topic-partition (4 partitions), envelopes of up to 1,000 events in
@@ -20,9 +21,10 @@ timed in CPU seconds (time.process_time):
   applied back (`on_device_flag`) with the next batch.
 
 A batch is 2,000 records (single) or the records of 0.1 s of this input (envelope), as the agent's
-`take_events(2000, within=0.1)` takes them from a backlog. Ticks (1 s of record time) settle idle windows, as in
-the worker. Prints one Markdown table: microseconds of CPU per event for each phase and in all, the best of
-`--repeat` runs (a shared machine: the best run is the least disturbed one).
+`take_events(2000, within=0.1)` takes them from a backlog; `--batch-records 1 --drained` is closer to a worker
+keeping up with realtime traffic (a batch of about 1,000 events, every event partition drained). Ticks (1 s of
+record time) settle idle windows, as in the worker. Prints one Markdown table: microseconds of CPU per event for
+each phase and in all, the best of `--repeat` runs (a shared machine: the best run is the least disturbed one).
 
 `--decisions FILE` writes every decision of the first run, sorted, one per line: each device flag (event, reason,
 detail), each outcome but `accepted` (topic, outcome, reason, event, detail), each dead letter, and each video's
@@ -197,14 +199,21 @@ class Run:
         return sorted([*(self.decisions or ()), *self.accruals.values()])
 
 
-def batches(records: list[Record], mode: str) -> Iterator[list[Record]]:
-    size = ENVELOPE_BATCH_RECORDS if mode == "envelope" else SINGLE_BATCH_RECORDS
+def batches(records: list[Record], mode: str, size: int | None = None) -> Iterator[list[Record]]:
+    if size is None:
+        size = ENVELOPE_BATCH_RECORDS if mode == "envelope" else SINGLE_BATCH_RECORDS
     for start in range(0, len(records), size):
         yield records[start : start + size]
 
 
 def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch path runs)
-    records: list[Record], profiles: list[CreatorProfile], mode: str, save_every: int, decisions: bool = False
+    records: list[Record],
+    profiles: list[CreatorProfile],
+    mode: str,
+    save_every: int,
+    decisions: bool = False,
+    batch_records: int | None = None,
+    drained: bool = False,
 ) -> Run:
     policy = Policy()
     policy_id = policy_hash(policy)
@@ -226,7 +235,7 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
     run = Run(decisions=[] if decisions else None)
     clock = time.process_time
     done = 0
-    for batch_no, batch in enumerate(batches(records, mode)):
+    for batch_no, batch in enumerate(batches(records, mode, batch_records)):
         now = batch[-1].timestamp_ms
         third = min(2, done * 3 // len(records))
         done += len(batch)
@@ -283,7 +292,7 @@ def run_once(  # noqa: C901 (one loop, phase by phase, as the worker's batch pat
             groups = views_by_partition(effects[p].device_views, PARTITIONS)
             progress = scorer.source_progress_ms()
             for q in range(PARTITIONS):
-                record = DeviceViews.of(p, -1 if progress is None else progress, False, groups[q])
+                record = DeviceViews.of(p, -1 if progress is None else progress, drained, groups[q])
                 by_device[q].append(DeviceViews.from_bytes(record.to_bytes()))
         for q, judge in enumerate(judges):
             device_records = by_device[q]
@@ -326,6 +335,20 @@ def main() -> int:
         default=10,
         help="batches between device state saves (the worker saves every SAVE_INTERVAL_S, 1 s: ~10 batches here)",
     )
+    parser.add_argument(
+        "--batch-records",
+        type=int,
+        default=None,
+        help=f"records per batch (default {ENVELOPE_BATCH_RECORDS} envelopes, a catch-up's 0.1 s, or "
+        f"{SINGLE_BATCH_RECORDS} single records); 1 envelope of 1,000 events is about a realtime batch at 10,000 "
+        "events/s",
+    )
+    parser.add_argument(
+        "--drained",
+        action="store_true",
+        help="every event partition reports itself drained, as a worker keeping up with realtime traffic does (the "
+        "device judge then judges each pending view at once)",
+    )
     args = parser.parse_args()
     records, profiles, events = records_of(args.events, args.mode, args.workload, args.seed)
     print(f"{events:,} events in {len(records):,} records ({args.mode})", file=sys.stderr)
@@ -334,7 +357,9 @@ def main() -> int:
     best: Run | None = None
     for attempt in range(args.repeat):
         recording = attempt == 0 and args.decisions is not None
-        run = run_once(records, profiles, args.mode, args.device_save_every, recording)
+        run = run_once(
+            records, profiles, args.mode, args.device_save_every, recording, args.batch_records, args.drained
+        )
         if recording:
             lines = run.decision_lines()
             args.decisions.write_text("".join(line + "\n" for line in lines))

@@ -70,3 +70,14 @@ def test_the_decisions_file_is_written_by_the_command_line(
         gc.unfreeze()
         gc.set_threshold(*threshold)
     assert out.read_text().splitlines() == decisions(domain_speed)
+
+
+def test_realtime_shaped_batches_judge_device_views_as_the_sources_drain(domain_speed: ModuleType) -> None:
+    """--batch-records 1 --drained: a batch per envelope, every event partition drained (a worker keeping up): the
+    device rules that wait for every earlier view (device_overlap, account_farm) still flag, without waiting for
+    their due time."""
+    records, profiles, _ = domain_speed.records_of(EVENTS, "envelope", "fraud", 2)
+    assert len(list(domain_speed.batches(records, "envelope", 1))) == len(records)
+    run = domain_speed.run_once(records, profiles, "envelope", 50, decisions=True, batch_records=1, drained=True)
+    reasons = {line.split(" ")[2] for line in run.decision_lines() if line.startswith("flag")}
+    assert {"device_overlap", "account_farm"} <= reasons
