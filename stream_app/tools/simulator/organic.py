@@ -92,12 +92,11 @@ class OrganicTraffic:
         heap = self._heap
         rng = self._rng
         start = self._config.start_ms
-        # Start in the steady state: the sessions in flight at any instant (Little's law: start rate x the time a
-        # session runs, from its start to the end of its last view: its views x the mean step; with the time from
-        # its first view to its last, one step short, the run started 13 % under its rate and took its ten
-        # minutes to climb towards it) are already running; a session's length is memoryless, so one caught mid-way has
-        # the same law of remaining views as a new one. Caught mid-way, its current view ends a little after the
-        # run starts (it began before).
+        # Start in the steady state: the sessions in flight at any instant are already running. Little's law: as
+        # many as the start rate x the time a session runs, from its start to the end of its last view (its views
+        # x the mean step; one step fewer, as counted before, started a run 13 % under its rate, climbing for ten
+        # minutes). A session's length is memoryless, so one caught mid-way has the same law of remaining views
+        # as a new one. Caught mid-way, its current view ends a little after the run starts (it began before).
         for _ in range(round(self._sessions_per_ms * _MEAN_SESSION_VIEWS * _MEAN_VIEW_STEP_MS)):
             self._start_session(start + self._in_flight_delay(), in_flight=True)
         next_start = start + rng.expovariate(self._sessions_per_ms)
