@@ -626,20 +626,13 @@ async def test_realtime_run_paces_from_its_first_traffic_event_when_the_generato
     """Traffic whose first event is already 3 s late when it is ready (a high rate's generator setting up) is
     paced from there, not sent as one burst of everything that fell due meanwhile."""
     FakeProducer.instances.clear()
+    cfg = config(duration_s=5, rate_per_s=200, creators=3)
     now = int(time.time() * 1000)
-
-    def late(cfg: SimulationConfig) -> list[SimEvent]:
-        events = [e for e in generate(cfg) if e.topic is not InputTopic.PROFILES][:6]
-        return [dataclasses.replace(e, at_ms=now - 3_000 + 100 * i) for i, e in enumerate(events)]
+    traffic = [e for e in generate(cfg) if e.topic is not InputTopic.PROFILES][:6]
+    late = [dataclasses.replace(e, at_ms=now - 3_000 + 100 * i) for i, e in enumerate(traffic)]
 
     started = time.monotonic()
-    report = await run_simulation(
-        config(duration_s=5, rate_per_s=200, creators=3),
-        bootstrap="b",
-        realtime=True,
-        producer_factory=FakeProducer,
-        events=late(config(duration_s=5, rate_per_s=200, creators=3)),
-    )
+    report = await run_simulation(cfg, bootstrap="b", realtime=True, producer_factory=FakeProducer, events=late)
     assert report.events == 6
     assert 2.9 <= report.start_delay_s < 4
     assert time.monotonic() - started >= 0.4  # the last is due 0.5 s after the first, less a pacing tick
