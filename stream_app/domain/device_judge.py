@@ -16,6 +16,7 @@ watermark - device_flag_delay_ms has been returned, so event partitions may forg
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -149,8 +150,11 @@ class PartitionDeviceJudge:
         # kept watch intervals ending at or before this are forgotten (rules.kept_cutoff_ms of the watermark the
         # last batch reached): applied to a device as it is first read in a batch (_forget_passed), which is the
         # state its own due for them would have left (rules.device_due_ms); a device read again in the batch keeps
-        # what the batch kept, as on-time expiry did until the batch's end
+        # what the batch kept, as on-time expiry did until the batch's end. Judged views at or before
+        # _views_cutoff (that watermark - device_flag_delay_ms) likewise: a device is due to forget its views only
+        # once its last one is passed
         self._kept_cutoff: int | None = None
+        self._views_cutoff: int | None = None
 
     @property
     def watermark(self) -> int | None:
@@ -209,7 +213,7 @@ class PartitionDeviceJudge:
             state = devices.get(device_id)
             if state is None:
                 state = self._load(device_id, touched)
-            elif state.kept_ends:
+            else:
                 self._forget_passed(device_id, state, touched)
             ts = times[k]
             if 0 <= offset <= state.through_offset:
@@ -240,20 +244,39 @@ class PartitionDeviceJudge:
     # --- event time -------------------------------------------------------------------------------------------
 
     def _advance(self, watermark: int, flags: list[DeviceFlag], touched: set[str]) -> None:
-        """Judge and expire every device whose due time the watermark has reached."""
+        """Judge and expire every device whose due time the watermark has reached.
+
+        A device whose advance only forgot some of its views (none judged, no account forgotten, views left) is
+        not saved for it: it stays in the working set, and its stored state keeps those views until its next
+        save. That stored state is one the watermark has passed: restored, the device is due at once and forgets
+        them again, and until then they are older than any span a view on time can reach (device_burst looks
+        DEVICE_BURST_SPAN back from a view at most GRACE_S behind the watermark; device_overlap reads kept
+        intervals only). Saving it would serialize the whole state again for what the watermark alone decides:
+        measured, about a third of the device rules' cost under realtime load (bench/RESULTS.md, Speed steps 19)."""
         heap = self._heap
+        through = watermark - rules.device_flag_delay_ms(self.policy)
+        quiet: list[str] = []
         while heap and heap[0][0] <= watermark:
             due, device_id = heapq.heappop(heap)
             if self._due.get(device_id) != due:
                 continue  # stale: rescheduled since
             del self._due[device_id]
             state = self._load(device_id, touched)
+            judges = through > state.judged_through and state.pending_from() < bisect_right(state.ts, through)
+            accounts = len(state.accounts)
             rules.advance_device(self.policy, state, device_id, watermark, flags)  # judges, then expires
             if state.pending_from() == len(state.ts):
                 self._pending.discard(device_id)
-            touched.add(device_id)
-        # every device due by the watermark has forgotten what it passed: the others hold nothing it passed
+            if judges or accounts != len(state.accounts) or not state.ts or device_id in touched:
+                touched.add(device_id)
+            else:
+                quiet.append(device_id)
+        for device_id in quiet:
+            if device_id not in touched:  # else _write schedules it
+                self._schedule(device_id, self._devices[device_id])
+        # every device due by the watermark has forgotten what it passed; the others forget it as they are read
         self._kept_cutoff = rules.kept_cutoff_ms(self.policy, watermark)
+        self._views_cutoff = through
 
     def _judge_pending(self, flags: list[DeviceFlag], touched: set[str]) -> None:
         """Every source is drained: every view produced so far is here, so every pending view is judged now."""
@@ -289,10 +312,16 @@ class PartitionDeviceJudge:
         return state
 
     def _forget_passed(self, device_id: str, state: DeviceState, touched: set[str]) -> None:
-        """At a device's first read in the batch (not yet `touched`), forget the kept watch intervals the last
-        batch's watermark passed (self._kept_cutoff); what this batch kept stays for the rest of it."""
+        """At a device's first read in the batch (not yet `touched`), forget the judged views and the kept watch
+        intervals the last batch's watermark passed (self._views_cutoff, self._kept_cutoff); what this batch kept
+        stays for the rest of it. Every view the watermark passed is judged by then (its due is exact)."""
+        if device_id in touched:
+            return
+        cutoff = self._views_cutoff
+        if cutoff is not None and state.ts and state.ts[0] <= cutoff:
+            state.drop_through(min(cutoff, state.judged_through))
         cutoff = self._kept_cutoff
-        if cutoff is not None and state.kept_ends and state.kept_ends[0] <= cutoff and device_id not in touched:
+        if cutoff is not None and state.kept_ends and state.kept_ends[0] <= cutoff:
             state.drop_kept_through(cutoff)
 
     def _restore(self) -> None:

@@ -409,6 +409,13 @@ def device_due_ms(policy: Policy, device: DeviceState) -> int | None:
     """The device partition watermark at which advance_device next has something to do for this device (judge or
     forget a view, forget an account); None when the device holds nothing.
 
+    A view is due for judging exactly device_flag_delay_ms after it. Forgetting judged views waits for the last
+    of them: the device judge drops the views the previous batch's watermark passed as it first reads a device in
+    a batch (as it does kept intervals, below), so a device viewing every few seconds is visited once when it
+    goes quiet, not once per view; until then the views it still holds change no verdict (device_burst looks
+    DEVICE_BURST_SPAN back from views at most GRACE_S behind the watermark; the later rules read kept intervals
+    and accounts). Measured: bench/RESULTS.md, Speed steps 19.
+
     A kept watch interval is not a due of its own when an account of the device outlives it
     (kept_outlive_accounts): it is forgotten when the device is next read for a view, a judgment or an account
     (the device judge drops the kept intervals through kept_cutoff_ms of the previous batch's watermark as it
@@ -419,7 +426,10 @@ def device_due_ms(policy: Policy, device: DeviceState) -> int | None:
     delay = device_flag_delay_ms(policy)
     due: int | None = None
     if device.ts:
-        due = device.ts[0] + delay
+        # a view still to judge is due exactly when it is final (the acknowledgement promises it); judged ones
+        # are forgotten as the device is read, and all of them once the last is passed
+        first = device.pending_from()
+        due = device.ts[first if first < len(device.ts) else -1] + delay
     if device.kept_ends and (not device.account_last or kept_outlive_accounts(policy)):
         kept = device.kept_ends[0] + policy.device_memory_s * 1000 + delay
         due = kept if due is None else min(due, kept)

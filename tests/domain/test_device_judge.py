@@ -448,7 +448,7 @@ class EagerJudge(PartitionDeviceJudge):
 
     def _advance(self, watermark: int, flags: list[DeviceFlag], touched: set[str]) -> None:
         super()._advance(watermark, flags, touched)  # what is due expires at the watermark, as before
-        self._kept_cutoff = None  # and nothing else as it is read
+        self._kept_cutoff = self._views_cutoff = None  # and nothing else as it is read
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["in-order", "late"])
@@ -519,9 +519,11 @@ class CountingStore(MemoryDeviceStore):
     def __init__(self) -> None:
         super().__init__()
         self.saves = 0
+        self.saved: Counter[str] = Counter()
 
     def save(self, device_id: str, state: DeviceState) -> None:
         self.saves += 1
+        self.saved[device_id] += 1
         super().save(device_id, state)
 
 
@@ -536,3 +538,81 @@ def test_a_view_judged_as_the_watermark_leaps_still_sees_the_intervals_it_passed
     flags = judge.judge([rec(0, [], through=T + 200_000)]).flags  # past b's delay, and a's memory long ago
     assert reasons(flags) == {"b": "device_overlap"}
     assert judge.store.load("dev") is None  # then everything forgotten: DEDUPE_S (100 s) is past too
+
+
+def test_a_device_forgets_its_passed_views_as_it_is_read_and_is_visited_once_its_last_is_passed() -> None:
+    """A session of views from one device, each judged as it arrives (the source drained), then the watermark
+    passes them one after another. The device is not visited for each: it forgets the passed views when it is
+    next read, and is due again once its last view is passed. A visit that only forgets some views (others left,
+    nothing judged, no account forgotten) writes nothing; the one that forgets the last view saves it."""
+    store = CountingStore()
+    judge = judge_of(store, sources=1)  # delay 20 s
+    session = [dv(f"v{k}", T + k * 2_000, 1_000) for k in range(10)]  # one view every 2 s, no overlap
+    for view in session:
+        assert not judge.judge([rec(0, [view], through=view.ts, drained=True)]).flags
+    assert store.saved["dev"] == len(session)
+    # the watermark passes v0 ... v8: the device is visited once, when v0 was due to be judged (it was judged
+    # as it came, the source drained), and forgets v0 then; not again, and nothing is written
+    for watermark in range(T + 20_000, T + 38_000, 2_000):
+        judge.judge([rec(0, [dv(f"o{watermark}", watermark, 0, device="other")], drained=True)])
+        assert judge._devices["dev"].ts == [v.ts for v in session[1:]], watermark
+    assert store.saved["dev"] == len(session)
+    # a new view of the device: read, it forgets what the last batch's watermark (T + 36 s) passed
+    late = dv("w", T + 36_000, 1_000)
+    judge.judge([rec(0, [late], through=late.ts, drained=True)])
+    assert judge._devices["dev"].ts == [session[-1].ts, late.ts] and store.saved["dev"] == len(session) + 1
+    judge.judge([rec(0, [], through=session[-1].ts + 20_000, drained=True)])  # due for v9: visited, w left
+    assert judge._devices["dev"].ts == [late.ts] and store.saved["dev"] == len(session) + 1
+    judge.judge([rec(0, [], through=late.ts + 20_000, drained=True)])  # its last view gone: saved
+    assert "dev" not in judge._devices and store.saved["dev"] == len(session) + 2
+    assert jsoncodec.loads(store.values["dev"])[3] == []
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_judge_restarted_over_states_holding_forgotten_views_decides_as_one_never_restarted(seed: int) -> None:
+    """Random traffic of shared devices, in order (views up to GRACE_S behind their source's progress), sources
+    drained at random: a judge restarted from its store at random points (every device state as last saved,
+    views the watermark made it forget without a save included) flags the same views for the same reasons as one
+    that ran through."""
+    policy = Policy(
+        grace_s=5, device_burst_span_s=10, device_burst_max=6, device_memory_s=30, dedupe_s=60, accounts_per_device=2
+    )
+    rng = random.Random(seed)
+    views: list[DeviceView] = []
+    clock = T
+    for n in range(500):
+        clock += rng.randint(0, 3_000)
+        ts = clock - rng.randint(0, 5_000)
+        device = f"d{min(rng.randint(0, 7), rng.randint(0, 7))}"
+        burst = 8 if rng.random() < 0.02 else 1
+        for k in range(burst):
+            viewer, watch = f"u{rng.randint(0, 3)}", rng.randint(0, 12_000)
+            views.append(DeviceView(device, f"vid{rng.randint(0, 9)}", f"e{n}-{k}", viewer, ts + k * 500, watch))
+    batches: list[list[DeviceViews]] = []
+    progress = [T, T]
+    while views:
+        size = rng.randint(1, 10)
+        batch, views = views[:size], views[size:]
+        drained = rng.random() < 0.5
+        records = []
+        for source in (0, 1):
+            mine = [v for v in batch if zlib.crc32(v.event_id.encode()) % 2 == source]
+            progress[source] = max([progress[source]] + [v.ts - 5_000 for v in mine])
+            records.append(rec(source, mine, through=progress[source], drained=drained and not mine))
+        batches.append(records)
+    batches.append([rec(s, [], through=clock + 200_000, drained=True) for s in (0, 1)])
+
+    through = PartitionDeviceJudge(policy, 0, MemoryDeviceStore(), sources=2)
+    expected = [f for records in batches for f in through.judge(records).flags]
+    store = CountingStore()
+    judge = PartitionDeviceJudge(policy, 0, store, sources=2)
+    got: list[DeviceFlag] = []
+    for records in batches:
+        if rng.random() < 0.1:
+            judge = PartitionDeviceJudge(policy, 0, store, sources=2)  # a new worker: only the store survives
+        got.extend(judge.judge(records).flags)
+    assert {"device_overlap", "account_farm", "device_burst"} <= {f.reason for f in expected}
+    assert sorted((f.event_id, f.reason, f.detail) for f in got) == sorted(
+        (f.event_id, f.reason, f.detail) for f in expected
+    )
+    assert store.values == {}  # everything forgotten in the end
