@@ -431,6 +431,35 @@ def test_a_rejected_view_read_again_is_not_judged_again() -> None:
     assert final_flags(with_offsets=False) == {"c": "device_overlap"}
 
 
+# GRACE_S 5 and DEVICE_BURST_SPAN 10 s (the delay 15 s), a burst above 6 views, two accounts per device
+SHARED = Policy(
+    grace_s=5, device_burst_span_s=10, device_burst_max=6, device_memory_s=30, dedupe_s=60, accounts_per_device=2
+)
+
+
+def shared_device_traffic(
+    rng: random.Random, count: int, *, devices: int, viewers: int, step_ms: int, late: bool = False
+) -> tuple[list[DeviceView], int]:
+    """Random views of a few shared devices (overlaps, account farms, bursts) and the clock they end at: `count`
+    moments up to step_ms apart, each a view up to GRACE_S out of order (2 % of them a burst of 8 views). `late`:
+    a tenth of them up to twice DEVICE_MEMORY_S + the delay behind, and some sent again."""
+    views: list[DeviceView] = []
+    clock = T
+    for n in range(count):
+        clock += rng.randint(0, step_ms)
+        ts = clock - rng.randint(0, 5_000)  # up to GRACE_S out of order
+        if late and rng.random() < 0.1:  # far behind the watermark: past DEVICE_MEMORY_S + the delay, or not
+            ts = clock - rng.randint(0, 2 * (30_000 + 15_000))
+        device = f"d{min(rng.randint(0, devices - 1), rng.randint(0, devices - 1))}"  # a few busy, more quiet
+        burst = 8 if rng.random() < 0.02 else 1  # more than device_burst_max within its span
+        for k in range(burst):
+            viewer, watch = f"u{rng.randint(0, viewers - 1)}", rng.randint(0, 12_000)
+            views.append(DeviceView(device, f"vid{rng.randint(0, 9)}", f"e{n}-{k}", viewer, ts + k * 500, watch))
+        if late and rng.random() < 0.05:
+            views.append(rng.choice(views))  # sent again (its event partition scored it again after a crash)
+    return views, clock
+
+
 class EagerJudge(PartitionDeviceJudge):
     """The judge as it was: every kept watch interval is a due of its own (the device is read, changed and saved
     when it expires), nothing is forgotten as a device is read. The reference for the lazy expiry."""
@@ -467,24 +496,9 @@ def test_forgetting_kept_intervals_as_devices_are_read_decides_as_expiring_each_
     such views were judged at once, in arrival order; now they wait for the batch's end and are judged in
     canonical order, device_burst first (measured on 300 seeds: the same views flagged in all, a reason differing
     in 8)."""
-    policy = Policy(
-        grace_s=5, device_burst_span_s=10, device_burst_max=6, device_memory_s=30, dedupe_s=60, accounts_per_device=2
-    )
+    policy = SHARED
     rng = random.Random(seed)
-    views: list[DeviceView] = []
-    clock = T
-    for n in range(600):
-        clock += rng.randint(0, 4_000)
-        ts = clock - rng.randint(0, 5_000)  # up to GRACE_S out of order
-        if late and rng.random() < 0.1:  # far behind the watermark: past DEVICE_MEMORY_S + the delay, or not
-            ts = clock - rng.randint(0, 2 * (30_000 + 15_000))
-        device = f"d{min(rng.randint(0, 11), rng.randint(0, 11))}"  # a few busy devices, more quiet ones
-        burst = 8 if rng.random() < 0.02 else 1  # more than device_burst_max within its span
-        for k in range(burst):
-            viewer, watch = f"u{rng.randint(0, 4)}", rng.randint(0, 12_000)
-            views.append(DeviceView(device, f"vid{rng.randint(0, 9)}", f"e{n}-{k}", viewer, ts + k * 500, watch))
-        if late and rng.random() < 0.05:
-            views.append(rng.choice(views))  # sent again (its event partition scored it again after a crash)
+    views, clock = shared_device_traffic(rng, 600, devices=12, viewers=5, step_ms=4_000, late=late)
     stores = (CountingStore(), CountingStore())
     lazy = PartitionDeviceJudge(policy, 0, stores[0], sources=2)
     eager = EagerJudge(policy, 0, stores[1], sources=2)
@@ -574,20 +588,9 @@ def test_a_judge_restarted_over_states_holding_forgotten_views_decides_as_one_ne
     drained at random: a judge restarted from its store at random points (every device state as last saved,
     views the watermark made it forget without a save included) flags the same views for the same reasons as one
     that ran through."""
-    policy = Policy(
-        grace_s=5, device_burst_span_s=10, device_burst_max=6, device_memory_s=30, dedupe_s=60, accounts_per_device=2
-    )
+    policy = SHARED
     rng = random.Random(seed)
-    views: list[DeviceView] = []
-    clock = T
-    for n in range(500):
-        clock += rng.randint(0, 3_000)
-        ts = clock - rng.randint(0, 5_000)
-        device = f"d{min(rng.randint(0, 7), rng.randint(0, 7))}"
-        burst = 8 if rng.random() < 0.02 else 1
-        for k in range(burst):
-            viewer, watch = f"u{rng.randint(0, 3)}", rng.randint(0, 12_000)
-            views.append(DeviceView(device, f"vid{rng.randint(0, 9)}", f"e{n}-{k}", viewer, ts + k * 500, watch))
+    views, clock = shared_device_traffic(rng, 500, devices=8, viewers=4, step_ms=3_000)
     batches: list[list[DeviceViews]] = []
     progress = [T, T]
     while views:
