@@ -411,10 +411,10 @@ def device_due_ms(policy: Policy, device: DeviceState) -> int | None:
 
     A view is due for judging exactly device_flag_delay_ms after it. Forgetting judged views waits for the last
     of them: the device judge drops the views the previous batch's watermark passed as it first reads a device in
-    a batch (as it does kept intervals, below), so a device viewing every few seconds is visited once when it
-    goes quiet, not once per view; until then the views it still holds change no verdict (device_burst looks
-    DEVICE_BURST_SPAN back from views at most GRACE_S behind the watermark; the later rules read kept intervals
-    and accounts). Measured: bench/RESULTS.md, Speed steps 19.
+    a batch (as it does kept intervals, below), so a device in a session of views is visited when its first view
+    is due and once it has gone quiet, not once per view; until then the views it still holds change no verdict
+    (device_burst looks DEVICE_BURST_SPAN back from views at most GRACE_S behind the watermark; the later rules
+    read kept intervals and accounts). Measured: bench/RESULTS.md, Speed steps 19.
 
     A kept watch interval is not a due of its own when an account of the device outlives it
     (kept_outlive_accounts): it is forgotten when the device is next read for a view, a judgment or an account
