@@ -582,6 +582,24 @@ def test_a_device_forgets_its_passed_views_as_it_is_read_and_is_visited_once_its
     assert jsoncodec.loads(store.values["dev"])[3] == []
 
 
+def test_a_visit_that_forgets_an_account_is_saved_though_views_are_left() -> None:
+    """A catch-up (no source drained): a device's first account is forgotten (DEDUPE_S) by a visit at which a
+    later view of it waits, not judged yet. That visit judges nothing and leaves views, and is saved all the same:
+    a restored state must not count the forgotten account towards account_farm."""
+    store = CountingStore()
+    judge = judge_of(store, sources=1)  # delay 20 s, DEDUPE_S 100 s
+    judge.judge([rec(0, [dv("a", T, 1_000, viewer="u1")])])
+    judge.judge([rec(0, [dv("b", T + 110_000, 1_000, viewer="u2")])])  # a judged (u1 noted) and forgotten
+    state = judge._devices["dev"]
+    assert state.accounts == ["u1"] and state.ts == [T + 110_000] and state.judged_through < T + 110_000
+    saved = store.saved["dev"]
+    judge.judge([rec(0, [], through=T + 120_000)])  # u1's view + DEDUPE_S + the delay: b is not final yet
+    assert state.accounts == [] and state.ts == [T + 110_000]
+    assert store.saved["dev"] == saved + 1
+    stored = store.load("dev")
+    assert stored is not None and stored.accounts == [] and stored.ts == [T + 110_000]
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_a_judge_restarted_over_states_holding_forgotten_views_decides_as_one_never_restarted(seed: int) -> None:
     """Random traffic of shared devices, in order (views up to GRACE_S behind their source's progress), sources
