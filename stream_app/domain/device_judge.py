@@ -272,9 +272,8 @@ class PartitionDeviceJudge:
                 touched.add(device_id)
             else:
                 quiet.append(device_id)
-        for device_id in quiet:
-            if device_id not in touched:  # else _write schedules it
-                self._schedule(device_id, self._devices[device_id])
+        for device_id in quiet:  # not touched: _write will not schedule them
+            self._schedule(device_id, self._devices[device_id])
         # every device due by the watermark has forgotten what it passed; the others forget it as they are read
         self._kept_cutoff = rules.kept_cutoff_ms(self.policy, watermark)
         self._views_cutoff = through
