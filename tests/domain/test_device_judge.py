@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from stream_app.domain import jsoncodec, rules
-from stream_app.domain.device_judge import MemoryDeviceStore, PartitionDeviceJudge
+from stream_app.domain.device_judge import DUE_BUCKET_MS, DueSchedule, MemoryDeviceStore, PartitionDeviceJudge
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceView, DeviceViews
 from stream_app.domain.errors import StateFormatError
 from stream_app.domain.events import CreatorProfile, InputTopic, ViewEvent
@@ -460,6 +460,64 @@ def shared_device_traffic(
     return views, clock
 
 
+class OneHeap:
+    """The device judge's schedule as it was: one heap of every (due, device), stale entries skipped."""
+
+    def __init__(self) -> None:
+        self.due: dict[str, int] = {}
+        self.heap: list[tuple[int, str]] = []
+
+    def schedule(self, device_id: str, due: int) -> None:
+        if device_id not in self.due or due < self.due[device_id]:
+            self.due[device_id] = due
+            heapq.heappush(self.heap, (due, device_id))
+
+    def discard(self, device_id: str) -> None:
+        self.due.pop(device_id, None)
+
+    def pop(self, watermark: int) -> str | None:
+        while self.heap and self.heap[0][0] <= watermark:
+            due, device_id = heapq.heappop(self.heap)
+            if self.due.get(device_id) == due:
+                del self.due[device_id]
+                return device_id
+        return None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_due_schedule_pops_what_one_heap_of_every_due_pops_in_the_same_order(seed: int) -> None:
+    """Random schedules (dues from behind the watermark to days ahead, devices rescheduled earlier and later, some
+    discarded) and watermarks that move by less than a bucket or by many: each pop returns the device one heap of
+    every due returns, and nothing is left behind or returned early."""
+    rng = random.Random(seed)
+    dues, reference = DueSchedule(), OneHeap()
+    watermark = T
+    popped = 0
+    for _ in range(400):
+        for _ in range(rng.randint(0, 30)):
+            device_id = f"d{rng.randint(0, 199)}"
+            ahead = rng.choice([0, DUE_BUCKET_MS, 6 * DUE_BUCKET_MS, 1_440 * DUE_BUCKET_MS])
+            due = watermark + rng.randint(-DUE_BUCKET_MS, ahead)  # some due already (a device judged late)
+            dues.schedule(device_id, due)
+            reference.schedule(device_id, due)
+            assert device_id in dues
+        if rng.random() < 0.2:
+            device_id = f"d{rng.randint(0, 199)}"
+            dues.discard(device_id)
+            reference.discard(device_id)
+            assert device_id not in dues
+        watermark += rng.choice([0, rng.randint(1, DUE_BUCKET_MS // 4), rng.randint(1, 30 * DUE_BUCKET_MS)])
+        while True:
+            expected = reference.pop(watermark)
+            assert dues.pop(watermark) == expected
+            if expected is None:
+                break
+            popped += 1
+        assert len(dues) == len(reference.due)
+    assert popped > 1_000  # dues came up, from the heap and from buckets
+    assert len(dues) > 0  # and some were still ahead
+
+
 class EagerJudge(PartitionDeviceJudge):
     """The judge as it was: every kept watch interval is a due of its own (the device is read, changed and saved
     when it expires), nothing is forgotten as a device is read. The reference for the lazy expiry."""
@@ -471,9 +529,8 @@ class EagerJudge(PartitionDeviceJudge):
             dues.append(state.kept_ends[0] + self.policy.device_memory_s * 1000 + delay)
         if state.account_last:
             dues.append(min(state.account_last) + self.policy.dedupe_s * 1000 + delay)
-        if dues and (device_id not in self._due or min(dues) < self._due[device_id]):
-            self._due[device_id] = min(dues)
-            heapq.heappush(self._heap, (min(dues), device_id))
+        if dues:
+            self._dues.schedule(device_id, min(dues))
 
     def _advance(self, watermark: int, flags: list[DeviceFlag], touched: set[str]) -> None:
         super()._advance(watermark, flags, touched)  # what is due expires at the watermark, as before
