@@ -222,8 +222,8 @@ class Pipeline:
             self.stores[p].apply(scorer.flush(NOW, effects[p]))
             progress = scorer.source_progress_ms()
             by_device: list[list[DeviceView]] = [[] for _ in range(DEVICE_PARTITIONS)]
-            for view in effects[p].device_views:
-                by_device[part(view.device_id, DEVICE_PARTITIONS)].append(view)
+            for sent in effects[p].device_views:
+                by_device[part(sent.device_id, DEVICE_PARTITIONS)].append(sent)
             for q in range(DEVICE_PARTITIONS):
                 records[q].append(DeviceViews.of(p, -1 if progress is None else progress, drained, by_device[q]))
         back = [Effects() for _ in range(EVENT_PARTITIONS)]
