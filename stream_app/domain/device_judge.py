@@ -27,7 +27,7 @@ from stream_app.domain import jsoncodec, rules
 from stream_app.domain.device_log import DeviceLog
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceViews
 from stream_app.domain.policy import Policy
-from stream_app.domain.rules_state import DeviceState
+from stream_app.domain.rules_state import DeviceState, ExpiryIndex
 from stream_app.domain.windows import SourceWatermark
 
 __all__ = [
@@ -118,7 +118,7 @@ class ObjectDeviceStore:
         return list(self.states)
 
 
-# Dues beyond the current bucket of event time wait in buckets this long (a list of devices each) until the
+# Dues beyond the current bucket of event time wait in buckets this long (rules_state.ExpiryIndex) until the
 # watermark reaches them; only then do they enter the heap.
 DUE_BUCKET_MS = 60_000
 
@@ -127,24 +127,24 @@ class DueSchedule:
     """Every device with state and the watermark it is next due at, popped in (due, device) order.
 
     Most devices are due far ahead (an account is forgotten a day after its last view), while a batch pops the
-    few due now. Here a due at or after `_near_end` is appended to its bucket of DUE_BUCKET_MS (the device id
-    alone), and a bucket moves into the heap once the watermark reaches its start: the heap holds about a bucket's
-    dues, and a pop returns exactly what one heap of everything would have, in the same order. Measured against
-    one heap of (due, device) tuples (bench/RESULTS.md, Speed steps 20): about 55 bytes less heap per remembered
-    device (613 -> 558), the same CPU (a profile had charged the big heap 4.6 % of the core; it was not).
+    few due now. Here a due at or after `_near_end` is noted, the device id alone, in its bucket of DUE_BUCKET_MS
+    (an ExpiryIndex, as the per-video memories note their keys), and a bucket's devices enter the heap once the
+    watermark reaches its start: the heap holds about a bucket's dues, and a pop returns exactly what one heap of
+    everything would have, in the same order. Measured against one heap of (due, device) tuples (bench/RESULTS.md,
+    Speed steps 20): about 55 bytes less heap per remembered device (613 -> 558), the same CPU (a profile had
+    charged the big heap 4.6 % of the core; it was not).
 
     A device rescheduled to a later due keeps its earlier one (the later one is found when the earlier comes up:
     the judge reschedules what it visits); an earlier due replaces it, and the entry left behind is stale (its due
     is no longer the device's), skipped when met."""
 
-    __slots__ = ("_buckets", "_due", "_heap", "_keys", "_near_end")
+    __slots__ = ("_due", "_heap", "_later", "_near_end")
 
     def __init__(self) -> None:
         self._due: dict[str, int] = {}  # device -> its due
         self._heap: list[tuple[int, str]] = []  # (due, device): every due before _near_end, and stale entries
-        self._buckets: dict[int, list[str]] = {}  # due // DUE_BUCKET_MS -> devices whose due was set in it
-        self._keys: list[int] = []  # heap of the keys of _buckets
-        self._near_end = 0  # every due before it is in the heap; every bucketed one is at or after it
+        self._later = ExpiryIndex(DUE_BUCKET_MS)  # devices whose due was set at or after _near_end, by its bucket
+        self._near_end = 0  # every due before it is in the heap; every noted one is at or after it
 
     def __len__(self) -> int:
         return len(self._due)
@@ -160,14 +160,8 @@ class DueSchedule:
         self._due[device_id] = due
         if due < self._near_end:
             heapq.heappush(self._heap, (due, device_id))
-            return
-        key = due // DUE_BUCKET_MS
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            self._buckets[key] = [device_id]
-            heapq.heappush(self._keys, key)
         else:
-            bucket.append(device_id)
+            self._later.note(device_id, due)
 
     def discard(self, device_id: str) -> None:
         self._due.pop(device_id, None)
@@ -185,16 +179,18 @@ class DueSchedule:
         return None
 
     def _reach(self, watermark: int) -> None:
-        """Move every bucket the watermark has reached into the heap (its devices still due in it)."""
-        keys = self._keys
-        while keys and keys[0] * DUE_BUCKET_MS <= watermark:
-            key = heapq.heappop(keys)
-            self._near_end = max(self._near_end, (key + 1) * DUE_BUCKET_MS)
+        """Move into the heap the devices of every bucket whose start the watermark has reached, those whose due
+        lies in the buckets reached (a device noted more than once, or also pushed directly, has more than one
+        entry: the first popped returns it, the others are stale)."""
+        reached = self._later.due(watermark + DUE_BUCKET_MS - 1)  # the buckets ending before the next one
+        self._near_end = max(self._near_end, (watermark // DUE_BUCKET_MS + 1) * DUE_BUCKET_MS)
+        if reached:
             due_of = self._due
             heap = self._heap
-            for device_id in self._buckets.pop(key):
+            near_end = self._near_end
+            for device_id in reached:
                 due = due_of.get(device_id)
-                if due is not None and due // DUE_BUCKET_MS == key:
+                if due is not None and due < near_end:
                     heapq.heappush(heap, (due, device_id))
 
 
