@@ -42,6 +42,10 @@ BATCH_WITHIN_S = 0.1
 # since Faust tables can only be written while processing an event.
 TICK_INTERVAL_S = 1.0
 LAG_INTERVAL_S = 5.0
+# What an agent's stream may buffer of fetched record values before its partitions are paused (besides Faust's
+# 4,096 records): about four parts of envelopes (streaming/ingest.py PART_EVENTS), seconds of work. Without it a
+# worker catching up on envelopes held its whole fetched backlog (faust_compat 10.; bench/RESULTS.md).
+STREAM_BUFFER_BYTES = 16 * 1024 * 1024
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -132,6 +136,7 @@ class ScorerApp:
             stream_topics=[*names.inputs, names.ticks, names.device_flags, names.device_views],
             on_sought=self.guard.sought,
             clamp_commits=self._clamp_commits,
+            stream_buffer_bytes=STREAM_BUFFER_BYTES,
         )
 
     def _register(self) -> None:
