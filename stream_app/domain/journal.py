@@ -26,6 +26,7 @@ A segment is dropped once every entry it added is older than any memory keeps (`
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,12 +241,12 @@ class Journal:
         self._head_at(video_id, -1)
         del self.head_seq[video_id]
 
-    def adopt(self, segment: Segment) -> None:
-        """A stored segment found at restore (in seq order)."""
-        self.live.append((segment.seq, segment.max_ts))
-        self.next_seq = max(self.next_seq, segment.seq + 1)
-        for head in segment.heads:
-            self._head_at(head[0], segment.seq)
+    def adopt(self, seq: int, max_ts: int, head_videos: Iterable[str]) -> None:
+        """A stored segment found at restore (in seq order): its seq, newest ts and the videos it holds heads of."""
+        self.live.append((seq, max_ts))
+        self.next_seq = max(self.next_seq, seq + 1)
+        for video_id in head_videos:
+            self._head_at(video_id, seq)
 
     def droppable(self, cutoff_ms: int) -> tuple[list[int], list[str]]:
         """Segments whose every entry is at or before cutoff_ms, from the oldest on (forgotten here), and the

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from stream_app.domain import codec, journal, rules
 from stream_app.domain import policy as pol
@@ -162,17 +162,36 @@ class PartitionScorer:
     def _restore(self) -> None:
         """Rebuild the working set from the stored journal: each video's newest head (from the newest live
         segment holding one, else its own key), and its memories by replaying the operations that head includes
-        (domain/journal.py)."""
-        segments = sorted(
-            (journal.Segment.from_payload(codec.decode(Kind.SEGMENT, raw)) for raw in self.source.segments()),
-            key=lambda s: s.seq,
-        )
+        (domain/journal.py).
+
+        Segments are decoded one at a time, twice: first for their heads (a video's newest head says which of its
+        operations to replay), then, in seq order, for their operations. Decoded all at once, a day of segments
+        was held as Python objects, several times its stored size, while the memories were rebuilt from it
+        (bench/RESULTS.md, Speed steps 21)."""
+        raws = list(self.source.segments())
+        shells: list[tuple[int, int, int, list[str]]] = []  # (seq, index in raws, newest ts, videos with a head)
+        newest: dict[str, tuple[int, list[Any]]] = {}  # video -> its newest head and the segment holding it
+        names: dict[str, str] = {}  # one str per video id, whichever segments name it
+        for index, raw in enumerate(raws):
+            seq, max_ts, _, heads = codec.decode(Kind.SEGMENT, raw)
+            videos = []
+            for head in heads:
+                video_id = names.setdefault(head[0], head[0])
+                held = newest.get(video_id)
+                if held is None or held[0] < seq:
+                    newest[video_id] = (seq, head)
+                videos.append(video_id)
+            shells.append((seq, index, max_ts, videos))
+        shells.sort()
         loaded: dict[str, VideoLedger | None] = {}
-        for segment in segments:
-            self.journal.adopt(segment)
-            for head in segment.heads:
-                loaded[head[0]] = VideoLedger.from_head(head)
-        for segment in segments:
+        for seq, _, max_ts, videos in shells:
+            self.journal.adopt(seq, max_ts, videos)
+            for video_id in videos:
+                if video_id not in loaded:  # in the order the heads appear, as the working set was built before
+                    loaded[video_id] = VideoLedger.from_head(newest[video_id][1])
+        del newest, names
+        for _, index, _, _ in shells:
+            segment = journal.Segment.from_payload(codec.decode(Kind.SEGMENT, raws[index]))
             orphans = False
             for op in segment.ops:
                 video_id = op[1]
