@@ -249,7 +249,9 @@ class PartitionDeviceJudge:
 
         `save`: save every device changed since the last save to the store, once each (`save_changed`); a caller
         that saves less often than every batch must not let the device-views records since the last save count
-        as consumed (the worker holds back their offsets' commit), so that a crash reads them again."""
+        as consumed (the worker holds back their offsets' commit), so that a crash reads them again. A device
+        that leaves the working set (no views left) is handed to the store by the batch itself: a store makes
+        nothing durable until its caller says so (LogDeviceStore: the log is sealed after the save)."""
         if not self._started:
             self._restore()
         out = DeviceVerdicts()
@@ -410,13 +412,25 @@ class PartitionDeviceJudge:
                 self._pending.add(device_id)
 
     def _write(self, touched: set[str]) -> None:
-        """The batch's devices are changed (saved by save_changed); one left without views leaves the working set."""
+        """The batch's devices are changed. One still holding views stays in the working set and is saved by
+        save_changed; one left without views leaves it and goes to the store at once, as its stored bytes (a
+        LogDeviceStore holds them until the caller seals the log, after the batch's flags are acknowledged).
+        Kept as objects until the save instead, the devices a catch-up changed within one save interval (tens of
+        thousands, about 1 KB each against ~190 bytes stored) were held besides every stored state
+        (bench/RESULTS.md, Speed steps 21)."""
         changed = self._changed
+        store = self.store
         for device_id in touched:
             state = self._devices[device_id]
-            changed[device_id] = state
-            if not state.ts:
+            if state.ts:
+                changed[device_id] = state
+            else:
                 del self._devices[device_id]
+                changed.pop(device_id, None)
+                if state.is_empty():
+                    store.delete(device_id)
+                else:
+                    store.save(device_id, state)
             if state.is_empty():
                 self._dues.discard(device_id)
                 self._pending.discard(device_id)
