@@ -161,17 +161,20 @@ def send(
     store.apply(scorer.flush(now_ms, effects))
 
 
-def restore(policy: Policy, store: MemoryState, profiles: ProfileHistory) -> tuple[int, float]:
-    """The heap a worker holds after taking the partition over (heads + journal replayed), and the time it took."""
+def restore(policy: Policy, store: MemoryState, profiles: ProfileHistory) -> tuple[int, int, float]:
+    """The heap a worker holds after taking the partition over (heads + journal replayed), the most it held
+    meanwhile (what restoring decodes besides what it keeps), and the time it took."""
     gc.collect()
     before = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
     started = time.monotonic()
     restored = PartitionScorer(policy, policy_hash(policy), 0, store, profiles)
     seconds = time.monotonic() - started
+    peak = tracemalloc.get_traced_memory()[1] - before
     gc.collect()
     size = tracemalloc.get_traced_memory()[0] - before
     del restored
-    return size, seconds
+    return size, peak, seconds
 
 
 def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
@@ -204,7 +207,7 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
     live_heap = heap() - base - sum(len(v) for v in store.segment_values.values())  # the store is not the worker
     live_serialized = stored_bytes(store)
     breakdown = stored_parts(store)
-    restored_heap, restore_s = restore(policy, store, profiles)
+    restored_heap, restore_peak, restore_s = restore(policy, store, profiles)
     entries_before = entries(ledgers)
 
     # 2. a day + window + grace + the clawback hold after the last view (28 h after the window start): one more
@@ -240,13 +243,14 @@ def run_viewers(policy: Policy, viewers: int, videos: int) -> ViewerRun:
     assert all(led.windows_settled == 1 for led in ledgers), "every video's first window must have settled"
     expired_heap = heap() - base - sum(len(v) for v in store.segment_values.values())
     expired_serialized = stored_bytes(store)
-    expired_restored_heap, _ = restore(policy, store, profiles)
+    expired_restored_heap, _, _ = restore(policy, store, profiles)
     entries_after = entries(ledgers)
     del scorer, store, ledgers
     seconds = time.monotonic() - started
     rows = [
         Row("memories and heads, live (as the scorer builds them)", live_heap, live_serialized),
         Row("restored from the table (heads + journal replayed)", restored_heap, live_serialized),
+        Row("the most held while restoring (what is kept, and what is decoded meanwhile)", restore_peak, None),
         Row("after expiry, live", expired_heap, expired_serialized),
         Row("after expiry, restored from the table", expired_restored_heap, expired_serialized),
     ]

@@ -12,7 +12,14 @@ from collections import Counter
 import pytest
 
 from stream_app.domain import jsoncodec, rules
-from stream_app.domain.device_judge import DUE_BUCKET_MS, DueSchedule, MemoryDeviceStore, PartitionDeviceJudge
+from stream_app.domain.device_judge import (
+    DUE_BUCKET_MS,
+    DueSchedule,
+    LogDeviceStore,
+    MemoryDeviceStore,
+    PartitionDeviceJudge,
+)
+from stream_app.domain.device_log import DeviceLog
 from stream_app.domain.device_records import DeviceAck, DeviceFlag, DeviceView, DeviceViews
 from stream_app.domain.errors import StateFormatError
 from stream_app.domain.events import CreatorProfile, InputTopic, ViewEvent
@@ -639,6 +646,29 @@ def test_a_device_forgets_its_passed_views_as_it_is_read_and_is_visited_once_its
     judge.judge([rec(0, [], through=late.ts + 20_000, drained=True)])  # its last view gone: saved
     assert "dev" not in judge._devices and store.saved["dev"] == len(session) + 2
     assert jsoncodec.loads(store.values["dev"])[3] == []
+
+
+def test_a_device_leaving_the_working_set_is_stored_at_once_and_durable_only_once_the_log_is_sealed() -> None:
+    """Batches judged between saves (save=False, as the worker judges before its flags are acknowledged): a device
+    whose views are all forgotten leaves the working set, and its stored bytes go to the store in that batch, not
+    held as a DeviceState until the save; yet nothing reaches the table before the log is sealed (a crash restores
+    the state of the last seal), and the save after seals it."""
+    store = LogDeviceStore()
+    judge = PartitionDeviceJudge(SMALL, 0, store, sources=1)  # delay 20 s, DEVICE_MEMORY_S 30 s
+    judge.judge([rec(0, [dv("a", T, 1_000)])], [0], save=True)
+    table = {seq: value for seq, value in store.log.seal().segments}  # the first save, sealed
+    assert "dev" in judge._devices  # holding a, not judged yet
+    judge.judge([rec(0, [], through=T + 20_000)], [1], save=False)  # a is judged and forgotten: the device leaves
+    assert "dev" not in judge._devices and "dev" not in judge._changed
+    held = store.load("dev")
+    assert held is not None and held.ts == [] and held.kept_ends == [T] and held.accounts == ["u1"]
+    crashed = LogDeviceStore(DeviceLog.restore(table.values()))  # nothing durable since the first seal
+    before = crashed.load("dev")
+    assert before is not None and before.ts == [T]
+    judge.save_changed()
+    table.update(store.log.seal().segments)
+    after = LogDeviceStore(DeviceLog.restore(table.values())).load("dev")
+    assert after is not None and after.to_stored() == held.to_stored()
 
 
 def test_a_visit_that_forgets_an_account_is_saved_though_views_are_left() -> None:
