@@ -278,16 +278,22 @@ def test_a_restored_memory_is_the_memory_that_was_written() -> None:
         assert again.head() == ledger.head()
 
 
-class ShuffledState(MemoryState):
-    """A table that hands its segments back in any order (a RocksDB or changelog scan promises none)."""
+class ShuffledState:
+    """A table (a StateSource) that hands its segments back in any order (a RocksDB or changelog scan promises
+    none). Not a MemoryState subclass: the compiled core allows no interpreted subclass of it."""
 
     def __init__(self, store: MemoryState, seed: int) -> None:
-        super().__init__()
-        self.heads, self.segment_values, self.meta_value = store.heads, store.segment_values, store.meta_value
+        self.store = store
         self.rng = random.Random(seed)
 
+    def head(self, video_id: str) -> bytes | None:
+        return self.store.head(video_id)
+
+    def meta(self) -> bytes | None:
+        return self.store.meta()
+
     def segments(self) -> list[bytes]:
-        values = list(self.segment_values.values())
+        values = list(self.store.segments())
         self.rng.shuffle(values)
         return values
 
