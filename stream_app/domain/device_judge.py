@@ -419,7 +419,6 @@ class PartitionDeviceJudge:
         thousands, about 1 KB each against ~190 bytes stored) were held besides every stored state
         (bench/RESULTS.md, Speed steps 21)."""
         changed = self._changed
-        store = self.store
         for device_id in touched:
             state = self._devices[device_id]
             if state.ts:
@@ -427,10 +426,7 @@ class PartitionDeviceJudge:
             else:
                 del self._devices[device_id]
                 changed.pop(device_id, None)
-                if state.is_empty():
-                    store.delete(device_id)
-                else:
-                    store.save(device_id, state)
+                self._store(device_id, state)
             if state.is_empty():
                 self._dues.discard(device_id)
                 self._pending.discard(device_id)
@@ -440,13 +436,16 @@ class PartitionDeviceJudge:
     def save_changed(self) -> None:
         """Save to the store every device changed since the last save, once each (a device left with nothing is
         deleted)."""
-        store = self.store
         for device_id, state in self._changed.items():
-            if state.is_empty():
-                store.delete(device_id)
-            else:
-                store.save(device_id, state)
+            self._store(device_id, state)
         self._changed.clear()
+
+    def _store(self, device_id: str, state: DeviceState) -> None:
+        """Hand the device's state to the store (a device left with nothing is deleted)."""
+        if state.is_empty():
+            self.store.delete(device_id)
+        else:
+            self.store.save(device_id, state)
 
     def device_count(self) -> int:
         """How many devices of the partition hold state."""

@@ -53,7 +53,7 @@ aiokafka upgrade starts here. The patches are installed once per process (`insta
 10. What an agent's stream buffers is bounded in bytes too (`Channel.queue`, mode's `FlowControlQueue`).
    Faust pauses a partition's fetch once the stream's queue holds `stream_buffer_maxsize` records (4096), whatever
    they weigh: a worker catching up on envelopes (about 190 KB each) buffered the whole backlog it fetched, some
-   270 MB for make bench's hot workload (peak RSS 1,472 MiB against 1,287 with a 64-record buffer). Each channel's
+   270 MB for make bench's hot workload (peak RSS 1,472 -> 1,264 MiB; a 64-record buffer gave 1,287). Each channel's
    queue also counts the bytes of the record values it holds and pauses the partitions putting into it once they
    reach `max_bytes`, resuming them (as Faust does) once the queue has drained to 40 % of both bounds; single-event
    records never reach the byte bound before the record count. Proved by tests/streaming/test_stream_buffer.py.
