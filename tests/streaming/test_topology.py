@@ -129,3 +129,21 @@ async def test_the_broker_watch_says_when_the_broker_does_not_answer(caplog: pyt
             await watch
     warnings = [r for r in caplog.records if "has not answered for" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelname == "WARNING" and nobody in warnings[0].getMessage()
+
+
+def test_rocksdb_tables_bound_rocksdbs_own_memory(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With STORE=rocksdb:// every table's databases get the bounded memtables and block cache (Faust's defaults
+    are 3 x 64 MiB and 2 GiB per database), and the memory store is left as it is."""
+    pytest.importorskip("rocksdict", reason="the rocksdb extra (rocksdict) is not installed")
+    from stream_app.streaming.topics import ROCKSDB_OPTIONS
+
+    monkeypatch.chdir(tmp_path)  # Faust puts a RocksDB table's files under the working directory
+    settings = {"TOPIC_PREFIX": PREFIX, "APP_ID": APP_ID, "METRICS_PORT": "0"}
+    on_disk = build_app(load_settings(dict(settings, STORE="rocksdb://")))
+    for table in (on_disk.topology.video_state, on_disk.topology.device_state):
+        options = table.data.rocksdb_options
+        assert options.write_buffer_size == ROCKSDB_OPTIONS["write_buffer_size"] < 64 * 1024 * 1024
+        assert options.max_write_buffer_number == ROCKSDB_OPTIONS["max_write_buffer_number"] < 3
+        assert options.block_cache_size == ROCKSDB_OPTIONS["block_cache_size"] < 2 * 1024**3
+    in_memory = build_app(load_settings(settings))
+    assert not in_memory.topology.video_state.options
