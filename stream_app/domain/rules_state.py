@@ -19,9 +19,13 @@ MINUTE_MS = 60_000
 EXPIRY_BUCKET_MS = 300_000
 # Bumped when the layout of to_dict() changes; from_dict() refuses other formats.
 STATE_FORMAT = 1
-# The same for DeviceState, which reads the previous format too (DeviceState.from_stored). 2: watch times, verdicts
-# of device_overlap / account_farm, kept intervals and accounts.
-DEVICE_STATE_FORMAT = 3
+# The same for DeviceState, which reads the previous formats too (DeviceState.from_stored). 2: watch times, verdicts
+# of device_overlap / account_farm, kept intervals and accounts. 3: the record offset and the kept intervals' ids.
+# 4: the same, the memories a device keeps longest first, times as distances back from max_ts, trailing empty
+# memories left out (DeviceState.to_stored).
+DEVICE_STATE_FORMAT = 4
+# How many fields a format 4 value has at most (it may end after the fourth: through_offset, the rest empty).
+_DEVICE_FIELDS = 15
 # DeviceState.flags: a view's device verdict. A flagged view is never flagged (or clawed back) again.
 NOT_FLAGGED = 0
 FLAG_BURST = 1  # rejected by device_burst
@@ -645,32 +649,46 @@ class DeviceState:
     # --- stored form ------------------------------------------------------------------------------------------
 
     def to_stored(self) -> list[Any]:
-        """The JSON-ready stored form: a positional array whose first element is the format (smaller than an
-        object: most devices hold one account and nothing else). It shares lists with the state, so serialise it
-        before the state changes again."""
-        return [
+        """The JSON-ready stored form, a positional array (smaller than an object):
+
+            [4, max_ts, through_offset, judged_through, accounts, account_last, kept_starts, kept_ends, kept_ids,
+             ts, watch_ms, video_ids, event_ids, viewer_ids, flags]
+
+        Every time but max_ts is stored as its distance back from max_ts (`max_ts - t`: a few digits, where a
+        time has thirteen), and the lists that are empty at the end are left out. The memories a device keeps
+        longest come first: most stored devices hold one account (and for DEVICE_MEMORY_S one kept interval) and
+        no view for a day, and store as `[4,1800000000000,12,300000,["u-1"],[0]]`. Format 3 (the same fields in
+        another order, times as they are, nothing left out) took about 50 bytes more per device: measured on make
+        bench's hot workload (bench/RESULTS.md, Speed steps 22), each device's stored bytes are held in the heap.
+        It shares lists with the state, so serialise it before the state changes again."""
+        base = self.max_ts
+        stored: list[Any] = [
             DEVICE_STATE_FORMAT,
-            self.max_ts,
-            self.judged_through,
-            self.ts,
+            base,
+            self.through_offset,
+            base - self.judged_through,
+            self.accounts,
+            [base - t for t in self.account_last],
+            [base - t for t in self.kept_starts],
+            [base - t for t in self.kept_ends],
+            self.kept_ids,
+            [base - t for t in self.ts],
             self.watch_ms,
             self.video_ids,
             self.event_ids,
             self.viewer_ids,
             list(self.flags),
-            self.kept_starts,
-            self.kept_ends,
-            self.accounts,
-            self.account_last,
-            self.through_offset,
-            self.kept_ids,
         ]
+        while len(stored) > 4 and not stored[-1]:
+            stored.pop()
+        return stored
 
     @classmethod
     def from_stored(cls, data: Any) -> DeviceState:
-        """Read a stored DeviceState: the current format (3), format 2 (the same without `through_offset` and
-        `kept_ids`), or
-        format 1 (device_burst only; an object), migrated.
+        """Read a stored DeviceState: the current format (4, see to_stored), format 3 (the same fields in the
+        order [3, max_ts, judged_through, ts, watch_ms, video_ids, event_ids, viewer_ids, flags, kept_starts,
+        kept_ends, accounts, account_last, through_offset, kept_ids], times as they are), format 2 (format 3
+        without `through_offset` and `kept_ids`), or format 1 (device_burst only; an object), migrated.
 
         Format 1 had no watch times and no account memory: its views are read as judged (they were judged by the
         rules of their time), of zero length (they overlap nothing), and their accounts are remembered in ts
@@ -681,7 +699,9 @@ class DeviceState:
                 return cls._from_format_1(data)
         else:
             version = data[0] if isinstance(data, list) and data else None
-            if version == DEVICE_STATE_FORMAT and len(data) == 15:
+            if version == DEVICE_STATE_FORMAT and 4 <= len(data) <= _DEVICE_FIELDS:
+                return cls._from_format_4(data)
+            if version == 3 and len(data) == 15:
                 state = cls._from_format_2(data[:13])
                 state.through_offset = data[13]
                 state.kept_ids = data[14]
@@ -689,10 +709,42 @@ class DeviceState:
             if version == 2 and len(data) == 13:
                 return cls._from_format_2(data)
         raise StateFormatError(
-            f"DeviceState: stored state format {version!r}; this worker reads formats 1, 2 and "
+            f"DeviceState: stored state format {version!r}; this worker reads formats 1 to "
             f"{DEVICE_STATE_FORMAT} (state written by a newer version? run that version, or clear the "
             "device-state table and its changelog)"
         )
+
+    @classmethod
+    def _from_format_4(cls, data: list[Any]) -> DeviceState:
+        state = cls()
+        base: int = data[1]
+        state.max_ts = base
+        state.through_offset = data[2]
+        state.judged_through = base - data[3]
+        n = len(data)
+        if n > 4:
+            state.accounts = data[4]
+        if n > 5:
+            state.account_last = [base - d for d in data[5]]
+        if n > 6:
+            state.kept_starts = [base - d for d in data[6]]
+        if n > 7:
+            state.kept_ends = [base - d for d in data[7]]
+        if n > 8:
+            state.kept_ids = data[8]
+        if n > 9:
+            state.ts = [base - d for d in data[9]]
+        if n > 10:
+            state.watch_ms = data[10]
+        if n > 11:
+            state.video_ids = data[11]
+        if n > 12:
+            state.event_ids = data[12]
+        if n > 13:
+            state.viewer_ids = data[13]
+        if n > 14:
+            state.flags = bytearray(data[14])
+        return state
 
     @classmethod
     def _from_format_2(cls, data: list[Any]) -> DeviceState:

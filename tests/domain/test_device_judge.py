@@ -143,7 +143,7 @@ def test_a_device_is_forgotten_once_the_watermark_passes_every_horizon() -> None
         judge.judge([rec(0, [dv(f"o{n}", watermark, 0, device=f"other{n}")])])
         assert [d for d in store.values if d == "dev"] == left, watermark
         if left:
-            assert jsoncodec.loads(store.values["dev"])[3] == recent  # the recent views' ts (stored form)
+            assert DeviceState.from_stored(jsoncodec.loads(store.values["dev"])).ts == recent  # as stored
 
 
 def test_a_restarted_judge_carries_on_from_the_store() -> None:
@@ -645,7 +645,7 @@ def test_a_device_forgets_its_passed_views_as_it_is_read_and_is_visited_once_its
     assert judge._devices["dev"].ts == [late.ts] and store.saved["dev"] == len(session) + 1
     judge.judge([rec(0, [], through=late.ts + 20_000, drained=True)])  # its last view gone: saved
     assert "dev" not in judge._devices and store.saved["dev"] == len(session) + 2
-    assert jsoncodec.loads(store.values["dev"])[3] == []
+    assert DeviceState.from_stored(jsoncodec.loads(store.values["dev"])).ts == []
 
 
 def test_a_device_leaving_the_working_set_is_stored_at_once_and_durable_only_once_the_log_is_sealed() -> None:

@@ -283,29 +283,90 @@ def test_a_kept_interval_is_its_own_due_when_no_account_outlives_it(dedupe_s: in
 # --- stored form ----------------------------------------------------------------------------------------------------
 
 
-def test_round_trip_keeps_every_memory() -> None:
+def format_3(device: DeviceState) -> list[object]:
+    """What the previous version stored for `device` (format 3: times as they are, every field)."""
+    return [
+        3,
+        device.max_ts,
+        device.judged_through,
+        list(device.ts),
+        list(device.watch_ms),
+        list(device.video_ids),
+        list(device.event_ids),
+        list(device.viewer_ids),
+        list(device.flags),
+        list(device.kept_starts),
+        list(device.kept_ends),
+        list(device.accounts),
+        list(device.account_last),
+        device.through_offset,
+        list(device.kept_ids),
+    ]
+
+
+def busy_device() -> DeviceState:
+    """A device holding every memory: judged views (flagged and not), views still to judge, kept intervals,
+    accounts beyond ACCOUNTS_PER_DEVICE, a record offset."""
     device = DeviceState()
     views = [dv(f"e{n}", 1_000 * n + 5_000, 4_000 if n % 3 else 0, viewer=f"u{n % 11}") for n in range(30)]
     judge_all(POLICY, views[:20], device)
     for v in views[20:]:
         check_device_burst(POLICY, device, v, forget_behind_newest=False)
     device.through_offset = 41
+    return device
+
+
+def test_round_trip_keeps_every_memory() -> None:
+    device = busy_device()
     data = jsoncodec.loads(jsoncodec.dumps(device.to_stored()))
-    assert data[0] == DEVICE_STATE_FORMAT == 3  # positional: the format first
+    assert data[0] == DEVICE_STATE_FORMAT == 4  # positional: the format first
     restored = DeviceState.from_stored(data)
-    assert restored.to_stored() == device.to_stored() and restored.through_offset == 41
+    assert format_3(restored) == format_3(device) and restored.through_offset == 41
     assert {FLAG_OVERLAP, FLAG_ACCOUNT} <= set(device.flags)
+    assert device.ts and device.kept_ends and len(device.accounts) > POLICY.accounts_per_device
 
 
-def test_a_format_2_state_is_read_without_its_record_offset() -> None:
+@pytest.mark.parametrize("keeps", ["an account", "an account and a kept interval", "views", "nothing yet judged"])
+def test_format_4_leaves_out_what_a_device_does_not_hold_and_reads_it_back_as_empty(keeps: str) -> None:
     device = DeviceState()
-    judge_all(POLICY, [dv(f"e{n}", 1_000 * n + 5_000, 4_000, viewer=f"u{n % 3}") for n in range(5)], device)
-    device.through_offset = 9
-    format_2 = [2, *device.to_stored()[1:13]]  # what the previous version wrote: no offset at the end
-    restored = DeviceState.from_stored(jsoncodec.loads(jsoncodec.dumps(format_2)))
-    # everything but the offset, which format 2 did not keep (a view read again is looked for in its recent views)
-    assert restored.through_offset == -1
-    assert restored.to_stored()[1:13] == device.to_stored()[1:13]
+    device.max_ts = 1_800_000_000_000
+    device.through_offset = 12
+    device.judged_through = device.max_ts + 300_000
+    if keeps == "nothing yet judged":
+        device.judged_through = -1
+    device.accounts, device.account_last = ["u-1"], [device.max_ts]
+    if keeps != "an account":
+        device.kept_starts, device.kept_ends, device.kept_ids = [device.max_ts - 30_000], [device.max_ts], ["e-1"]
+    if keeps == "views":
+        device.insert(device.max_ts, 30_000, "v-1", "e-1", "u-1")
+    stored = device.to_stored()
+    raw = jsoncodec.dumps(stored)
+    if keeps == "an account":
+        assert raw == b'[4,1800000000000,12,-300000,["u-1"],[0]]'
+    assert len(stored) == {"an account": 6, "views": 15}.get(keeps, 9)
+    assert len(raw) < len(jsoncodec.dumps(format_3(device))) - 35  # thirteen-digit times, empty lists
+    restored = DeviceState.from_stored(jsoncodec.loads(raw))
+    assert format_3(restored) == format_3(device)
+    # the memories left out are read as lists of their own: one changed leaves the others empty
+    restored.ts.append(1)
+    restored.video_ids.append("v")
+    assert restored.watch_ms == [] or keeps == "views"
+    assert restored.kept_ends == ([] if keeps == "an account" else [device.max_ts])
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_state_of_a_previous_format_is_read(version: int) -> None:
+    device = busy_device()
+    stored = format_3(device)
+    if version == 2:
+        stored = [2, *stored[1:13]]  # no record offset, no kept ids
+    restored = DeviceState.from_stored(jsoncodec.loads(jsoncodec.dumps(stored)))
+    if version == 3:
+        assert format_3(restored) == format_3(device)
+    else:  # everything but the offset and the ids, which format 2 did not keep
+        assert restored.through_offset == -1 and restored.kept_ids == [""] * len(device.kept_ends)
+        assert format_3(restored)[1:13] == format_3(device)[1:13]
+    assert restored.to_stored()[0] == DEVICE_STATE_FORMAT  # written back in the current format
 
 
 def test_a_format_1_state_is_migrated() -> None:
@@ -328,7 +389,16 @@ def test_a_format_1_state_is_migrated() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stored", "version"), [({"format": 0}, 0), ([3, 0], 3), ({}, None), ([2, 1], 2), ([4] + [0] * 13, 4)]
+    ("stored", "version"),
+    [
+        ({"format": 0}, 0),
+        ([3, 0], 3),
+        ({}, None),
+        ([2, 1], 2),
+        ([4, 0, 0], 4),
+        ([4] + [0] * 15, 4),
+        ([5] + [0] * 13, 5),
+    ],
 )
 def test_an_unknown_format_is_refused_with_a_clear_message(stored: object, version: int | None) -> None:
     with pytest.raises(StateFormatError, match=rf"DeviceState: stored state format {version!r}; this worker reads"):
