@@ -164,6 +164,28 @@ def test_a_restarted_judge_carries_on_from_the_store() -> None:
     assert flags == expected and len(expected) == 15
 
 
+def test_records_read_again_leave_no_device_without_views_in_the_working_set() -> None:
+    """A restarted worker reads again the device-views records since its last save: the devices whose state holds
+    them already are read from the store to skip them, and not kept as objects (each ~1 KB) for it."""
+    store = MemoryDeviceStore()
+    first = judge_of(store, sources=1)
+    records = [rec(0, [dv(f"e{n}", T + n, 5_000, device=f"d{n}", viewer=f"u{n}")]) for n in range(50)]
+    offsets = list(range(50))
+    first.judge(records, offsets)
+    first.judge([rec(0, [], through=T + 25_000)], [50])  # every view judged and forgotten: accounts remain
+    assert len(store.values) == 50 and not first._devices
+    stored = dict(store.values)
+
+    again = judge_of(store, sources=1)  # restarted: the records are read again, then one new view of d7
+    verdicts = again.judge([*records, rec(0, [dv("new", T + 25_001, 5_000, device="d7", viewer="u7")])], [*offsets, 51])
+    assert verdicts.flags == []
+    assert set(again._devices) == {"d7"}  # the one device the batch changed (it holds a view now)
+    assert {d: v for d, v in store.values.items() if d != "d7"} == {d: v for d, v in stored.items() if d != "d7"}
+    # the same records sent again without offsets (an event partition scoring them again) are skipped alike
+    again.judge(records[:10])
+    assert set(again._devices) == {"d7"}
+
+
 def test_device_state_of_the_previous_format_is_migrated_and_an_unknown_one_refused() -> None:
     store = MemoryDeviceStore()
     store.values["dev"] = jsoncodec.dumps(
