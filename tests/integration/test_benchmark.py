@@ -12,8 +12,9 @@ import pytest
 
 from stream_app.tools.benchmark import run_bench
 from stream_app.tools.benchmark.common import FAST_SCRAPE_S, SLOW_SCRAPE_S, Measurement, median_measurement
-from stream_app.tools.benchmark.hot import HotWorkload, crossing_time, thirds_of
+from stream_app.tools.benchmark.hot import HotWorkload, StoreRun, crossing_time, thirds_of
 from stream_app.tools.benchmark.profile import summarize_folded
+from stream_app.tools.benchmark.report import memory_targets
 from stream_app.tools.benchmark.soak import SoakResult, trend
 from stream_app.tools.benchmark.throughput import Moment, Span, next_scrape_s, quiet_from
 from stream_app.tools.harness import (
@@ -286,3 +287,18 @@ def test_profile_groups_own_time_by_part_of_the_program() -> None:
     assert summary.by_group["JSON"] == 3
     assert summary.by_group["Faust/aiokafka/asyncio"] == 1
     assert summary.by_function.most_common(1)[0] == (("judge_view", "stream_app/domain/rules.py"), 6)
+
+
+@pytest.mark.parametrize(
+    ("scoring", "restarted", "met"), [(900.0, 1_100.0, False), (1_100.0, 600.0, False), (900.0, 950.0, True)]
+)
+def test_the_rss_bound_holds_for_the_scoring_and_the_restarted_worker(
+    scoring: float, restarted: float, met: bool
+) -> None:
+    """Target 4 bounds the worker's RSS whenever it runs: a restarted one restoring its state counts too."""
+    rocks = StoreRun("rocksdb://", Measurement("scorer", 1_000, 1.0, peak_rss_mib=scoring), None)
+    rocks.restart_peak_rss_mib = restarted
+    row = next(t for t in memory_targets(None, None, rocks) if t.label == "4. RSS, rocksdb://")
+    assert row.measured.startswith(f"{max(scoring, restarted):,.0f} MiB peak")
+    assert f"scoring {scoring:,.0f} MiB, restarted {restarted:,.0f} MiB" in row.measured
+    assert (row.status == "met") == met, row.status

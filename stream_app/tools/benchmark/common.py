@@ -33,6 +33,8 @@ POLL_INTERVAL_S = 0.1
 # device saves cost a few percent), watched for at most SETTLE_MAX_S after the last event.
 QUIET_S = 0.5
 QUIET_CPU_SHARE = 0.2
+# A restarted worker counts as settled (its restore done) once this long quiet.
+SETTLED_S = 3.0
 SETTLE_MAX_S = 60.0
 # How long a measurement may take before the run gives up: start-up plus this many events per second at worst.
 START_TIMEOUT_S = 120.0

@@ -345,7 +345,9 @@ def _store_run(
     }
     with ScorerRun(bootstrap, prefix, app_id, workdir, broker_pid=broker_pid, log_name="restart", env=env) as again:
         restart = again.watch(tail, timeout_for(TAIL_EVENTS), f"{name}, restarted", until_quiet=False)
-    result.restart_peak_rss_mib = restart.peak_rss_mib
+        # its peak once every partition is restored: the device judge restores after the tail is scored
+        settled = again.peak_rss_once_settled() if restart.failure is None else None
+    result.restart_peak_rss_mib = settled or restart.peak_rss_mib
     if restart.failure is None:
         result.restart_first_s = restart.startup_s
         result.restart_s = (restart.startup_s or 0.0) + restart.seconds

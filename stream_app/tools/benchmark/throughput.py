@@ -35,6 +35,7 @@ from stream_app.tools.benchmark.common import (
     QUIET_CPU_SHARE,
     QUIET_S,
     SETTLE_MAX_S,
+    SETTLED_S,
     SLOW_SCRAPE_S,
     BenchError,
     Measurement,
@@ -492,15 +493,22 @@ class ScorerRun:
             timeline=span.timeline,
         )
 
-    def _quiet_from(self, last_event: Moment) -> Moment:
-        """The moment the worker went quiet after processing its last event (`quiet_from`), polling its CPU; the
-        last moment polled if it never does within SETTLE_MAX_S."""
+    def peak_rss_once_settled(self) -> float | None:
+        """The worker's peak RSS (MiB) once it has been quiet for SETTLED_S (SETTLE_MAX_S at most). A restarted
+        worker scores new events as soon as its event partitions are restored, while its device judge is still
+        restoring its own (and allocating): read at that moment, the peak missed up to half a GiB."""
+        self._quiet_from(self._moment_now(self.pid), SETTLED_S)
+        return peak_rss_mib(self.pid)
+
+    def _quiet_from(self, last_event: Moment, quiet_s: float = QUIET_S) -> Moment:
+        """The moment the worker went quiet (for `quiet_s`) after processing its last event (`quiet_from`),
+        polling its CPU; the last moment polled if it never does within SETTLE_MAX_S."""
         pid = self.pid
         moments = [last_event]
         while True:
             time.sleep(POLL_INTERVAL_S)
             moments.append(self._moment_now(pid))
-            quiet = quiet_from(moments, QUIET_S, QUIET_CPU_SHARE)
+            quiet = quiet_from(moments, quiet_s, QUIET_CPU_SHARE)
             if quiet is not None:
                 return quiet
             if moments[-1].at - last_event.at > SETTLE_MAX_S or self.worker.exited() is not None:
