@@ -49,6 +49,13 @@ SLACK_ENTRIES = 4096
 COPY_PER_BATCH = 20_000
 # What an entry costs in a segment besides its device id and value (brackets, commas, quotes, null).
 _ENTRY_OVERHEAD = 8
+# A device's stored bytes are held behind the seq of the segment holding its newest entry, in this many bytes
+# (big-endian): one dict per device instead of two (bench/RESULTS.md, Speed steps 22).
+_SEQ_BYTES = 8
+
+
+def _seq_of(held: bytes) -> int:
+    return int.from_bytes(held[:_SEQ_BYTES], "big")
 
 
 @dataclass(slots=True)
@@ -69,21 +76,23 @@ class DeviceLog:
     __slots__ = (
         "_cleanable",
         "_entries",
-        "_latest",
         "_live",
         "_marked",
         "_marks",
         "_members",
         "_next_seq",
         "_pending",
+        "_states",
         "_values",
     )
 
     def __init__(self) -> None:
-        self._values: dict[str, bytes] = {}  # device -> its stored state (as of the last seal, and pending puts)
+        # device -> the seq of the segment holding its newest entry (_SEQ_BYTES) followed by its stored state, as
+        # of the last seal: a device is held once, where a dict of states and one of seqs cost about 40 bytes more
+        self._values: dict[str, bytes] = {}
+        self._marked: dict[str, int] = {}  # device whose newest entry is a deletion mark -> that entry's segment
         self._pending: dict[str, bytes | None] = {}  # changes since the last seal (None: deleted)
-        self._latest: dict[str, int] = {}  # device -> the segment holding its newest entry (a state or a mark)
-        self._marked: set[str] = set()  # devices whose newest entry is a deletion mark
+        self._states = 0  # devices with a state, the pending changes included
         self._members: dict[int, list[str]] = {}  # live segment (oldest first) -> the devices it has an entry of
         self._live: dict[int, int] = {}  # live segment -> how many of its entries are their device's newest
         self._marks: dict[int, int] = {}  # live segment -> how many of those are deletion marks
@@ -105,65 +114,84 @@ class DeviceLog:
         order = sorted((codec.decode(Kind.DEVICE_LOG, raw)[0], index) for index, raw in enumerate(raws))
         for _, index in order:
             seq, entries = codec.decode(Kind.DEVICE_LOG, raws[index])
-            log._add_segment(seq, [(device_id, state is None) for device_id, state in entries])
-            for device_id, state in entries:
-                if state is None:
-                    log._values.pop(device_id, None)
-                else:
-                    log._values[device_id] = jsoncodec.dumps_to_keep(state)
+            log._add_segment(
+                seq, [(device_id, None if state is None else jsoncodec.dumps(state)) for device_id, state in entries]
+            )
+        log._states = len(log._values)
         for device_id, value in legacy:
-            if device_id not in log._latest:
-                log._values[device_id] = value
+            if device_id not in log._values and device_id not in log._marked and device_id not in log._pending:
                 log._pending[device_id] = value
+                log._states += 1
         return log
 
-    def _add_segment(self, seq: int, entries: list[tuple[str, bool]]) -> None:
-        """A segment's entries (device id, whether a deletion mark) become their devices' newest."""
-        latest = self._latest
+    def _add_segment(self, seq: int, entries: list[tuple[str, bytes | None]]) -> None:
+        """A segment's entries (device id, its stored state or None for a deletion mark) become their devices'
+        newest."""
+        values = self._values
+        marked = self._marked
         live = self._live
         marks = self._marks
-        marked = self._marked
-        members = self._members
+        prefix = seq.to_bytes(_SEQ_BYTES, "big")
         count = 0
-        for device_id, mark in entries:
-            previous = latest.get(device_id)
-            if previous in live:  # not when its segment was just cleaned (its entry copied forward)
+        for device_id, value in entries:
+            held = values.get(device_id)
+            was_mark = held is None
+            previous = marked.get(device_id) if held is None else _seq_of(held)
+            if previous is not None and previous in live:  # not when its segment was just cleaned (entry copied)
                 live[previous] -= 1
-                if device_id in marked:
+                if was_mark:
                     marks[previous] -= 1
-                if live[previous] * 2 <= len(members[previous]):
+                if live[previous] * 2 <= len(self._members[previous]):
                     heapq.heappush(self._cleanable, previous)
-            latest[device_id] = seq
-            if mark:
-                marked.add(device_id)
+            if value is None:
+                if held is not None:
+                    del values[device_id]
+                marked[device_id] = seq
                 count += 1
             else:
-                marked.discard(device_id)
+                values[device_id] = prefix + value
+                if was_mark:
+                    marked.pop(device_id, None)
         live[seq] = len(entries)
         marks[seq] = count
-        members[seq] = [device_id for device_id, _ in entries]
+        self._members[seq] = [device_id for device_id, _ in entries]
         self._entries += len(entries)
         self._next_seq = max(self._next_seq, seq + 1)
 
     # ---- the states ----
 
     def get(self, device_id: str) -> bytes | None:
-        return self._values.get(device_id)
+        pending = self._pending
+        if device_id in pending:
+            return pending[device_id]
+        held = self._values.get(device_id)
+        return None if held is None else held[_SEQ_BYTES:]
+
+    def _has_state(self, device_id: str) -> bool:
+        pending = self._pending
+        if device_id in pending:
+            return pending[device_id] is not None
+        return device_id in self._values
 
     def put(self, device_id: str, value: bytes) -> None:
-        self._values[device_id] = value
+        if not self._has_state(device_id):
+            self._states += 1
         self._pending[device_id] = value
 
     def delete(self, device_id: str) -> None:
-        if self._values.pop(device_id, None) is not None or device_id in self._pending:
+        if device_id in self._pending or device_id in self._values:
+            if self._has_state(device_id):
+                self._states -= 1
             self._pending[device_id] = None
 
     def device_ids(self) -> list[str]:
         """Every device with a stored state."""
-        return list(self._values)
+        pending = self._pending
+        held = [device_id for device_id in self._values if device_id not in pending]
+        return held + [device_id for device_id, value in pending.items() if value is not None]
 
     def __len__(self) -> int:
-        return len(self._values)
+        return self._states
 
     @property
     def segment_count(self) -> int:
@@ -177,7 +205,7 @@ class DeviceLog:
     @property
     def live_entry_count(self) -> int:
         """Entries that are their device's newest: a state, or a deletion mark an older segment may still need."""
-        return len(self._latest)
+        return len(self._values) + len(self._marked)
 
     # ---- sealing a batch ----
 
@@ -185,10 +213,11 @@ class DeviceLog:
         """The changes since the last seal as new segments, with the live entries compaction copies forward, and
         the segments that compaction drops (to delete after the new ones are written)."""
         pending, self._pending = self._pending, {}
-        latest = self._latest
+        values = self._values
+        marked = self._marked
         entries: list[tuple[str, bytes | None]] = []
         for device_id, value in pending.items():
-            if value is None and device_id not in latest:
+            if value is None and device_id not in values and device_id not in marked:
                 continue  # never written to a segment: nothing to mark deleted
             entries.append((device_id, value))
         dropped = self._compact(entries, {device_id for device_id, _ in entries})
@@ -207,7 +236,7 @@ class DeviceLog:
         mark is dropped once its segment is the oldest (no older copy can remain), and copied before."""
         dropped: list[int] = []
         budget = COPY_PER_BATCH + 2 * len(entries)
-        while self._entries + len(entries) > 2 * len(self._values) + SLACK_ENTRIES and budget > 0:
+        while self._entries + len(entries) > 2 * self._states + SLACK_ENTRIES and budget > 0:
             seq = self._next_to_clean()
             if seq is None:
                 break  # every segment is mostly live: the log is within twice its live entries
@@ -237,28 +266,35 @@ class DeviceLog:
         self._live.pop(seq)
         self._marks.pop(seq)
         self._entries -= len(members)
-        latest = self._latest
+        values = self._values
+        marked = self._marked
         copied = 0
         for device_id in members:
-            if latest.get(device_id) != seq or device_id in written:
-                continue  # dead (a newer entry exists), or this batch writes it anyway
-            if device_id in self._marked:
+            if device_id in written:
+                continue  # this batch writes it anyway
+            held = values.get(device_id)
+            if held is not None:
+                if _seq_of(held) != seq:
+                    continue  # dead: a newer entry exists
+                entries.append((device_id, held[_SEQ_BYTES:]))
+            else:
+                if marked.get(device_id) != seq:
+                    continue  # dead (a newer entry exists), or gone
                 if oldest:  # no older copy is left for the mark to hide
-                    del latest[device_id]
-                    self._marked.discard(device_id)
+                    del marked[device_id]
                     continue
                 entries.append((device_id, None))
-            else:
-                entries.append((device_id, self._values[device_id]))
             written.add(device_id)
             copied += 1
         return copied
 
-    def _encode(self, entries: list[tuple[str, bytes | None]]) -> list[tuple[list[tuple[str, bool]], list[Any]]]:
-        """entries in parts whose encoding stays under SEGMENT_BYTES: ((device id, whether a mark), JSON-ready
-        entries), the stored states embedded as they are (orjson.Fragment)."""
-        parts: list[tuple[list[tuple[str, bool]], list[Any]]] = []
-        members: list[tuple[str, bool]] = []
+    def _encode(
+        self, entries: list[tuple[str, bytes | None]]
+    ) -> list[tuple[list[tuple[str, bytes | None]], list[Any]]]:
+        """entries in parts whose encoding stays under SEGMENT_BYTES: (the part's entries, JSON-ready entries), the
+        stored states embedded as they are (orjson.Fragment)."""
+        parts: list[tuple[list[tuple[str, bytes | None]], list[Any]]] = []
+        members: list[tuple[str, bytes | None]] = []
         encoded: list[Any] = []
         size = 0
         budget = SEGMENT_BYTES - 64  # the header, the seq and the brackets
@@ -267,7 +303,7 @@ class DeviceLog:
             if members and size + cost > budget:
                 parts.append((members, encoded))
                 members, encoded, size = [], [], 0
-            members.append((device_id, value is None))
+            members.append((device_id, value))
             encoded.append([device_id, None if value is None else orjson.Fragment(value)])
             size += cost
         if members:

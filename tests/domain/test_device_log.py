@@ -81,6 +81,32 @@ def test_compaction_keeps_the_log_within_twice_the_live_states_and_never_loses_o
     assert {d: restored.get(d) for d in restored.device_ids()} == truth
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_states_read_between_seals_are_the_latest_puts_and_deletes(seed: int) -> None:
+    """get, len and device_ids answer with the changes not sealed yet (a device's pending state, or its deletion)
+    as with those sealed, and a restore from the segments gives what the last seal held."""
+    rng = random.Random(seed)
+    log = DeviceLog()
+    stored = Stored()
+    truth: dict[str, bytes] = {}
+    for batch in range(60):
+        for _ in range(rng.randrange(1, 40)):
+            device = f"d{rng.randrange(80)}"
+            if rng.random() < 0.3:
+                log.delete(device)
+                truth.pop(device, None)
+            else:
+                truth[device] = state(batch, rng.randrange(1, 3))
+                log.put(device, truth[device])
+            assert len(log) == len(truth)
+        assert sorted(log.device_ids()) == sorted(truth)
+        assert all(log.get(f"d{n}") == truth.get(f"d{n}") for n in range(80))
+        stored.apply(log.seal())
+        assert len(log) == len(truth) and all(log.get(f"d{n}") == truth.get(f"d{n}") for n in range(80))
+        restored = DeviceLog.restore(stored.segments.values())
+        assert len(restored) == len(truth) and {d: restored.get(d) for d in restored.device_ids()} == truth
+
+
 def test_restore_from_any_prefix_of_the_writes_gives_each_device_a_state_it_had() -> None:
     """A crash can stop the writes anywhere: every device restored has one of the states it had, the newest of
     those whose segment reached the table (the rest is read again from the device-views records)."""
