@@ -496,7 +496,8 @@ class ScorerRun:
     def peak_rss_once_settled(self) -> float | None:
         """The worker's peak RSS (MiB) once it has been quiet for SETTLED_S (SETTLE_MAX_S at most). A restarted
         worker scores new events as soon as its event partitions are restored, while its device judge is still
-        restoring its own (and allocating): read at that moment, the peak missed up to half a GiB."""
+        restoring its own (and allocating): read at that moment, the peak missed up to 1 GiB (bench/RESULTS.md,
+        Speed steps 22)."""
         self._quiet_from(self._moment_now(self.pid), SETTLED_S)
         return peak_rss_mib(self.pid)
 
